@@ -1,0 +1,60 @@
+"""GpuWorker: one Ray actor per GPU, a thin shell around farm.worker.WorkerCore.
+
+Ray gives the actor one GPU (num_gpus=1) and sets CUDA_VISIBLE_DEVICES to it; the worker
+uses CUDA when that GPU is real, else the CPU. So on a CPU machine `ray.init(num_gpus=2)`
+gives two logical GPUs and two CPU workers running the very same code.
+"""
+from __future__ import annotations
+
+import os
+import socket
+
+import ray
+import torch
+
+from farm.local import FarmPaths
+from farm.models.device import choose_dtype
+from farm.models.tiers import TierConfig
+from farm.worker import BatchResult, EventForwarder, RemoteImageSink, WorkerCore, WorkerState, WorkItem
+
+
+def worker_device() -> torch.device:
+    if ray.get_gpu_ids() and torch.cuda.is_available():
+        return torch.device("cuda", 0)  # Ray made the assigned GPU the only visible one
+    return torch.device("cpu")
+
+
+@ray.remote(num_gpus=1, max_concurrency=4)
+class GpuWorker:
+    """Threaded actor: `run_batch` runs on one thread while `interrupt`, `state` and
+    `free` are served on others."""
+
+    def __init__(self, worker_id: str, paths: FarmPaths, writer, hub, tiers: TierConfig = TierConfig(),
+                 workers_on_host: int = 1, dtype: str | None = None):
+        device = worker_device()
+        if device.type == "cpu":
+            # logical GPUs share the host's cores; without this each worker starts one
+            # thread per core and they trample each other
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, workers_on_host)))
+        dtype_ = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[dtype] if dtype \
+            else choose_dtype(device)
+        sink = RemoteImageSink(lambda batch: ray.get(writer.save.remote(batch)))
+        events = EventForwarder(lambda batch: hub.publish.remote(batch))
+        node = f"{socket.gethostname()} ({ray.get_runtime_context().get_node_id()[:8]})"
+        self.core = WorkerCore(worker_id, paths, device, dtype_, sink, events, tiers, node=node,
+                               workers_on_host=workers_on_host)
+
+    def state(self) -> WorkerState:
+        return self.core.state()
+
+    def run_batch(self, items: list[WorkItem]) -> BatchResult:
+        return self.core.run_batch(items)
+
+    def interrupt(self, prompt_ids: list[str] | None = None) -> bool:
+        return self.core.interrupt(set(prompt_ids) if prompt_ids is not None else None)
+
+    def free(self, unload_models: bool, free_memory: bool) -> None:
+        self.core.free(unload_models, free_memory)
+
+    def pid(self) -> int:
+        return os.getpid()

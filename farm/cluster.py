@@ -1,0 +1,201 @@
+"""The farm's one door to Ray: start or join a cluster, create or find the farm's actors,
+and call them. Everything else in farm/ stays free of Ray (client.py and the HTTP
+backend call this module); the actor classes live in the top-level `actors` package.
+
+The farm's actors are named and detached in the "renderfarm" namespace: a second
+process joining the cluster finds the same dispatcher, and workers outlive a dispatcher
+restart (the restarted one finds them by name).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutError, RayActorError
+
+from actors import ACTOR_NAMESPACE, DISPATCHER_NAME, EVENT_HUB_NAME, OUTPUT_WRITER_NAME
+from farm.errors import FarmError
+from farm.local import FarmPaths
+from farm.models.tiers import TierConfig
+
+log = logging.getLogger(__name__)
+
+# Ray restarts a dead dispatcher (it reloads the queue from SQLite); a call that hits the
+# gap is retried for this long before the caller sees an error.
+DISPATCHER_RETRY_S = 60.0
+
+
+class FarmUnavailable(FarmError):
+    """The farm's actors are not there (or not back after a restart)."""
+
+
+@dataclass(frozen=True)
+class FarmConfig:
+    """How a farm is set up. The head's paths: the dispatcher's database, the models
+    folder workers load from (a shared folder on a real cluster), the output folder the
+    writer fills."""
+
+    paths: FarmPaths
+    db: Path  # the durable queue (SQLite)
+    num_workers: int | None = None  # None: one per GPU of the cluster
+    tiers: TierConfig = field(default_factory=TierConfig)
+    max_attempts: int = 3  # dispatches of one job before it fails (a worker died under it each time)
+    max_batch: int = 8  # prompts per engine call
+    dtype: str | None = None  # "fp16" | "bf16" | "fp32"; None: the device's default
+    dispatcher_options: dict[str, Any] = field(default_factory=dict)  # extra DispatcherCore settings
+
+
+def init_local(num_gpus: int | None = None, num_cpus: int | None = None) -> None:
+    """Start an embedded Ray for this process. Without GPUs, `num_gpus` logical ones (1 by
+    default) so that workers exist and run on the CPU."""
+    if ray.is_initialized():
+        return
+    if num_gpus is None:
+        num_gpus = _local_gpu_count() or 1
+    ray.init(num_cpus=num_cpus, num_gpus=num_gpus, namespace=ACTOR_NAMESPACE, include_dashboard=False,
+             log_to_driver=False, configure_logging=False)
+
+
+def init_connect(address: str = "auto") -> None:
+    if not ray.is_initialized():
+        ray.init(address=address, namespace=ACTOR_NAMESPACE, log_to_driver=False, configure_logging=False)
+
+
+def shutdown() -> None:
+    ray.shutdown()
+
+
+def _local_gpu_count() -> int:
+    try:
+        import torch
+
+        return torch.cuda.device_count()
+    except Exception:
+        return 0
+
+
+def cluster_gpus() -> int:
+    return int(ray.cluster_resources().get("GPU", 0))
+
+
+def _head_affinity():
+    """Pin to the node this process runs on (the head, for `farm serve` and Farm.local)."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    return NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+
+
+def _named(name: str):
+    try:
+        return ray.get_actor(name, namespace=ACTOR_NAMESPACE)
+    except ValueError:
+        return None
+
+
+class FarmCluster:
+    """Handles to one farm's actors, and blocking or awaitable calls to them."""
+
+    def __init__(self, dispatcher, hub, writer):
+        self.dispatcher, self.hub, self.writer = dispatcher, hub, writer
+
+    # -- creating / finding ------------------------------------------------------------------
+
+    @classmethod
+    def start(cls, config: FarmConfig) -> "FarmCluster":
+        """Create the farm's actors on this node (the head), or find them if this cluster
+        already runs a farm."""
+        from actors.dispatcher import Dispatcher
+        from actors.event_hub import EventHub
+        from actors.output_writer import OutputWriter
+
+        common = dict(namespace=ACTOR_NAMESPACE, lifetime="detached", get_if_exists=True,
+                      scheduling_strategy=_head_affinity())
+        hub = EventHub.options(name=EVENT_HUB_NAME, **common).remote()
+        writer = OutputWriter.options(name=OUTPUT_WRITER_NAME, **common).remote(
+            str(config.paths.output), str(config.paths.temp))
+        # max_restarts: Ray brings a dead dispatcher back with the same arguments; it reloads
+        # the queue from the database and finds its workers by name
+        dispatcher = Dispatcher.options(name=DISPATCHER_NAME, max_restarts=-1, **common).remote(config)
+        cluster = cls(dispatcher, hub, writer)
+        cluster.call("ready", timeout_s=300)
+        return cluster
+
+    @classmethod
+    def find(cls) -> "FarmCluster":
+        handles = [_named(n) for n in (DISPATCHER_NAME, EVENT_HUB_NAME, OUTPUT_WRITER_NAME)]
+        if any(h is None for h in handles):
+            raise FarmUnavailable("this Ray cluster runs no farm: start one with `farm serve` on the head "
+                                  "(or Farm.local(...) in one process)")
+        return cls(*handles)
+
+    def stop(self) -> None:
+        """Kill the farm's actors (workers included); the database stays."""
+        try:
+            self.call("stop_workers", timeout_s=60)
+        except Exception as exc:  # already gone: nothing to stop
+            log.debug("stopping workers: %s", exc)
+        for handle in (self.dispatcher, self.writer, self.hub):
+            try:
+                ray.kill(handle)
+            except Exception:
+                pass
+
+    # -- calls ----------------------------------------------------------------------------------
+
+    def call(self, method: str, *args, timeout_s: float | None = None, **kwargs):
+        """dispatcher.<method>(...) and wait. While Ray restarts a dead dispatcher the call
+        is retried (every method is safe to repeat: submit refuses a duplicate id)."""
+        deadline = time.monotonic() + DISPATCHER_RETRY_S
+        while True:
+            try:
+                ref = getattr(self.dispatcher, method).remote(*args, **kwargs)
+                return ray.get(ref, timeout=timeout_s)
+            except GetTimeoutError:
+                raise TimeoutError(f"the dispatcher did not answer {method} within {timeout_s} s") from None
+            except (ActorDiedError, ActorUnavailableError, RayActorError) as exc:
+                if time.monotonic() > deadline:
+                    raise FarmUnavailable(f"the dispatcher is gone and did not come back: {exc}") from exc
+                time.sleep(0.5)
+                self._refresh_dispatcher()
+
+    async def call_async(self, method: str, *args, **kwargs):
+        import asyncio
+
+        deadline = time.monotonic() + DISPATCHER_RETRY_S
+        while True:
+            try:
+                return await getattr(self.dispatcher, method).remote(*args, **kwargs)
+            except (ActorDiedError, ActorUnavailableError, RayActorError) as exc:
+                if time.monotonic() > deadline:
+                    raise FarmUnavailable(f"the dispatcher is gone and did not come back: {exc}") from exc
+                await asyncio.sleep(0.5)
+                self._refresh_dispatcher()
+
+    def _refresh_dispatcher(self) -> None:
+        handle = _named(DISPATCHER_NAME)
+        if handle is not None:
+            self.dispatcher = handle
+
+    def poll_events(self, cursor: int, timeout_s: float = 5.0, prompt_ids: list[str] | None = None):
+        """actors.event_hub.EventPage of events after `cursor` (-1: from now on)."""
+        return ray.get(self.hub.poll.remote(cursor, timeout_s, 1000, prompt_ids), timeout=timeout_s + 30)
+
+    async def poll_events_async(self, cursor: int, timeout_s: float = 5.0, prompt_ids: list[str] | None = None):
+        return await self.hub.poll.remote(cursor, timeout_s, 1000, prompt_ids)
+
+    def events_head(self) -> int:
+        return ray.get(self.hub.head.remote())
+
+    # -- for tests and operators --------------------------------------------------------------
+
+    def kill_dispatcher(self, restart: bool = True) -> None:
+        """Kill the dispatcher process; with `restart` Ray starts it again (it resumes from
+        the database), without it the farm has no dispatcher until `start` is called again."""
+        ray.kill(self.dispatcher, no_restart=not restart)
+
+    def worker_handle(self, worker_id: str):
+        return _named(worker_id)

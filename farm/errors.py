@@ -1,0 +1,43 @@
+"""Typed errors. Each carries what the user needs to fix the input; the CLI and the HTTP
+server translate them to a message or a ComfyUI-shaped JSON error in one place each."""
+from __future__ import annotations
+
+
+class FarmError(Exception):
+    """Base class: the message is written for the person who submitted the work."""
+
+
+class WorkflowFormatError(FarmError):
+    """The workflow is not a ComfyUI graph at all (bad JSON, wrong shape)."""
+
+
+class CheckpointError(FarmError):
+    """A model file cannot be found or read."""
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """A pickle-based model file (.ckpt, .pt, .bin, .pth): loading it would run its code."""
+
+
+class UnsupportedCheckpointError(CheckpointError):
+    """A safetensors file whose architecture farm does not know."""
+
+
+class Interrupted(FarmError):
+    """The running prompt was interrupted by the user."""
+
+
+class NodeExecutionError(FarmError):
+    """A node raised while running; names the node so the user knows where."""
+
+    def __init__(self, node_id: str, class_type: str, cause: BaseException):
+        self.node_id, self.class_type, self.cause = node_id, class_type, cause
+        super().__init__(f"node {node_id} ({class_type}) failed: {type(cause).__name__}: {cause}")
+
+
+class DuplicatePromptError(FarmError):
+    """A prompt_id that is already queued or in history (POST /prompt answers 409)."""
+
+
+class UnknownJobError(FarmError):
+    """A queue operation names a prompt_id (or worker) that the dispatcher does not know."""

@@ -1,0 +1,60 @@
+"""Rendering in this process, without Ray: the engine on one device with a local model
+provider and image writer. `farm run --local` uses it; the farm's GPU workers build the
+same parts around their own residency and output path."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from farm.engine import Engine, JobContext, JobOutcome, PlannedJob
+from farm.engine.local_models import LocalModelProvider
+from farm.models.device import choose_device, choose_dtype
+from farm.models.store import ModelFolders
+from farm.nodes.registry import default_registry
+from farm.nodes.spec import Limits, NodeContext
+from farm.outputs import LocalImageWriter
+from farm.prepare import PreparedPrompt, prepare
+
+
+@dataclass(frozen=True)
+class FarmPaths:
+    """The folders a ComfyUI user knows: models/, input/, output/, temp/."""
+
+    models: Path
+    output: Path
+    input: Path
+    temp: Path
+
+    @classmethod
+    def under(cls, root: Path, models: Path | None = None, output: Path | None = None) -> "FarmPaths":
+        root = Path(root)
+        return cls(Path(models or root / "models"), Path(output or root / "output"), root / "input", root / "temp")
+
+    def node_context(self, limits: Limits = Limits()) -> NodeContext:
+        return NodeContext(models=ModelFolders(self.models), input_dir=self.input, output_dir=self.output,
+                           temp_dir=self.temp, limits=limits)
+
+
+class LocalRenderer:
+    def __init__(self, paths: FarmPaths, device: torch.device | None = None):
+        self.paths = paths
+        self.registry = default_registry()
+        self.node_ctx = paths.node_context()
+        device = device or choose_device()
+        dtype = choose_dtype(device)
+        self.models = LocalModelProvider(ModelFolders(paths.models), device, dtype)
+        self.writer = LocalImageWriter(paths.output, paths.temp)
+        self.engine = Engine(self.registry, self.node_ctx, self.models, self.writer, device, dtype)
+
+    def prepare(self, workflow: object, overrides: dict | None = None) -> PreparedPrompt:
+        return prepare(workflow, self.registry, self.node_ctx, overrides)
+
+    def run(self, prepared: PreparedPrompt, events=None, extra_pnginfo: dict | None = None) -> JobOutcome:
+        context = JobContext(prepared.prompt_id, prepared.prompt, extra_pnginfo, None,
+                             events or (lambda *_: None))
+        return self.engine.run(PlannedJob(context, prepared.workflow, prepared.plan))
+
+    def close(self) -> None:
+        self.writer.close()

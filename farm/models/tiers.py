@@ -1,0 +1,339 @@
+"""A worker's model residency, for real: checkpoints in device memory, in pinned host RAM,
+or on local disk, and the moves between them.
+
+The bookkeeping (which tier holds what, what to evict, what a reload costs) is
+farm.scheduler.residency.Residency's; this module makes memory agree with it. After
+every load it reconciles: a checkpoint the accounting no longer holds in a tier leaves
+that tier here too.
+
+Tiers are inclusive, as the accounting counts them: a checkpoint on the GPU usually also
+has a pinned host copy, so leaving VRAM costs nothing and coming back is one fast copy
+(54.8 GB/s pinned vs 6.7 GB/s pageable on an H100). Weights never change at inference,
+so the copy stays valid.
+
+Moves swap the tensors under the same module objects. A model the engine's output cache
+still holds therefore stays usable wherever it lives; and dropping a checkpoint sends
+its tensors to the meta device, so a stale holder fails loudly instead of silently
+keeping gigabytes alive (`on_drop` tells the owner to clear such caches).
+
+On a CPU worker the device memory *is* host RAM: there is nothing to copy or pin, and a
+checkpoint stays loaded while the accounting holds it in either memory tier.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from farm.errors import CheckpointError
+from farm.models.store import ModelFolders
+from farm.scheduler.residency import Residency, ResidencyReport, Tier
+
+GiB = 1024**3
+UNBOUNDED_BYTES = 1 << 60  # the disk tier without a local copy: the models folder itself
+
+
+@dataclass(frozen=True)
+class TierConfig:
+    """Budgets in bytes; None derives one when the worker starts: device memory is what
+    is free minus `vram_headroom_bytes` (a CPU worker's is a share of host RAM), pinned
+    RAM a share of available host RAM split over the host's workers, disk unbounded
+    unless checkpoints are copied to `local_dir`."""
+
+    vram_bytes: int | None = None
+    vram_headroom_bytes: int = 2 * GiB  # activations, the VAE decode's peak, allocator slack
+    pinned_bytes: int | None = None
+    host_share: float = 0.5  # of available host RAM, for this host's workers together
+    local_dir: Path | None = None  # local copies of checkpoints whose models folder is remote (NFS)
+    disk_bytes: int | None = None  # budget of local_dir; None: its free space less 10%
+
+
+@dataclass(frozen=True)
+class TierBudgets:
+    vram_bytes: int
+    pinned_bytes: int
+    disk_bytes: int
+
+
+@dataclass(frozen=True)
+class TierMove:
+    """One measured load into device memory (tests and metrics read them)."""
+
+    name: str
+    source: Tier  # PINNED, DISK (read before: page cache or local copy), STORE (cold)
+    nbytes: int
+    seconds: float
+
+
+def available_host_bytes() -> int:
+    """MemAvailable from /proc/meminfo (Linux); a conservative guess elsewhere."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 8 * GiB
+
+
+def derive_budgets(config: TierConfig, device: torch.device, workers_on_host: int = 1) -> TierBudgets:
+    host_share = int(available_host_bytes() * config.host_share / max(1, workers_on_host))
+    if config.vram_bytes is not None:
+        vram = config.vram_bytes
+    elif device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        vram = max(0, free - config.vram_headroom_bytes)
+    else:
+        vram = host_share
+    pinned = config.pinned_bytes if config.pinned_bytes is not None else host_share
+    if config.local_dir is None:
+        disk = UNBOUNDED_BYTES
+    elif config.disk_bytes is not None:
+        disk = config.disk_bytes
+    else:
+        Path(config.local_dir).mkdir(parents=True, exist_ok=True)
+        disk = int(shutil.disk_usage(config.local_dir).free * 0.9)
+    return TierBudgets(vram, pinned, disk)
+
+
+# --- tensors under modules ------------------------------------------------------------------
+
+def checkpoint_modules(checkpoint) -> list[torch.nn.Module]:
+    return [checkpoint.unet, checkpoint.vae, *checkpoint.text_encoders]
+
+
+Slot = tuple[torch.nn.Module, bool, str]  # (owner module, is a parameter, attribute name)
+
+
+def tensor_slots(checkpoint) -> list[Slot]:
+    slots: list[Slot] = []
+    for module in checkpoint_modules(checkpoint):
+        for sub in module.modules():
+            slots.extend((sub, True, name) for name, _ in sub.named_parameters(recurse=False))
+            slots.extend((sub, False, name) for name, b in sub.named_buffers(recurse=False) if b is not None)
+    return slots
+
+
+def _get(slot: Slot) -> torch.Tensor:
+    owner, is_param, name = slot
+    return owner._parameters[name].data if is_param else owner._buffers[name]
+
+
+def _set(slot: Slot, tensor: torch.Tensor) -> None:
+    owner, is_param, name = slot
+    if is_param:
+        owner._parameters[name].data = tensor
+    else:
+        owner._buffers[name] = tensor
+
+
+def checkpoint_bytes(checkpoint) -> int:
+    return sum(_get(s).element_size() * _get(s).nelement() for s in tensor_slots(checkpoint))
+
+
+@dataclass
+class _Loaded:
+    """A checkpoint this worker holds in memory."""
+
+    checkpoint: object  # farm.models.load.LoadedCheckpoint
+    slots: list[Slot]
+    on_device: bool  # the modules' tensors are in device memory
+    host: list[torch.Tensor] | None = None  # pinned copies, slot by slot (CUDA workers only)
+
+
+class TieredModelProvider:
+    """The engine's model provider on a farm worker. Thread-safe: the engine thread asks
+    for models while the actor's control thread may free them."""
+
+    def __init__(self, folders: ModelFolders, device: torch.device, dtype: torch.dtype, residency: Residency,
+                 loader: Callable[[Path, torch.device, torch.dtype], object] | None = None,
+                 local_dir: Path | None = None):
+        self.folders = folders
+        self.device, self.dtype = device, dtype
+        self.residency = residency
+        self._loader = loader
+        self.local_dir = Path(local_dir) if local_dir is not None else None
+        self.moves: list[TierMove] = []  # every load into device memory, oldest first
+        self.on_drop: list[Callable[[str], None]] = []  # called after a checkpoint left memory
+        self._loaded: dict[str, _Loaded] = {}  # name -> in memory
+        self._kept: set[str] = set()  # used by the running batch: stays on the device
+        self._lock = threading.RLock()
+
+    @property
+    def _cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+    # -- the provider protocol ---------------------------------------------------------------
+
+    def checkpoint(self, name: str):
+        """The checkpoint in device memory, brought from the nearest tier."""
+        with self._lock:
+            size = self._file_bytes(name)
+            loaded = self._loaded.get(name)
+            before = self.residency.source(name)
+            self.residency.load(name, size)  # recency, and what must leave to make room
+            if loaded is None or not loaded.on_device:
+                self._bring(name, size, loaded, before)
+            self._reconcile()
+            return self._loaded[name].checkpoint
+
+    def keep(self, names: set[str]) -> None:
+        """Bring every checkpoint the next batch needs and keep it on the device until
+        `release`, even where the accounting would move it (a batch using more models than
+        fit runs over budget rather than on the CPU)."""
+        with self._lock:
+            self._kept = set(names)
+            for name in sorted(names):
+                self.checkpoint(name)
+
+    def release(self) -> None:
+        with self._lock:
+            self._kept = set()
+            self._reconcile()
+
+    def report(self) -> ResidencyReport:
+        """What this worker holds, for the dispatcher. Without a local copy folder the
+        models folder counts as local disk for whatever this worker has read before."""
+        return self.residency.report()
+
+    def unload(self) -> None:
+        """Leave device memory (POST /free, out of memory): pinned copies stay."""
+        with self._lock:
+            for name, loaded in list(self._loaded.items()):
+                if name not in self._kept and loaded.on_device:
+                    self._leave_device(name, loaded, keep_host=True)
+        if self._cuda:
+            torch.cuda.empty_cache()
+
+    def resident(self) -> dict[str, str]:
+        """name -> "device" | "host", what memory really holds (tests compare it with the
+        accounting's report)."""
+        with self._lock:
+            return {n: "device" if l.on_device else "host" for n, l in self._loaded.items()}
+
+    # -- moves -----------------------------------------------------------------------------------
+
+    def _bring(self, name: str, size: int, loaded: _Loaded | None, before: Tier) -> None:
+        started = time.perf_counter()
+        if loaded is not None and loaded.host is not None:
+            for slot, host in zip(loaded.slots, loaded.host):
+                _set(slot, host.to(self.device, non_blocking=True))
+            torch.cuda.synchronize(self.device)
+            loaded.on_device, source = True, Tier.PINNED
+        elif loaded is not None:  # CPU worker: host RAM is its device memory
+            loaded.on_device, source = True, Tier.PINNED
+        else:
+            source = Tier.DISK if before is Tier.DISK else Tier.STORE
+            checkpoint = self._load(self._local_path(name))
+            self._loaded[name] = _Loaded(checkpoint, tensor_slots(checkpoint), on_device=True)
+        checkpoint = self._loaded[name].checkpoint
+        checkpoint.device = self.device
+        seconds = time.perf_counter() - started
+        self.moves.append(TierMove(name, source, size, seconds))
+        self.residency.costs.observe(source, size, seconds)
+
+    def _reconcile(self) -> None:
+        """Make memory hold what the accounting holds (plus what the running batch keeps)."""
+        report = self.residency.report()
+        for name, loaded in list(self._loaded.items()):
+            want_device = name in report.gpu or name in self._kept
+            want_host = name in report.pinned
+            if not self._cuda:
+                if not (want_device or want_host):
+                    self._drop(name, loaded)
+                else:
+                    loaded.on_device = want_device
+                continue
+            if want_host and loaded.host is None:
+                loaded.host = [_pinned_copy(_get(s)) for s in loaded.slots]
+            if loaded.on_device and not want_device:
+                self._leave_device(name, loaded, keep_host=want_host)
+            elif not want_host and loaded.host is not None:
+                if loaded.on_device:
+                    loaded.host = None
+                else:
+                    self._drop(name, loaded)
+        if self.local_dir is not None:
+            self._trim_local(report)
+
+    def _leave_device(self, name: str, loaded: _Loaded, keep_host: bool) -> None:
+        if not self._cuda:
+            loaded.on_device = False
+            return
+        if keep_host and loaded.host is None:
+            loaded.host = [_pinned_copy(_get(s)) for s in loaded.slots]
+        if loaded.host is None:
+            self._drop(name, loaded)
+            return
+        for slot, host in zip(loaded.slots, loaded.host):
+            _set(slot, host)
+        loaded.on_device = False
+        loaded.checkpoint.device = torch.device("cpu")
+
+    def _drop(self, name: str, loaded: _Loaded) -> None:
+        for slot in loaded.slots:
+            t = _get(slot)
+            _set(slot, torch.empty(t.shape, dtype=t.dtype, device="meta"))
+        loaded.host = None
+        del self._loaded[name]
+        for callback in self.on_drop:
+            callback(name)
+
+    def _load(self, path: Path):
+        if self._loader is None:
+            from farm.models.load import load_checkpoint  # torch-heavy: imported when first needed
+
+            self._loader = load_checkpoint
+        return self._loader(path, self.device, self.dtype)
+
+    # -- files -------------------------------------------------------------------------------------
+
+    def _file_bytes(self, name: str) -> int:
+        return _path_bytes(self.folders.resolve("checkpoints", name))
+
+    def _local_path(self, name: str) -> Path:
+        """The file to read: the models folder's own, or its copy under local_dir (made
+        first, so the next load reads local disk)."""
+        source = self.folders.resolve("checkpoints", name)
+        if self.local_dir is None:
+            return source
+        target = self.local_dir / name
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            partial = target.with_name(target.name + ".part")
+            try:
+                if source.is_dir():
+                    shutil.copytree(source, partial, dirs_exist_ok=True)
+                else:
+                    shutil.copyfile(source, partial)
+                os.replace(partial, target)
+            except OSError as exc:
+                raise CheckpointError(f"could not copy {name} to the local model cache {self.local_dir}: {exc}; "
+                                      "free disk space there or lower the disk budget") from exc
+        return target
+
+    def _trim_local(self, report: ResidencyReport) -> None:
+        keep = report.disk | report.pinned | report.gpu | set(self._loaded)
+        for path in self.local_dir.rglob("*"):
+            name = path.relative_to(self.local_dir).as_posix()
+            if path.is_file() and path.suffix == ".safetensors" and name not in keep:
+                path.unlink(missing_ok=True)
+
+
+def _pinned_copy(t: torch.Tensor) -> torch.Tensor:
+    out = torch.empty(t.shape, dtype=t.dtype, device="cpu", pin_memory=True)
+    out.copy_(t, non_blocking=False)
+    return out
+
+
+def _path_bytes(path: Path) -> int:
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return path.stat().st_size

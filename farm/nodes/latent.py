@@ -1,0 +1,86 @@
+"""Latent nodes: empty latents, resizing, and the VAE between pixels and latents."""
+from __future__ import annotations
+
+import torch
+
+from farm.nodes.resize import keep_aspect, upscale
+from farm.nodes.values import Latent
+from farm.nodes.spec import MAX_BATCH_SIZE, MAX_RESOLUTION, InputSpec, Node, NodeSpec, OutputSpec
+
+LATENT_UPSCALE_METHODS = ("nearest-exact", "bilinear", "area", "bicubic", "bislerp")
+CROP_METHODS = ("disabled", "center")
+
+
+class EmptyLatentImage(Node):
+    spec = NodeSpec(
+        class_type="EmptyLatentImage",
+        display_name="Empty Latent Image",
+        category="latent",
+        required=(
+            InputSpec("width", "INT", default=512, min=16, max=MAX_RESOLUTION, step=8, cap="max_width",
+                      tooltip="Image width in pixels."),
+            InputSpec("height", "INT", default=512, min=16, max=MAX_RESOLUTION, step=8, cap="max_height",
+                      tooltip="Image height in pixels."),
+            InputSpec("batch_size", "INT", default=1, min=1, max=MAX_BATCH_SIZE, cap="max_batch_size",
+                      tooltip="How many images to make."),
+        ),
+        outputs=(OutputSpec("LATENT", "LATENT"),),
+        description="A batch of blank latents to start sampling from.",
+    )
+
+    def run(self, rc, width: int, height: int, batch_size: int):
+        return (Latent(torch.zeros(batch_size, 4, height // 8, width // 8)),)
+
+
+class LatentUpscale(Node):
+    spec = NodeSpec(
+        class_type="LatentUpscale",
+        display_name="Upscale Latent",
+        category="latent",
+        required=(
+            InputSpec("samples", "LATENT"),
+            InputSpec("upscale_method", "COMBO", choices=LATENT_UPSCALE_METHODS),
+            InputSpec("width", "INT", default=512, min=0, max=MAX_RESOLUTION, step=8, cap="max_width"),
+            InputSpec("height", "INT", default=512, min=0, max=MAX_RESOLUTION, step=8, cap="max_height"),
+            InputSpec("crop", "COMBO", choices=CROP_METHODS),
+        ),
+        outputs=(OutputSpec("LATENT", "LATENT"),),
+    )
+
+    def run(self, rc, samples: Latent, upscale_method: str, width: int, height: int, crop: str):
+        if width == 0 and height == 0:
+            return (samples,)
+        x = samples.samples
+        width, height = keep_aspect(width, height, x.shape[-1] * 8, x.shape[-2] * 8, minimum=64)
+        width, height = max(64, width), max(64, height)
+        return (Latent(upscale(x, width // 8, height // 8, upscale_method, crop)),)
+
+
+class VAEDecode(Node):
+    spec = NodeSpec(
+        class_type="VAEDecode",
+        display_name="VAE Decode",
+        category="latent",
+        required=(
+            InputSpec("samples", "LATENT", tooltip="Latents to decode."),
+            InputSpec("vae", "VAE", tooltip="The VAE that decodes them."),
+        ),
+        outputs=(OutputSpec("IMAGE", "IMAGE"),),
+        description="Turns latents back into images.",
+    )
+
+    def run(self, rc, samples: Latent, vae):
+        return (vae.decode(samples.samples),)
+
+
+class VAEEncode(Node):
+    spec = NodeSpec(
+        class_type="VAEEncode",
+        display_name="VAE Encode",
+        category="latent",
+        required=(InputSpec("pixels", "IMAGE"), InputSpec("vae", "VAE")),
+        outputs=(OutputSpec("LATENT", "LATENT"),),
+    )
+
+    def run(self, rc, pixels: torch.Tensor, vae):
+        return (Latent(vae.encode(pixels)),)

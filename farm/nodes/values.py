@@ -1,0 +1,82 @@
+"""The values that flow on ComfyUI's sockets (MODEL, VAE, LATENT, IMAGE ...), as farm
+represents them. CLIP is farm.text.encode.ClipTextEncoder; CONDITIONING is
+farm.sampling.denoiser.Conditioning."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+
+@dataclass(frozen=True, eq=False)
+class DiffusionModel:
+    """MODEL: a UNet with the noise schedule it was trained on."""
+
+    owned_by_provider: ClassVar[bool] = True  # the model provider owns (and frees) its memory
+
+    unet: torch.nn.Module
+    schedule: object  # farm.sampling.model_sampling.DiscreteSchedule
+    latent_scale: float  # VAE latent -> the UNet's latent space (0.18215 SD1.x, 0.13025 SDXL)
+    needs_time_ids: bool  # SDXL's added conditioning (pooled text + size/crop ids)
+    checkpoint_name: str
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.unet.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.unet.parameters()).dtype
+
+    def eps(self, x_in: torch.Tensor, timestep: torch.Tensor, cond) -> torch.Tensor:
+        """The UNet's noise prediction, computed in the model's dtype, returned in float32
+        (the sampler's arithmetic stays in float32, as ComfyUI's does)."""
+        added = None
+        if self.needs_time_ids:
+            added = {"text_embeds": cond.pooled.to(self.device, self.dtype),
+                     "time_ids": cond.time_ids.to(self.device, self.dtype)}
+        out = self.unet(x_in.to(self.device, self.dtype), timestep.to(self.device),
+                        encoder_hidden_states=cond.embeds.to(self.device, self.dtype),
+                        added_cond_kwargs=added, return_dict=False)[0]
+        return out.float()
+
+
+@dataclass(frozen=True, eq=False)
+class VaeModel:
+    """VAE: pixels [B,H,W,C] in 0..1 <-> raw latents (not multiplied by the scale factor,
+    which is what ComfyUI's LATENT holds too)."""
+
+    owned_by_provider: ClassVar[bool] = True
+
+    vae: torch.nn.Module
+    downscale: int = 8
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.vae.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.vae.parameters()).dtype
+
+    @torch.inference_mode()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        x = self.vae.decode(latents.to(self.device, self.dtype), return_dict=False)[0]
+        return ((x.float() + 1.0) / 2.0).clamp(0.0, 1.0).permute(0, 2, 3, 1).cpu()
+
+    @torch.inference_mode()
+    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        # Crop to a multiple of the VAE's downscale, as ComfyUI does, so H/8 is exact.
+        h = pixels.shape[1] // self.downscale * self.downscale
+        w = pixels.shape[2] // self.downscale * self.downscale
+        x = pixels[:, :h, :w, :3].permute(0, 3, 1, 2) * 2.0 - 1.0
+        dist = self.vae.encode(x.to(self.device, self.dtype), return_dict=False)[0]
+        return dist.mode().float().cpu()  # the mean: encoding is deterministic, as in ComfyUI
+
+
+@dataclass(frozen=True, eq=False)
+class Latent:
+    """LATENT: raw VAE latents [B, 4, H/8, W/8], float32 on the CPU."""
+
+    samples: torch.Tensor

@@ -1,0 +1,142 @@
+"""Where rendered images go: ComfyUI's file naming, PNG text chunks, and encoding off the
+thread that feeds the GPU.
+
+A node asks for names synchronously (cheap, so the `executed` event can carry them at
+once) and hands over the pixels; encoding and writing run on a small thread pool, and a
+job is reported finished only after `flush()` for its files returns.
+"""
+from __future__ import annotations
+
+import json
+import re
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
+
+from farm.errors import FarmError
+
+PNG_COMPRESS_LEVEL = 4  # ComfyUI's default: a fair size/speed trade at 512-1024 px
+
+
+class OutputPathError(FarmError):
+    """A filename prefix that would write outside its folder."""
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """How ComfyUI names a written image in `executed` events and history."""
+
+    filename: str
+    subfolder: str
+    type: str  # "output" or "temp"
+
+    def as_ui(self) -> dict:
+        return {"filename": self.filename, "subfolder": self.subfolder, "type": self.type}
+
+
+@dataclass(frozen=True)
+class ImageBatch:
+    """Pixels to save: uint8 [B, H, W, C] on the CPU, with the PNG text chunks."""
+
+    pixels: np.ndarray
+    prefix: str
+    kind: str  # "output" or "temp"
+    text_chunks: dict[str, str] = field(default_factory=dict)
+
+
+class ImageSink(Protocol):
+    def save(self, batch: ImageBatch) -> list[ImageRef]:
+        """Reserve names and start writing; return the names without waiting."""
+
+    def flush(self) -> None:
+        """Block until everything handed over so far is on disk (or raise its error)."""
+
+
+def png_text_chunks(prompt: dict | None, extra_pnginfo: dict | None) -> dict[str, str]:
+    """ComfyUI's metadata: the API workflow under "prompt", one chunk per extra_pnginfo key
+    (the UI graph travels as "workflow")."""
+    chunks = {}
+    if prompt is not None:
+        chunks["prompt"] = json.dumps(prompt)
+    for key, value in (extra_pnginfo or {}).items():
+        chunks[key] = json.dumps(value)
+    return chunks
+
+
+def split_prefix(prefix: str, folder: Path) -> tuple[Path, str, str]:
+    """(directory, file stem, subfolder) for a prefix such as "renders/shot1"; refuses
+    prefixes that climb out of `folder` (absolute paths, "..")."""
+    prefix = prefix.replace("\\", "/")
+    subfolder, _, stem = prefix.rpartition("/")
+    root = folder.resolve()
+    directory = (root / subfolder).resolve()
+    if directory != root and root not in directory.parents:
+        raise OutputPathError(f"filename_prefix {prefix!r} points outside the output folder")
+    if not stem or stem in (".", ".."):
+        raise OutputPathError(f"filename_prefix {prefix!r} has no file name part")
+    return directory, stem, subfolder
+
+
+def encode_png(pixels: np.ndarray, text_chunks: dict[str, str]) -> tuple[Image.Image, PngInfo]:
+    info = PngInfo()
+    for key, value in text_chunks.items():
+        info.add_text(key, value)
+    return Image.fromarray(pixels), info
+
+
+class LocalImageWriter:
+    """Writes into output/ and temp/ folders on this machine."""
+
+    def __init__(self, output_dir: Path, temp_dir: Path, threads: int = 2):
+        self.folders = {"output": Path(output_dir), "temp": Path(temp_dir)}
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="png")
+        self._pending: list[Future] = []
+        self._next_counter: dict[tuple[Path, str], int] = {}  # (dir, stem) -> next free counter
+        self._lock = threading.Lock()
+
+    def _reserve(self, directory: Path, stem: str, count: int) -> int:
+        """First of `count` consecutive counters after any file already there, as ComfyUI
+        numbers them; remembered so concurrent jobs never collide."""
+        with self._lock:
+            key = (directory, stem)
+            if key not in self._next_counter:
+                pattern = re.compile(re.escape(stem) + r"_(\d+)_")
+                existing = [int(m.group(1)) for p in directory.glob(f"{stem}_*")
+                            if (m := pattern.match(p.name))] if directory.is_dir() else []
+                self._next_counter[key] = max(existing, default=0) + 1
+            first = self._next_counter[key]
+            self._next_counter[key] = first + count
+            return first
+
+    def save(self, batch: ImageBatch) -> list[ImageRef]:
+        directory, stem, subfolder = split_prefix(batch.prefix, self.folders[batch.kind])
+        first = self._reserve(directory, stem, len(batch.pixels))
+        refs = []
+        for i, pixels in enumerate(batch.pixels):
+            name = f"{stem.replace('%batch_num%', str(i))}_{first + i:05}_.png"
+            refs.append(ImageRef(name, subfolder, batch.kind))
+            self._pending.append(self._pool.submit(self._write, directory / name, pixels, batch.text_chunks))
+        return refs
+
+    @staticmethod
+    def _write(path: Path, pixels: np.ndarray, text_chunks: dict[str, str]) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        image, info = encode_png(pixels, text_chunks)
+        tmp = path.with_suffix(".png.part")
+        image.save(tmp, format="PNG", pnginfo=info, compress_level=PNG_COMPRESS_LEVEL)
+        tmp.replace(path)  # a reader never sees half a PNG
+
+    def flush(self) -> None:
+        pending, self._pending = self._pending, []
+        for future in pending:
+            future.result()
+
+    def close(self) -> None:
+        self.flush()
+        self._pool.shutdown()

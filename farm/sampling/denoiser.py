@@ -1,0 +1,110 @@
+"""Classifier-free guidance around an eps-prediction UNet, in k-diffusion's model interface.
+
+The UNet is any callable `eps_fn(x_in [N,C,H,W], timestep [N], cond: CondBatch) -> eps`;
+the farm's model layer adapts a diffusers UNet to it. Rows may belong to different jobs:
+each row can have its own prompt (rows of Conditioning) and its own cfg scale."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+
+from farm.sampling.model_sampling import DiscreteSchedule
+
+
+@dataclass(frozen=True, eq=False)
+class Conditioning:
+    """One side of the guidance (positive or negative) for a batch: one row shared by every
+    latent row, or one row per latent row."""
+
+    embeds: Tensor  # [1 or B, T, D] text-encoder hidden states; T a multiple of 77
+    pooled: Tensor | None = None  # [1 or B, P] pooled text embedding (SDXL), else None
+    time_ids: Tensor | None = None  # [1 or B, K] SDXL size/crop conditioning, else None
+
+
+@dataclass(frozen=True, eq=False)
+class CondBatch:
+    """What eps_fn receives: the conditioning of every row of x_in, in the same order."""
+
+    embeds: Tensor  # [N, T, D]
+    pooled: Tensor | None  # [N, P] or None
+    time_ids: Tensor | None  # [N, K] or None
+
+
+EpsFn = Callable[[Tensor, Tensor, CondBatch], Tensor]
+
+
+def _rows(t: Tensor, batch: int, what: str) -> Tensor:
+    if t.shape[0] == batch:
+        return t
+    if t.shape[0] == 1:
+        return t.expand(batch, *t.shape[1:])
+    raise ValueError(f"{what} has {t.shape[0]} rows for a latent batch of {batch}: give 1 row (shared) or {batch}")
+
+
+def _stack(conds: list[Conditioning], batch: int) -> CondBatch:
+    """Concatenate the sides row-wise. Token lengths that differ (a long prompt is several
+    77-token chunks) are repeated up to their least common multiple, as ComfyUI does: attention
+    over a key sequence repeated k times gives the same output as over the sequence once."""
+    if len({c.embeds.shape[-1] for c in conds}) > 1:
+        raise ValueError("positive and negative conditioning come from different text encoders "
+                         f"(widths {[c.embeds.shape[-1] for c in conds]}); encode both with the same CLIP")
+    for field in ("pooled", "time_ids"):
+        if len({getattr(c, field) is None for c in conds}) > 1:
+            raise ValueError(f"one side of the conditioning has {field} and the other has not; "
+                             "encode positive and negative with the same model")
+    tokens = math.lcm(*(c.embeds.shape[1] for c in conds))
+    embeds = torch.cat([_rows(c.embeds, batch, "conditioning").repeat(1, tokens // c.embeds.shape[1], 1)
+                        for c in conds])
+    pooled = None if conds[0].pooled is None else torch.cat([_rows(c.pooled, batch, "pooled output") for c in conds])
+    time_ids = None if conds[0].time_ids is None else torch.cat([_rows(c.time_ids, batch, "time ids") for c in conds])
+    return CondBatch(embeds=embeds, pooled=pooled, time_ids=time_ids)
+
+
+class CFGDenoiser:
+    """D(x, sigma) = uncond + (cond - uncond) * cfg, each side x - eps * sigma.
+
+    The UNet sees x / sqrt(sigma^2 + 1) (the VP-scaled latent) and the integer timestep whose
+    table sigma is nearest, as in ComfyUI. Both sides run in one eps_fn call of 2B rows
+    (positive rows first); when every row's cfg is 1 the negative side is skipped."""
+
+    def __init__(self, eps_fn: EpsFn, schedule: DiscreteSchedule, positive: Conditioning,
+                 negative: Conditioning | None, cfg: float | Tensor):
+        self.eps_fn, self.schedule = eps_fn, schedule
+        self.positive, self.negative = positive, negative
+        self.cfg = torch.as_tensor(cfg, dtype=torch.float32).reshape(-1)  # [1] or [B]
+        # Rows whose cfg is 1 take the positive prediction as is, as ComfyUI does with cfg 1
+        # (bit-identical to running that row alone with the negative side skipped).
+        self._cfg_is_one = torch.tensor([math.isclose(float(c), 1.0) for c in self.cfg])
+        if negative is None and not bool(self._cfg_is_one.all()):
+            raise ValueError("cfg other than 1.0 needs negative conditioning")
+        self._cond_cache: dict[tuple[int, bool], CondBatch] = {}  # (rows, both sides) -> batch
+
+    def _conds(self, batch: int, guided: bool) -> CondBatch:
+        key = (batch, guided)
+        if key not in self._cond_cache:
+            sides = [self.positive, self.negative] if guided else [self.positive]
+            self._cond_cache[key] = _stack(sides, batch)
+        return self._cond_cache[key]
+
+    def __call__(self, x: Tensor, sigma: Tensor, **extra_args: Any) -> Tensor:
+        batch = x.shape[0]
+        cfg = _rows(self.cfg, batch, "cfg").to(x.device)
+        cfg_is_one = _rows(self._cfg_is_one, batch, "cfg").to(x.device)
+        guided = not bool(cfg_is_one.all())
+        sides = 2 if guided else 1
+
+        sigma_col = sigma.reshape(-1, *([1] * (x.ndim - 1)))
+        x_in = (x / (sigma_col**2 + 1.0) ** 0.5).repeat(sides, *([1] * (x.ndim - 1)))
+        timestep = self.schedule.timestep(sigma).float().repeat(sides)
+        eps = self.eps_fn(x_in, timestep, self._conds(batch, guided)).float()
+        denoised = x.repeat(sides, *([1] * (x.ndim - 1))) - eps * sigma_col.repeat(sides, *([1] * (x.ndim - 1)))
+        if not guided:
+            return denoised
+        cond, uncond = denoised.chunk(2)
+        col = (batch, *([1] * (x.ndim - 1)))
+        guided_out = uncond + (cond - uncond) * cfg.reshape(col)
+        return torch.where(cfg_is_one.reshape(col), cond, guided_out)

@@ -1,0 +1,226 @@
+"""DispatcherCore: the farm's queue and placement, as plain Python with an injected clock.
+
+The Ray Dispatcher actor wraps this class one method to one method; every argument and
+return value is a plain picklable dataclass. Who calls what:
+  the server / client     submit, cancel, interrupt, delete_pending, clear_pending, snapshot
+  a GpuWorker             worker_ready (idle: "give me my next batch", with what it holds),
+                          complete / fail (per job), observe_load, is_interrupted (per step)
+  the cluster supervisor  register_worker, requeue_worker (a worker or its node died)
+  a timer (or the driver) tick, at due_s(): wakes an idle worker when a wait bound expires
+
+Durability: a job is in the store before submit returns, and every state change is written
+before the in-memory queues change, so a restart (`DispatcherCore(store, ...)` on the same
+file) rebuilds the queues from the store.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from farm.errors import UnknownJobError
+from farm.scheduler.batching import Batch
+from farm.scheduler.fleet import Fleet
+from farm.scheduler.jobs import Job, JobState
+from farm.scheduler.placement import Placement, PlacementPolicy
+from farm.scheduler.residency import LoadCostModel, ResidencyReport, Tier
+from farm.scheduler.store import JobStore
+
+
+@dataclass(frozen=True)
+class CoreConfig:
+    max_batch: int = 8  # most jobs in one batched call
+    max_attempts: int = 3  # dispatches before a job that keeps losing its worker fails
+
+
+@dataclass(frozen=True)
+class QueueSnapshot:
+    """GET /queue: what runs and what waits, each in the order ComfyUI lists them."""
+    running: tuple[Job, ...]  # by start time
+    pending: tuple[Job, ...]  # by priority
+
+
+class DispatcherCore:
+    def __init__(self, store: JobStore, policy: PlacementPolicy, clock: Callable[[], float],
+                 config: CoreConfig = CoreConfig(), costs: LoadCostModel | None = None):
+        self.store = store  # durable record; written before memory changes
+        self.policy = policy  # placement decisions
+        self.clock = clock  # seconds; injected so tests and the simulator control time
+        self.config = config
+        self.fleet = Fleet(config.max_batch, costs or LoadCostModel())  # workers and queues
+        self._jobs: dict[str, Job] = {}  # job_id -> Job, queued or running
+        self._interrupted: set[str] = set()  # running job ids asked to stop
+        for job in store.recover(config.max_attempts, clock()):
+            self._jobs[job.job_id] = job
+            self._place(job)
+
+    # --- workers ------------------------------------------------------------------------
+
+    def register_worker(self, worker_id: str, report: ResidencyReport = ResidencyReport()) -> None:
+        view = self.fleet.add_worker(worker_id)
+        self.fleet.set_residency(view, report)
+
+    def worker_ready(self, worker_id: str, report: ResidencyReport) -> Batch | None:
+        """A worker is free and reports what it holds; returns its next batch, or None (it is
+        then idle until a Placement or tick() says to wake it)."""
+        now = self.clock()
+        view = self.fleet.add_worker(worker_id)
+        lost = [j for j in view.running if j in self._jobs]
+        if lost:  # it asks for more without reporting these: they were lost with its state
+            self._requeue(lost, f"worker {worker_id} restarted while it ran")
+        self.fleet.set_running(view, (), now)
+        self.fleet.set_residency(view, report)
+        pick = self.policy.pick(view, self.fleet, now)
+        batch = None if pick is None else self.fleet.take_batch(pick.owner, pick.batch_key)
+        if batch is None:
+            self.fleet.set_idle(view, True)
+            return None
+        self.fleet.set_idle(view, False)
+        self.store.claim(batch.job_ids, worker_id, now)
+        for job in batch.jobs:
+            job.state, job.worker_id, job.started_s = JobState.RUNNING, worker_id, now
+            job.attempts += 1
+        source = self.fleet.source(view, batch.checkpoint)
+        load_s = self.fleet.switch_s(view, batch.checkpoint, batch.checkpoint_bytes)
+        if batch.checkpoint is not None and source is not Tier.GPU:
+            # Until its next report, count the worker as holding what it is about to load.
+            resident = dataclasses.replace(report, gpu=report.gpu | {batch.checkpoint})
+            self.fleet.set_residency(view, resident)
+        view.last_used_s = now
+        self.fleet.set_running(view, batch.job_ids, now + load_s + batch.expected_run_s)
+        return dataclasses.replace(batch, worker_id=worker_id, source_tier=source,
+                                   expected_load_s=load_s)
+
+    def observe_load(self, tier: Tier, size_bytes: int, seconds: float) -> None:
+        """A worker measured a load: feeds the per-tier cost model placement uses."""
+        self.fleet.costs.observe(tier, size_bytes, seconds)
+
+    def requeue_worker(self, worker_id: str) -> list[str]:
+        """The worker is gone: its running and reserved jobs are placed again (running ones
+        count an attempt, and fail once attempts are used up). Returns those job ids."""
+        view = self.fleet.worker(worker_id)
+        running = [j for j in view.running if j in self._jobs]
+        reserved = [job.job_id for job in list(view.queue.jobs())]
+        for job_id in reserved:
+            self.fleet.dequeue(job_id)
+        self.fleet.remove_worker(worker_id)
+        self._requeue(running, f"worker {worker_id} was lost")
+        for job_id in reserved:
+            self._place(self._jobs[job_id])
+        return running + reserved
+
+    # --- jobs -----------------------------------------------------------------------------
+
+    def submit(self, job: Job) -> Placement:
+        """Store the job (durably), then queue it. Raises DuplicatePromptError for a reused id."""
+        job.created_s = self.clock()
+        self.store.add(job)
+        self._jobs[job.job_id] = job
+        return self._place(job)
+
+    def complete(self, job_id: str, outputs: dict[str, dict[str, Any]]) -> bool:
+        """The job's outputs are ready. False when it had already finished (a late duplicate
+        from a worker that was thought lost): history keeps the first completion."""
+        if not self.store.complete(job_id, outputs, self.clock()):
+            return False
+        self._forget(job_id)
+        return True
+
+    def fail(self, job_id: str, error: str, retryable: bool = False) -> JobState:
+        """The job raised. A retryable fault (the worker, not the input) places it again while
+        attempts remain; an interrupted job ends cancelled. Returns its new state."""
+        now = self.clock()
+        if job_id in self._interrupted:
+            self.store.cancel(job_id, f"interrupted: {error}", now)
+            self._forget(job_id)
+            return JobState.CANCELLED
+        if retryable and job_id in self._jobs:
+            self._requeue([job_id], error)
+            return self._jobs[job_id].state if job_id in self._jobs else JobState.FAILED
+        self.store.fail(job_id, error, now)
+        self._forget(job_id)
+        return JobState.FAILED
+
+    def cancel(self, job_id: str) -> bool:
+        """A queued job is cancelled at once; a running one is interrupted (its worker then
+        reports fail and it ends cancelled). False when the job is not queued or running."""
+        job = self._jobs.get(job_id)
+        if job is None:
+            return False
+        if job.state is JobState.RUNNING:
+            self._interrupted.add(job_id)
+            return True
+        self.store.cancel(job_id, "cancelled while queued", self.clock())
+        self.fleet.dequeue(job_id)
+        self._forget(job_id)
+        return True
+
+    def interrupt(self, job_id: str | None = None) -> list[str]:
+        """Flag running jobs to stop (all of them when no id is given, ComfyUI's bare
+        POST /interrupt). Workers check is_interrupted at every sampler step."""
+        running = [j.job_id for j in self._jobs.values() if j.state is JobState.RUNNING]
+        chosen = running if job_id is None else [j for j in running if j == job_id]
+        self._interrupted.update(chosen)
+        return chosen
+
+    def is_interrupted(self, job_id: str) -> bool:
+        return job_id in self._interrupted
+
+    def delete_pending(self, job_ids: list[str]) -> int:
+        """Drop queued jobs without a history entry (POST /queue {"delete": [...]})."""
+        queued = [j for j in job_ids if j in self._jobs and self._jobs[j].state is JobState.QUEUED]
+        count = self.store.delete_pending(queued)
+        for job_id in queued:
+            self.fleet.dequeue(job_id)
+            self._forget(job_id)
+        return count
+
+    def clear_pending(self) -> int:
+        return self.delete_pending([j.job_id for j in self.fleet.queued()])
+
+    def job(self, job_id: str) -> Job:
+        job = self._jobs.get(job_id) or self.store.get(job_id)
+        if job is None:
+            raise UnknownJobError(f"no job {job_id}; it was never submitted or was deleted")
+        return job
+
+    def snapshot(self) -> QueueSnapshot:
+        running = sorted((j for j in self._jobs.values() if j.state is JobState.RUNNING),
+                         key=lambda j: (j.started_s or 0.0, j.seq))
+        pending = sorted(self.fleet.queued(), key=lambda j: j.priority)
+        return QueueSnapshot(tuple(running), tuple(pending))
+
+    def due_s(self) -> float | None:
+        """When tick() may next have a worker to wake (None: only new work wakes workers)."""
+        return self.policy.due_s(self.fleet) if any(True for _ in self.fleet.idle_workers()) else None
+
+    def tick(self) -> list[str]:
+        """Idle workers to wake because a wait bound expired (the longest-idle one)."""
+        due = self.due_s()
+        if due is None or due > self.clock():
+            return []
+        return [next(self.fleet.idle_workers()).worker_id]
+
+    # --- internals ----------------------------------------------------------------------
+
+    def _place(self, job: Job) -> Placement:
+        placement = self.policy.choose(job, self.fleet, self.clock())
+        self.fleet.enqueue(job, placement.worker_id if placement.reserved else None)
+        wake = placement.worker_id is not None and self.fleet.workers[placement.worker_id].idle
+        return dataclasses.replace(placement, wake=wake) if wake else placement
+
+    def _requeue(self, job_ids: list[str], reason: str) -> None:
+        now = self.clock()
+        for job_id in job_ids:
+            state = self.store.requeue(job_id, reason, self.config.max_attempts, now)
+            job = self._jobs[job_id]
+            if state is JobState.QUEUED:
+                job.state, job.worker_id = JobState.QUEUED, None
+                self._interrupted.discard(job_id)
+                self._place(job)
+            else:
+                self._forget(job_id)
+
+    def _forget(self, job_id: str) -> None:
+        self._jobs.pop(job_id, None)
+        self._interrupted.discard(job_id)

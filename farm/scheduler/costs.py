@@ -1,0 +1,53 @@
+"""GPU time of a batch, from the figures measured in DESIGN.md (H100, fp16, SDPA).
+
+The trace simulator uses these as the truth; the estimates a job carries (est_run_s,
+est_extra_s) are the straight line through batch 1 and the batch limit, which is what the
+dispatcher would be told upstream. Batch sizes between measured points are interpolated
+linearly, beyond the last point extrapolated along the last segment.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ArchProfile:
+    name: str
+    resolution: int  # square image side in pixels
+    unet_step_ms: tuple[tuple[int, float], ...]  # (batch, ms per step with CFG), measured
+    vae_decode_ms: tuple[tuple[int, float], ...]  # (batch, ms per decode)
+    checkpoint_bytes: int  # size of the UNet weights file (what a load moves)
+
+
+# VAE decode at 1024 px was measured at batch 1 only (92 ms); its batch curve is the 512 px
+# curve (24 ms b1, 69 ms b4) scaled by 92/24: decode cost grows with pixels.
+ARCHS: dict[str, ArchProfile] = {
+    "sd15": ArchProfile("sd15", 512, ((1, 32.6), (4, 42.6), (8, 54.6)),
+                        ((1, 24.0), (4, 69.0)), 1_700_000_000),
+    "sdxl": ArchProfile("sdxl", 1024, ((1, 81.6), (4, 155.0), (8, 298.0)),
+                        ((1, 92.0), (4, 69.0 * 92.0 / 24.0)), 5_100_000_000),
+}
+
+
+def interpolate(points: tuple[tuple[int, float], ...], x: float) -> float:
+    """Piecewise-linear through measured (x, y) points; linear beyond both ends."""
+    if len(points) == 1:
+        return points[0][1] * x / points[0][0]
+    for (x0, y0), (x1, y1) in zip(points, points[1:]):
+        if x <= x1 or (x1, y1) == points[-1]:
+            return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+    raise AssertionError("unreachable")
+
+
+def batch_s(arch: ArchProfile, steps: int, size: int) -> float:
+    """Seconds of GPU time for one batched call: `steps` UNet steps plus one VAE decode."""
+    return (steps * interpolate(arch.unet_step_ms, size) + interpolate(arch.vae_decode_ms, size)) / 1000
+
+
+def job_estimates(arch: ArchProfile, steps: int, max_batch: int) -> tuple[float, float]:
+    """(est_run_s, est_extra_s) for a job: seconds alone, and seconds each further job adds
+    (the chord from batch 1 to the batch limit)."""
+    alone = batch_s(arch, steps, 1)
+    if max_batch <= 1:
+        return alone, alone
+    return alone, (batch_s(arch, steps, max_batch) - alone) / (max_batch - 1)

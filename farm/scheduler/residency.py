@@ -1,0 +1,180 @@
+"""Where a worker holds each checkpoint: GPU memory, pinned host RAM, local disk.
+
+A checkpoint comes from the nearest tier that holds it (STORE: none does; read it from the
+models folder cold). Loading puts it into every tier that has room, so a checkpoint evicted
+from VRAM usually comes back from pinned RAM (10-35x faster than disk, DESIGN.md).
+
+Eviction in each tier is GreedyDual-Size: an entry's credit is the tier's inflation
+clock at its last use plus its reload cost per GB; the lowest credit goes, and the clock
+rises to the victim's credit. Entries not used for a while fall behind newer ones
+(recency), while those that are slow to bring back survive longer (cost).
+
+Reload costs are measured, not constants: `LoadCostModel` keeps an exponential moving
+average of observed load seconds per GB for each (source tier, size class), seeded from
+DESIGN.md's figures.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from enum import Enum
+
+from farm.errors import CheckpointError
+
+GB = 1e9
+
+
+class Tier(str, Enum):
+    GPU = "gpu"
+    PINNED = "pinned"
+    DISK = "disk"
+    STORE = "store"  # held by no tier of this worker: read from the models folder, cold
+
+
+CACHED_TIERS = (Tier.GPU, Tier.PINNED, Tier.DISK)  # nearest first
+
+# Seconds to bring a UNet file to the GPU from each tier, DESIGN.md (H100): the SD1.5 file
+# is 1.7 GB, the SDXL file 5.1 GB. DISK assumes a file this worker read before is still in
+# the page cache; STORE is a cold read. Sizes in between are interpolated, others
+# extrapolated in proportion to size.
+SEED_LOAD_S: dict[Tier, tuple[tuple[float, float], tuple[float, float]]] = {
+    Tier.PINNED: ((1.7 * GB, 0.035), (5.1 * GB, 0.10)),
+    Tier.DISK: ((1.7 * GB, 0.37), (5.1 * GB, 1.1)),
+    Tier.STORE: ((1.7 * GB, 1.17), (5.1 * GB, 3.7)),
+}
+
+
+def seed_load_s(tier: Tier, size_bytes: int) -> float:
+    """DESIGN.md's measured load time for a file of this size (0 for GPU: nothing to load)."""
+    if tier is Tier.GPU:
+        return 0.0
+    (b0, s0), (b1, s1) = SEED_LOAD_S[tier]
+    if size_bytes <= b0:
+        return s0 * size_bytes / b0
+    return s0 + (s1 - s0) * (size_bytes - b0) / (b1 - b0)
+
+
+def size_class(size_bytes: int) -> int:
+    """Checkpoints within a factor of two share a class (power-of-two bucket)."""
+    return max(0, int(math.log2(max(size_bytes, 1))))
+
+
+class LoadCostModel:
+    """Expected load seconds per (tier, size class), learned from what workers observe."""
+
+    def __init__(self, alpha: float = 0.2):
+        self.alpha = alpha  # weight of the newest observation
+        self._s_per_gb: dict[tuple[Tier, int], float] = {}  # (tier, size class) -> EMA
+
+    def observe(self, tier: Tier, size_bytes: int, seconds: float) -> None:
+        if tier is Tier.GPU or size_bytes <= 0:
+            return
+        key = (tier, size_class(size_bytes))
+        rate = seconds / (size_bytes / GB)
+        old = self._s_per_gb.get(key)
+        self._s_per_gb[key] = rate if old is None else old + self.alpha * (rate - old)
+
+    def estimate_s(self, tier: Tier, size_bytes: int) -> float:
+        if tier is Tier.GPU:
+            return 0.0
+        rate = self._s_per_gb.get((tier, size_class(size_bytes)))
+        return seed_load_s(tier, size_bytes) if rate is None else rate * size_bytes / GB
+
+
+@dataclass(frozen=True)
+class ResidencyReport:
+    """What a worker holds, sent with every request for work. Sets of checkpoint names."""
+    gpu: frozenset[str] = frozenset()
+    pinned: frozenset[str] = frozenset()
+    disk: frozenset[str] = frozenset()
+
+    def source(self, checkpoint: str) -> Tier:
+        """The tier a load of `checkpoint` would come from on this worker."""
+        if checkpoint in self.gpu:
+            return Tier.GPU
+        if checkpoint in self.pinned:
+            return Tier.PINNED
+        if checkpoint in self.disk:
+            return Tier.DISK
+        return Tier.STORE
+
+
+@dataclass(frozen=True)
+class Eviction:
+    checkpoint: str
+    tier: Tier  # the tier it left (it may still be held further down)
+
+
+@dataclass(frozen=True)
+class LoadOutcome:
+    source: Tier  # where the weights came from (GPU: already resident, nothing loaded)
+    evicted: tuple[Eviction, ...]  # what made room, nearest tier first
+
+
+@dataclass
+class _TierCache:
+    """One tier's entries under a byte budget, evicted by GreedyDual-Size credit."""
+    tier: Tier
+    budget_bytes: int
+    sizes: dict[str, int] = field(default_factory=dict)  # checkpoint -> bytes
+    credit: dict[str, float] = field(default_factory=dict)  # checkpoint -> credit
+    inflation: float = 0.0  # the GreedyDual clock: credit of the last victim
+
+    @property
+    def used_bytes(self) -> int:
+        return sum(self.sizes.values())
+
+    def touch(self, checkpoint: str, size_bytes: int, reload_s: float) -> list[str]:
+        """Hold `checkpoint` (refreshing its credit); returns what was evicted for room."""
+        evicted: list[str] = []
+        if checkpoint not in self.sizes:
+            while self.sizes and self.used_bytes + size_bytes > self.budget_bytes:
+                victim = min(self.credit, key=self.credit.__getitem__)
+                self.inflation = self.credit.pop(victim)
+                del self.sizes[victim]
+                evicted.append(victim)
+            self.sizes[checkpoint] = size_bytes
+        self.credit[checkpoint] = self.inflation + reload_s / max(size_bytes / GB, 1e-9)
+        return evicted
+
+
+class Residency:
+    """The residency tiers of one worker. The worker calls `load` before each batch."""
+
+    def __init__(self, gpu_bytes: int, pinned_bytes: int, disk_bytes: int,
+                 costs: LoadCostModel | None = None):
+        self.costs = costs or LoadCostModel()
+        self._tiers = {Tier.GPU: _TierCache(Tier.GPU, gpu_bytes),
+                       Tier.PINNED: _TierCache(Tier.PINNED, pinned_bytes),
+                       Tier.DISK: _TierCache(Tier.DISK, disk_bytes)}
+
+    def source(self, checkpoint: str) -> Tier:
+        for tier in CACHED_TIERS:
+            if checkpoint in self._tiers[tier].sizes:
+                return tier
+        return Tier.STORE
+
+    def load(self, checkpoint: str, size_bytes: int) -> LoadOutcome:
+        """Make `checkpoint` resident in VRAM (and in every lower tier with room)."""
+        gpu = self._tiers[Tier.GPU]
+        if size_bytes > gpu.budget_bytes:
+            raise CheckpointError(
+                f"{checkpoint} needs {size_bytes / GB:.1f} GB but the GPU budget is "
+                f"{gpu.budget_bytes / GB:.1f} GB; raise the worker's VRAM budget")
+        source = self.source(checkpoint)
+        evicted: dict[Tier, list[str]] = {}
+        # Bottom up, so each tier's reload cost is that of the tier below as it will be.
+        below = Tier.STORE
+        for tier in reversed(CACHED_TIERS):
+            cache = self._tiers[tier]
+            if size_bytes <= cache.budget_bytes:
+                reload_s = self.costs.estimate_s(below, size_bytes)
+                evicted[tier] = cache.touch(checkpoint, size_bytes, reload_s)
+                below = tier
+        return LoadOutcome(source=source, evicted=tuple(
+            Eviction(c, tier) for tier in CACHED_TIERS for c in evicted.get(tier, ())))
+
+    def report(self) -> ResidencyReport:
+        return ResidencyReport(gpu=frozenset(self._tiers[Tier.GPU].sizes),
+                               pinned=frozenset(self._tiers[Tier.PINNED].sizes),
+                               disk=frozenset(self._tiers[Tier.DISK].sizes))

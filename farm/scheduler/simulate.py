@@ -1,0 +1,221 @@
+"""`farm simulate`: drive the real dispatcher on a simulated clock and compare policies.
+
+Every policy runs the same trace through the same DispatcherCore, JobStore (in memory),
+batch former and worker Residency; only the placement policy differs. A simulated worker
+asks for a batch, loads its checkpoint (seconds from DESIGN.md for the tier it came from),
+runs it (DESIGN.md's step and decode times for that batch size), completes its jobs and
+asks again. Reported per policy:
+  model_loads   checkpoint loads into VRAM (any source tier)
+  makespan_s    time from the first arrival to the last completion
+  gpu_busy      GPU seconds spent rendering / (workers x makespan); loads not counted
+  p50/p99_wait  seconds from submit to the start of the job's batch
+
+lower_bound_loads: every worker starts empty, so a checkpoint is loaded at least once on
+each worker that ever runs it. Let work_c be c's GPU seconds at the batch limit (its
+cheapest) and T* the ideal makespan: the largest of (total work / workers) and, for every
+arrival time t, t + (work arriving at or after t) / workers. A schedule that finishes by T*
+gives c at most T* seconds per worker, so c needs at least ceil(work_c / T*) workers, and
+at least one: the bound is the sum over checkpoints. It bounds the loads of schedules that
+finish as fast as possible; a slower schedule can get by with fewer.
+"""
+from __future__ import annotations
+
+import argparse
+import heapq
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+
+from farm.scheduler.core import CoreConfig, DispatcherCore
+from farm.scheduler.costs import batch_s
+from farm.scheduler.jobs import Job
+from farm.scheduler.placement import (FarmPolicy, LeastLoadedPolicy, PlacementPolicy,
+                                      PressurePolicy, RoundRobinPolicy)
+from farm.scheduler.residency import GB, LoadCostModel, Residency, Tier, seed_load_s
+from farm.scheduler.store import JobStore
+from farm.scheduler.trace import TraceJob, TraceSpec, Template, describe, make_trace
+
+POLICY_NAMES = ("farm", "round_robin", "least_loaded", "pressure")
+
+
+@dataclass(frozen=True)
+class PolicyResult:
+    model_loads: int
+    makespan_s: float
+    gpu_busy: float
+    p50_wait_s: float
+    p99_wait_s: float
+
+
+@dataclass(frozen=True)
+class RunStats:
+    """What the readable table shows besides the JSON figures."""
+    mean_batch: float  # jobs per batched call
+    wall_s: float  # real seconds the simulation took
+
+
+class SimClock:
+    def __init__(self) -> None:
+        self.now_s = 0.0
+
+    def __call__(self) -> float:
+        return self.now_s
+
+
+def make_policy(name: str, max_wait_s: float | None = None) -> PlacementPolicy:
+    if name == "farm":
+        return FarmPolicy() if max_wait_s is None else FarmPolicy(max_wait_s=max_wait_s)
+    return {"round_robin": RoundRobinPolicy, "least_loaded": LeastLoadedPolicy,
+            "pressure": PressurePolicy}[name]()
+
+
+def _percentile(sorted_values: list[float], q: float) -> float:
+    if not sorted_values:
+        return 0.0
+    return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
+
+
+def run_policy(spec: TraceSpec, trace: list[TraceJob],
+               policy: PlacementPolicy) -> tuple[PolicyResult, RunStats]:
+    started = time.perf_counter()
+    clock = SimClock()
+    core = DispatcherCore(JobStore(":memory:"), policy, clock, CoreConfig(max_batch=spec.max_batch),
+                          LoadCostModel())
+    templates: dict[str, Template] = {job.template.batch_key: job.template for job in trace}
+    residency = {f"w{i:04d}": Residency(int(spec.gpu_gb * GB), int(spec.pinned_gb * GB),
+                                        int(spec.disk_gb * GB)) for i in range(spec.workers)}
+    running: dict[str, tuple[str, ...]] = {}  # worker_id -> job ids of its batch in flight
+    events: list[tuple[float, int, str]] = []  # (time, seq, worker_id): a batch ends
+    loads = batches = batched_jobs = 0
+    busy_s = 0.0
+    waits: list[float] = []
+
+    def dispatch(worker_id: str) -> None:
+        nonlocal loads, batches, batched_jobs, busy_s
+        if worker_id in running:
+            return
+        batch = core.worker_ready(worker_id, residency[worker_id].report())
+        if batch is None:
+            return
+        template = templates[batch.batch_key]
+        load_s = 0.0
+        outcome = residency[worker_id].load(template.checkpoint, template.arch.checkpoint_bytes)
+        if outcome.source is not Tier.GPU:
+            loads += 1
+            load_s = seed_load_s(outcome.source, template.arch.checkpoint_bytes)
+            core.observe_load(outcome.source, template.arch.checkpoint_bytes, load_s)
+        run_s = batch_s(template.arch, template.steps, len(batch.jobs))
+        busy_s += run_s
+        batches += 1
+        batched_jobs += len(batch.jobs)
+        waits.extend(clock.now_s - job.created_s for job in batch.jobs)
+        running[worker_id] = batch.job_ids
+        heapq.heappush(events, (clock.now_s + load_s + run_s, batches, worker_id))
+
+    for worker_id in residency:
+        core.register_worker(worker_id)
+        dispatch(worker_id)
+    next_arrival, tick_at, end_s = 0, math.inf, 0.0
+    while next_arrival < len(trace) or events:
+        arrival_s = trace[next_arrival].arrival_s if next_arrival < len(trace) else math.inf
+        event_s = events[0][0] if events else math.inf
+        if arrival_s <= event_s and arrival_s <= tick_at:
+            clock.now_s = arrival_s
+            item = trace[next_arrival]
+            next_arrival += 1
+            t = item.template
+            placement = core.submit(Job(job_id=item.job_id, number=next_arrival,
+                                        checkpoint=t.checkpoint,
+                                        checkpoint_bytes=t.arch.checkpoint_bytes,
+                                        batch_key=t.batch_key, est_run_s=t.est_run_s,
+                                        est_extra_s=t.est_extra_s))
+            if placement.wake:
+                dispatch(placement.worker_id)
+        elif event_s <= tick_at:
+            clock.now_s, _, worker_id = heapq.heappop(events)
+            end_s = clock.now_s
+            for job_id in running.pop(worker_id):
+                core.complete(job_id, {})
+            dispatch(worker_id)
+        else:
+            clock.now_s = tick_at
+            for worker_id in core.tick():
+                dispatch(worker_id)
+        due = core.due_s()
+        tick_at = math.inf if due is None else max(due, clock.now_s + 1e-3)
+    waits.sort()
+    result = PolicyResult(
+        model_loads=loads, makespan_s=round(end_s, 3),
+        gpu_busy=round(busy_s / (spec.workers * end_s), 4) if end_s else 0.0,
+        p50_wait_s=round(_percentile(waits, 0.50), 3), p99_wait_s=round(_percentile(waits, 0.99), 3))
+    stats = RunStats(mean_batch=batched_jobs / max(batches, 1), wall_s=time.perf_counter() - started)
+    return result, stats
+
+
+def ideal_makespan_s(workers: int, trace: list[TraceJob]) -> float:
+    """T*: no schedule finishes sooner (see the module docstring)."""
+    best, suffix = 0.0, 0.0
+    for job in reversed(trace):
+        suffix += job.template.image_s
+        best = max(best, job.arrival_s + suffix / workers, job.arrival_s + job.template.image_s)
+    return best
+
+
+def lower_bound_loads(workers: int, trace: list[TraceJob]) -> int:
+    t_star = ideal_makespan_s(workers, trace)
+    work: dict[str, float] = {}
+    for job in trace:
+        work[job.template.checkpoint] = work.get(job.template.checkpoint, 0.0) + job.template.image_s
+    return sum(max(1, math.ceil(w / t_star - 1e-9)) for w in work.values())
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    d = TraceSpec()
+    p = argparse.ArgumentParser(prog="farm simulate", description=__doc__.split("\n")[0])
+    p.add_argument("--jobs", type=int, default=d.jobs)
+    p.add_argument("--workers", type=int, default=d.workers)
+    p.add_argument("--checkpoints", type=int, default=d.checkpoints)
+    p.add_argument("--zipf", type=float, default=d.zipf)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--load", type=float, default=d.load, help="offered load / capacity")
+    p.add_argument("--arrivals", choices=("bursty", "poisson"), default=d.arrivals)
+    p.add_argument("--max-batch", type=int, default=d.max_batch)
+    p.add_argument("--gpu-gb", type=float, default=d.gpu_gb)
+    p.add_argument("--pinned-gb", type=float, default=d.pinned_gb)
+    p.add_argument("--policies", default=",".join(POLICY_NAMES),
+                   help="comma-separated subset of " + ", ".join(POLICY_NAMES))
+    p.add_argument("--max-wait-s", type=float, default=None, help="farm's starvation bound")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
+    names = [n.strip() for n in args.policies.split(",") if n.strip()]
+    unknown = [n for n in names if n not in POLICY_NAMES]
+    if unknown:
+        print(f"unknown policies {unknown}; choose from {', '.join(POLICY_NAMES)}")
+        return 2
+    spec = TraceSpec(jobs=args.jobs, workers=args.workers, checkpoints=args.checkpoints,
+                     zipf=args.zipf, seed=args.seed, load=args.load, arrivals=args.arrivals,
+                     max_batch=args.max_batch, gpu_gb=args.gpu_gb, pinned_gb=args.pinned_gb)
+    trace = make_trace(spec)
+    results = {name: run_policy(spec, trace, make_policy(name, args.max_wait_s)) for name in names}
+    bound = lower_bound_loads(spec.workers, trace)
+    info = {**describe(spec, trace), "ideal_makespan_s": round(ideal_makespan_s(spec.workers, trace), 3)}
+    if args.json:
+        print(json.dumps({"trace": info, "lower_bound_loads": bound,
+                          "policies": {n: asdict(r) for n, (r, _) in results.items()}}))
+        return 0
+    print(f"trace: {spec.jobs} jobs, {spec.workers} workers, {spec.checkpoints} checkpoints "
+          f"(zipf {spec.zipf}), {spec.arrivals} arrivals at load {spec.load}, "
+          f"span {info['span_s']:.0f} s, ideal makespan {info['ideal_makespan_s']:.0f} s")
+    print(f"lower bound on model loads: {bound}")
+    header = f"{'policy':<14}{'loads':>8}{'makespan_s':>12}{'gpu_busy':>10}{'p50_wait_s':>12}" \
+             f"{'p99_wait_s':>12}{'batch':>7}{'sim_s':>8}"
+    print(header)
+    for name, (r, s) in results.items():
+        print(f"{name:<14}{r.model_loads:>8}{r.makespan_s:>12.1f}{r.gpu_busy:>10.3f}"
+              f"{r.p50_wait_s:>12.2f}{r.p99_wait_s:>12.2f}{s.mean_batch:>7.2f}{s.wall_s:>8.1f}")
+    return 0

@@ -1,0 +1,114 @@
+"""Synthetic job traces for `farm simulate`.
+
+The default trace: 10,000 jobs over 8 checkpoints whose popularity follows Zipf(1.1);
+checkpoints alternate SDXL (1024 px) and SD1.5 (512 px), the most popular being SDXL. Each
+checkpoint has three workflow templates (20, 25 or 30 steps, euler/normal), so there are
+three batch keys per checkpoint; a job picks one uniformly. Arrivals are bursty: a burst is
+a seed sweep of one template (geometric size, mean `mean_burst` jobs, all submitted at the
+same instant), and bursts arrive as a Poisson process whose rate offers `load` times the
+farm's capacity (GPU seconds at the batch limit, summed over workers). `--arrivals poisson`
+submits single jobs instead. 8 workers, each with 12 GB of VRAM for weights (room for two
+SDXL UNets), 16 GB of pinned host RAM and 200 GB of local disk; batch limit 8.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+import random
+from dataclasses import asdict, dataclass
+
+from farm.scheduler.costs import ARCHS, ArchProfile, batch_s, job_estimates
+
+GB = 1e9
+STEP_CHOICES = (20, 25, 30)
+
+
+@dataclass(frozen=True)
+class TraceSpec:
+    jobs: int = 10_000
+    workers: int = 8
+    checkpoints: int = 8
+    zipf: float = 1.1  # popularity of checkpoint rank r is proportional to r ** -zipf
+    seed: int = 0
+    load: float = 0.9  # offered GPU work per second / farm capacity, at the batch limit
+    arrivals: str = "bursty"  # "bursty" (seed sweeps) or "poisson" (single jobs)
+    mean_burst: float = 6.0  # mean jobs per sweep when bursty
+    max_batch: int = 8
+    gpu_gb: float = 12.0  # VRAM for weights per worker
+    pinned_gb: float = 16.0  # pinned host RAM per worker
+    disk_gb: float = 200.0  # local disk cache per worker
+
+
+@dataclass(frozen=True)
+class Template:
+    """A workflow template: the jobs made from it differ only in seed and prompt."""
+    batch_key: str
+    checkpoint: str
+    arch: ArchProfile
+    steps: int
+    est_run_s: float  # seconds alone (what upstream tells the dispatcher)
+    est_extra_s: float  # seconds each further job adds to a batch
+    image_s: float  # GPU seconds per image at the batch limit (the cheapest it can run)
+
+
+@dataclass(frozen=True)
+class TraceJob:
+    job_id: str
+    arrival_s: float
+    template: Template
+
+
+def checkpoint_names(spec: TraceSpec) -> list[tuple[str, ArchProfile]]:
+    """Checkpoints by popularity rank; even ranks SDXL, odd ranks SD1.5."""
+    return [(f"ckpt{rank}-{arch.name}", arch)
+            for rank in range(spec.checkpoints)
+            for arch in [ARCHS["sdxl"] if rank % 2 == 0 else ARCHS["sd15"]]]
+
+
+def templates(spec: TraceSpec) -> list[list[Template]]:
+    """Per checkpoint (by rank), its templates."""
+    result = []
+    for name, arch in checkpoint_names(spec):
+        row = []
+        for steps in STEP_CHOICES:
+            run_s, extra_s = job_estimates(arch, steps, spec.max_batch)
+            row.append(Template(f"{name}|{steps}|euler|normal|{arch.resolution}", name, arch, steps,
+                                run_s, extra_s, batch_s(arch, steps, spec.max_batch) / spec.max_batch))
+        result.append(row)
+    return result
+
+
+def make_trace(spec: TraceSpec) -> list[TraceJob]:
+    """The jobs of a trace, in arrival order (deterministic for a given spec)."""
+    rng = random.Random(spec.seed)
+    table = templates(spec)
+    weights = [(rank + 1) ** -spec.zipf for rank in range(spec.checkpoints)]
+    cum = list(itertools.accumulate(weights))
+    mean_image_s = sum(w * sum(t.image_s for t in row) / len(row)
+                       for w, row in zip(weights, table)) / cum[-1]
+    job_rate = spec.load * spec.workers / mean_image_s  # jobs per second
+    burst = spec.mean_burst if spec.arrivals == "bursty" else 1.0
+    if spec.arrivals not in ("bursty", "poisson"):
+        raise ValueError(f"arrivals must be 'bursty' or 'poisson', not {spec.arrivals!r}")
+    jobs: list[TraceJob] = []
+    now = 0.0
+    while len(jobs) < spec.jobs:
+        rank = rng.choices(range(spec.checkpoints), cum_weights=cum)[0]
+        template = rng.choice(table[rank])
+        # Geometric burst size with mean `burst` (1 for Poisson arrivals).
+        size = 1 if burst <= 1 else 1 + int(math.log(1 - rng.random()) / math.log(1 - 1 / burst))
+        for _ in range(min(size, spec.jobs - len(jobs))):
+            jobs.append(TraceJob(f"job{len(jobs):07d}", now, template))
+        now += rng.expovariate(job_rate / burst)
+    return jobs
+
+
+def describe(spec: TraceSpec, jobs: list[TraceJob]) -> dict:
+    """The trace as the JSON "trace" object: the spec plus what was drawn."""
+    per_ckpt: dict[str, int] = {}
+    for job in jobs:
+        per_ckpt[job.template.checkpoint] = per_ckpt.get(job.template.checkpoint, 0) + 1
+    return {**asdict(spec),
+            "span_s": round(jobs[-1].arrival_s, 3) if jobs else 0.0,
+            "work_s": round(sum(j.template.image_s for j in jobs), 3),
+            "jobs_per_checkpoint": per_ckpt}

@@ -1,0 +1,121 @@
+"""What route handlers are given: the server's state, the farm (or a 503 when none is
+attached), and helpers that turn a malformed request into a 400 that says what is wrong."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from dataclasses import dataclass, field
+from typing import Annotated, AsyncIterator, TypeVar
+
+from fastapi import Depends, FastAPI, HTTPException
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import HTTPConnection, Request
+
+from farm.nodes.registry import NodeRegistry, default_registry
+from farm.nodes.spec import NodeContext
+from farm.server.config import ServerConfig
+from farm.server.events import Broadcaster
+from farm.server.service import FarmService
+
+Body = TypeVar("Body", bound=BaseModel)
+
+
+@dataclass
+class ServerState:
+    """Built once by create_app; every handler reaches it through `app.state.farm`."""
+
+    config: ServerConfig
+    service: FarmService | None  # None: no farm attached; routes that need one answer 503
+    registry: NodeRegistry
+    node_ctx: NodeContext  # folders and limits that validation and /object_info see
+    broadcaster: Broadcaster
+    token: str | None  # resolved from the config or $FARM_TOKEN
+    _pump: asyncio.Task | None = field(default=None, repr=False)
+
+    @classmethod
+    def build(cls, service: FarmService | None, config: ServerConfig,
+              registry: NodeRegistry | None = None) -> "ServerState":
+        return cls(config, service, registry or default_registry(), config.node_context(),
+                   Broadcaster(config.ws_outbox_frames), config.effective_token())
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app: FastAPI) -> AsyncIterator[None]:
+        if self.service is not None:
+            self._pump = asyncio.create_task(self.broadcaster.pump(self.service.events), name="farm-events")
+        try:
+            yield
+        finally:
+            if self._pump is not None:
+                self._pump.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._pump
+            self.broadcaster.close_all()
+
+
+class FarmUnavailable(HTTPException):
+    def __init__(self) -> None:
+        super().__init__(503, "no farm is attached to this server: it can validate workflows and serve files, "
+                              "but queueing needs a running farm (start it with the farm service)")
+
+
+def get_state(conn: HTTPConnection) -> ServerState:
+    return conn.app.state.farm
+
+
+def require_farm(conn: HTTPConnection) -> FarmService:
+    service = get_state(conn).service
+    if service is None:
+        raise FarmUnavailable()
+    return service
+
+
+State = Annotated[ServerState, Depends(get_state)]
+Farm = Annotated[FarmService, Depends(require_farm)]
+
+
+class BadRequest(HTTPException):
+    def __init__(self, message: str):
+        super().__init__(400, message)
+
+
+async def read_json(request: Request) -> object:
+    raw = await request.body()
+    try:
+        return json.loads(raw) if raw.strip() else {}
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"the request body is not valid JSON: {exc}") from None
+
+
+def describe(errors: list[dict]) -> str:
+    """pydantic's error list as one line: "prompt: Input should be a valid dictionary; ..." """
+    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in errors)
+
+
+def parse_body(model: type[Body], data: object) -> Body:
+    if not isinstance(data, dict):
+        raise BadRequest(f"the request body must be a JSON object, not {type(data).__name__}")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise BadRequest(f"bad request body: {describe(exc.errors())}") from None
+
+
+async def read_body(request: Request, model: type[Body]) -> Body:
+    return parse_body(model, await read_json(request))
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Errors go out as {"error": message}, and a body that fails a pydantic model is a
+    400 (as ComfyUI answers bad input), not FastAPI's 422."""
+    async def http_error(request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+    async def invalid_body(request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"error": f"bad request body: {describe(exc.errors())}"}, status_code=400)
+
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(RequestValidationError, invalid_body)

@@ -1,0 +1,71 @@
+"""The farm's own routes (not in ComfyUI), described at /openapi.json:
+GET /workers (every GPU worker: what it holds, how busy it is) and POST /batch (one
+workflow queued many times with per-prompt overrides, e.g. a seed sweep)."""
+from __future__ import annotations
+
+import uuid
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from farm.errors import FarmError
+from farm.prepare import to_api_format
+from farm.server.deps import BadRequest, Farm, State, require_farm
+from farm.server.submission import PromptRejected, Validated, submit_request, validate_prompt
+from farm.server.wire import BatchRequest, BatchResponse, WorkerOut, error_body, number_out, worker_out
+
+router = APIRouter(tags=["farm"])
+
+ERROR_400 = {400: {"description": 'a bad override key, or a variant that fails validation: '
+                                  '{"error", "node_errors", "index"} (index of the variant)'}}
+
+
+@router.get("/workers", response_model=list[WorkerOut], summary="The farm's GPU workers")
+async def workers(farm: Farm) -> list[WorkerOut]:
+    return [worker_out(w) for w in await farm.workers()]
+
+
+def check_override_keys(prompt: dict, overrides: list[dict], registry) -> None:
+    """Every key must name a node of the workflow and an input that node has (given, or
+    declared by its class), so that a typo is refused instead of rendering the unchanged
+    workflow N times."""
+    for index, override in enumerate(overrides):
+        for key in override:
+            node_id, dot, input_name = key.partition(".")
+            where = f"overrides[{index}] key {key!r}"
+            if not dot or not node_id or not input_name:
+                raise BadRequest(f"{where} must look like NODE_ID.INPUT, e.g. \"3.seed\"")
+            node = prompt.get(node_id)
+            if not isinstance(node, dict):
+                raise BadRequest(f"{where}: the workflow has no node {node_id!r}")
+            spec = registry.spec(node.get("class_type"))
+            given = node.get("inputs") if isinstance(node.get("inputs"), dict) else {}
+            if input_name not in given and (spec is None or spec.input(input_name) is None):
+                known = sorted(set(given) | {i.name for i in (spec.inputs if spec else ())})
+                raise BadRequest(f"{where}: node {node_id} ({node.get('class_type')}) has no input "
+                                 f"{input_name!r}; its inputs are {', '.join(known)}")
+
+
+@router.post("/batch", response_model=BatchResponse, responses=ERROR_400,
+             summary="Queue one workflow once per override dict")
+async def batch(body: BatchRequest, request: Request, state: State) -> BatchResponse | JSONResponse:
+    """Every variant is validated before any is queued: a batch is queued whole or not
+    at all (unless the farm itself fails midway)."""
+    try:
+        prompt = await run_in_threadpool(to_api_format, body.prompt, state.registry)
+    except FarmError as exc:
+        return JSONResponse({"error": error_body("invalid_prompt", "the workflow cannot be read", str(exc)),
+                             "node_errors": {}, "index": None}, status_code=400)
+    check_override_keys(prompt, body.overrides, state.registry)
+    validated: list[Validated] = []
+    for index, override in enumerate(body.overrides):
+        try:
+            validated.append(await validate_prompt(state, prompt, str(uuid.uuid4()), overrides=override))
+        except PromptRejected as rejected:
+            return JSONResponse({**rejected.body, "index": index}, status_code=400)
+    farm = require_farm(request)
+    results = [await farm.submit(submit_request(v, body.extra_data, body.client_id, None, body.front))
+               for v in validated]
+    return BatchResponse(prompt_ids=[r.prompt_id for r in results], numbers=[number_out(r.number) for r in results],
+                         node_errors=[v.prepared.node_errors for v in validated])

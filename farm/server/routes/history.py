@@ -1,0 +1,47 @@
+"""Finished prompts: GET /history[?max_items=&offset=], GET /history/{prompt_id}, POST /history."""
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+
+from farm.server.deps import BadRequest, Farm, read_body
+from farm.server.wire import ItemsAction, history_item_out, history_out
+
+router = APIRouter()
+
+
+def _int_param(request: Request, name: str) -> int | None:
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        raise BadRequest(f"{name} must be an integer, got {raw!r}") from None
+
+
+@router.get("/history")
+async def get_history(request: Request, farm: Farm) -> dict:
+    """Oldest first. Without offset: the newest max_items (ComfyUI's default); with it:
+    max_items starting that many from the oldest."""
+    max_items = _int_param(request, "max_items")
+    offset = _int_param(request, "offset")
+    if max_items is not None and max_items < 0:
+        raise BadRequest("max_items must not be negative")
+    return history_out(await farm.history(max_items, -1 if offset is None else offset))
+
+
+@router.get("/history/{prompt_id}")
+async def get_history_item(prompt_id: str, farm: Farm) -> dict:
+    """{} while the prompt is queued, running or unknown, as in ComfyUI."""
+    item = await farm.history_item(prompt_id)
+    return {} if item is None else {item.prompt_id: history_item_out(item)}
+
+
+@router.post("/history")
+async def post_history(request: Request, farm: Farm) -> Response:
+    action = await read_body(request, ItemsAction)
+    if action.clear:
+        await farm.clear_history()
+    if action.delete:
+        await farm.delete_history(action.delete)
+    return Response(status_code=200)

@@ -1,0 +1,96 @@
+"""From a POST /prompt (or /batch) body to a SubmitRequest: ComfyUI's checks, in its order,
+with its error shapes. Validation itself is farm.prepare's (the CLI and Python API use the
+same), run off the event loop because it reads folders and hashes input files."""
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+
+from starlette.concurrency import run_in_threadpool
+
+from farm.errors import FarmError, WorkflowFormatError
+from farm.prepare import PreparedPrompt, ValidationFailed, prepare
+from farm.server.deps import ServerState
+from farm.server.service import SubmitRequest
+from farm.server.wire import error_body
+
+# Keys of extra_data that ComfyUI keeps out of the queue and history (API-node credentials).
+# The farm runs no API nodes, so it drops them: they are never stored or shown.
+SENSITIVE_EXTRA_DATA_KEYS = ("auth_token_comfy_org", "api_key_comfy_org")
+
+
+class PromptRejected(Exception):
+    """The 400 answer to a prompt, in ComfyUI's {"error", "node_errors"} shape."""
+
+    def __init__(self, body: dict):
+        super().__init__(body["error"]["message"] if isinstance(body.get("error"), dict) else str(body))
+        self.body = body
+
+
+def reject(kind: str, message: str, details: str = "") -> PromptRejected:
+    return PromptRejected({"error": error_body(kind, message, details), "node_errors": {}})
+
+
+def is_canonical_uuid(value: object) -> bool:
+    """A UUID written exactly as str(uuid.UUID(...)) writes it (lowercase, hyphenated)."""
+    if not isinstance(value, str):
+        return False
+    try:
+        return str(uuid.UUID(value)) == value
+    except ValueError:
+        return False
+
+
+def check_prompt_id(value: object) -> str:
+    """A client-given prompt_id must be a canonical UUID: the id is compared verbatim in
+    history, events and /interrupt, so another spelling would never match. None (absent
+    or null) lets the server mint one."""
+    if value is None:
+        return str(uuid.uuid4())
+    if not is_canonical_uuid(value):
+        raise reject("invalid_prompt_id", "prompt_id is not a UUID in canonical form",
+                     f"got {value!r}; send a lowercase hyphenated UUID such as {uuid.uuid4()}, "
+                     "or leave prompt_id out and the server picks one")
+    return value
+
+
+def clean_extra_data(extra_data: dict, client_id: str | None, now_s: float | None = None) -> dict:
+    """extra_data as the queue stores it: the client's keys minus secrets, plus client_id
+    and create_time (ms), which the jobs API sorts by."""
+    out = {k: v for k, v in extra_data.items() if k not in SENSITIVE_EXTRA_DATA_KEYS}
+    if client_id is not None:
+        out["client_id"] = client_id
+    out["create_time"] = int((time.time() if now_s is None else now_s) * 1000)
+    return out
+
+
+@dataclass(frozen=True)
+class Validated:
+    prepared: PreparedPrompt
+    outputs_to_execute: tuple[str, ...]
+
+
+def _prepare_blocking(state: ServerState, workflow: object, prompt_id: str, targets: list[str] | None,
+                      overrides: dict | None) -> Validated:
+    try:
+        prepared = prepare(workflow, state.registry, state.node_ctx, overrides, prompt_id=prompt_id,
+                           partial_execution_targets=targets)
+    except ValidationFailed as exc:
+        raise PromptRejected(exc.result.to_comfy()) from None
+    except WorkflowFormatError as exc:
+        raise reject("invalid_prompt", "the workflow is not in ComfyUI's API format", str(exc)) from None
+    except FarmError as exc:
+        raise reject("invalid_prompt", "the workflow cannot run", str(exc)) from None
+    return Validated(prepared, tuple(prepared.plan.outputs))
+
+
+async def validate_prompt(state: ServerState, workflow: object, prompt_id: str, targets: list[str] | None = None,
+                          overrides: dict | None = None) -> Validated:
+    return await run_in_threadpool(_prepare_blocking, state, workflow, prompt_id, targets, overrides)
+
+
+def submit_request(validated: Validated, extra_data: dict, client_id: str | None, number: float | None,
+                   front: bool) -> SubmitRequest:
+    return SubmitRequest(validated.prepared, validated.outputs_to_execute, clean_extra_data(extra_data, client_id),
+                         client_id, number, front)

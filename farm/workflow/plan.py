@@ -1,0 +1,119 @@
+"""What the engine runs for a validated workflow: the order, and a signature per node.
+
+A node's signature is the sha256 of its class_type, its constant inputs and, for each
+linked input, the signature of the node feeding it and the output index. Node ids are not
+part of it, so the same subgraph under other ids (another job, a renumbered copy) has the
+same signatures: that is what lets the output cache and cross-job batching find it.
+"""
+from __future__ import annotations
+
+import hashlib
+import heapq
+import json
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from farm.errors import NodeExecutionError, WorkflowFormatError
+from farm.nodes.registry import NodeRegistry
+from farm.nodes.spec import NodeContext, hook_arguments
+from farm.workflow.graph import Link, Workflow
+from farm.workflow.validate import normalize
+
+# Stands in for a batchable constant in batch signatures.
+_BATCHED = {"batched": True}
+# The input that names a checkpoint, in every ComfyUI checkpoint loader.
+CHECKPOINT_INPUT = "ckpt_name"
+
+
+@dataclass(frozen=True)
+class Plan:
+    workflow: Workflow  # normalized: declared inputs only, constants of their declared types
+    outputs: tuple[str, ...]  # the output nodes asked for
+    order: tuple[str, ...]  # ancestors of `outputs` (and they), each after all it depends on
+    signatures: dict[str, str]  # node id -> input signature (the output cache key)
+    batch_signatures: dict[str, str]  # node id -> signature with batchable constants blanked
+    batch_key: str  # equal for two plans that differ only in batchable constants
+    checkpoints: tuple[str, ...]  # ckpt_name values used, first use first (for placement)
+
+
+def make_plan(workflow: Workflow, outputs_to_execute: Sequence[str], registry: NodeRegistry,
+              ctx: NodeContext) -> Plan:
+    """Plan a workflow that passed validation for these outputs."""
+    workflow = normalize(workflow, registry)
+    outputs = tuple(outputs_to_execute)
+    order = _topological_order(workflow, outputs)
+    signatures: dict[str, str] = {}
+    batch_signatures: dict[str, str] = {}
+    checkpoints: list[str] = []
+    for node_id in order:
+        call = workflow.nodes[node_id]
+        node_cls = registry.get(call.class_type)
+        fingerprint = _fingerprint(node_id, call.class_type, node_cls, ctx, call.constants())
+        full, batch = [], []
+        for inp in node_cls.spec.inputs:
+            if inp.name not in call.inputs:
+                continue
+            value = call.inputs[inp.name]
+            if isinstance(value, Link):
+                full.append([inp.name, {"from": signatures[value.node_id], "output": value.output_index}])
+                batch.append([inp.name, {"from": batch_signatures[value.node_id], "output": value.output_index}])
+            else:
+                full.append([inp.name, {"value": value}])
+                batch.append([inp.name, _BATCHED if inp.batchable else {"value": value}])
+        signatures[node_id] = _digest([call.class_type, fingerprint, full])
+        batch_signatures[node_id] = _digest([call.class_type, fingerprint, batch])
+        name = call.inputs.get(CHECKPOINT_INPUT)
+        if isinstance(name, str) and name not in checkpoints:
+            checkpoints.append(name)
+    batch_key = _digest(sorted(batch_signatures[o] for o in outputs))
+    return Plan(workflow, outputs, order, signatures, batch_signatures, batch_key, tuple(checkpoints))
+
+
+def _topological_order(workflow: Workflow, outputs: tuple[str, ...]) -> tuple[str, ...]:
+    """Kahn's algorithm over the ancestors of `outputs`; among ready nodes the one listed
+    first in the workflow goes first, so the order does not depend on hashing."""
+    needed: set[str] = set()
+    frontier = list(outputs)
+    while frontier:
+        node_id = frontier.pop()
+        if node_id in needed:
+            continue
+        if node_id not in workflow.nodes:
+            raise WorkflowFormatError(f"node {node_id!r} is not in the workflow; validate it before planning")
+        needed.add(node_id)
+        frontier.extend(link.node_id for link in workflow.nodes[node_id].links().values())
+    position = {node_id: i for i, node_id in enumerate(workflow.nodes)}
+    waiting = {n: {link.node_id for link in workflow.nodes[n].links().values()} for n in needed}
+    consumers: dict[str, list[str]] = {}  # node id -> nodes that wait for it
+    for node_id, sources in waiting.items():
+        for source in sources:
+            consumers.setdefault(source, []).append(node_id)
+    ready = [(position[n], n) for n, sources in waiting.items() if not sources]
+    heapq.heapify(ready)
+    order: list[str] = []
+    while ready:
+        _, node_id = heapq.heappop(ready)
+        order.append(node_id)
+        for consumer in consumers.get(node_id, []):
+            waiting[consumer].discard(node_id)
+            if not waiting[consumer]:
+                heapq.heappush(ready, (position[consumer], consumer))
+    if len(order) != len(needed):
+        stuck = sorted(set(needed) - set(order), key=position.get)
+        raise WorkflowFormatError(f"dependency cycle among nodes {', '.join(stuck)}; validate before planning")
+    return tuple(order)
+
+
+def _fingerprint(node_id: str, class_type: str, node_cls, ctx: NodeContext, constants: dict[str, Any]) -> str | None:
+    arguments = hook_arguments(node_cls.fingerprint, constants)
+    if arguments is None:
+        return None
+    try:
+        return node_cls.fingerprint(ctx, **arguments)
+    except Exception as exc:  # e.g. the input image was deleted after validation
+        raise NodeExecutionError(node_id, class_type, exc) from exc
+
+
+def _digest(payload: Any) -> str:
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=repr)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
