@@ -18,7 +18,7 @@ from farm.engine import Engine, JobContext, JobOutcome, PlannedJob
 from farm.errors import Interrupted, NodeExecutionError
 from farm.local import FarmPaths
 from farm.models.store import ModelFolders
-from farm.models.tiers import TierConfig, TieredModelProvider, TierMove, derive_budgets
+from farm.models.tiers import TierConfig, TieredModelProvider, TierMove, derive_budgets, host_memory
 from farm.scheduler.residency import Residency, ResidencyReport
 from farm.nodes.registry import default_registry
 from farm.outputs import ImageBatch, ImageRef
@@ -361,5 +361,8 @@ class WorkerCore:
             torch_free = torch_total - torch.cuda.memory_allocated(self.device)
             name = torch.cuda.get_device_name(self.device)
             index = self.device.index if self.device.index is not None else torch.cuda.current_device()
+        else:  # a CPU worker's device memory is the host's
+            total, free = host_memory()
+            used = total - free
         return WorkerState(self.worker_id, self.node, str(self.device), index, name, self.models.report(), running,
                            used, total, free, torch_total, torch_free)

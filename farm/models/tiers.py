@@ -71,16 +71,23 @@ class TierMove:
     seconds: float
 
 
-def available_host_bytes() -> int:
-    """MemAvailable from /proc/meminfo (Linux); a conservative guess elsewhere."""
+def host_memory() -> tuple[int, int]:
+    """(total, available) bytes of host RAM from /proc/meminfo (Linux); a conservative
+    guess elsewhere."""
+    found: dict[str, int] = {}
     try:
         with open("/proc/meminfo") as f:
             for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
+                key, _, rest = line.partition(":")
+                if key in ("MemTotal", "MemAvailable"):
+                    found[key] = int(rest.split()[0]) * 1024
     except OSError:
         pass
-    return 8 * GiB
+    return found.get("MemTotal", 16 * GiB), found.get("MemAvailable", 8 * GiB)
+
+
+def available_host_bytes() -> int:
+    return host_memory()[1]
 
 
 def derive_budgets(config: TierConfig, device: torch.device, workers_on_host: int = 1) -> TierBudgets:
@@ -278,9 +285,14 @@ class TieredModelProvider:
         loaded.checkpoint.device = torch.device("cpu")
 
     def _drop(self, name: str, loaded: _Loaded) -> None:
-        for slot in loaded.slots:
-            t = _get(slot)
-            _set(slot, torch.empty(t.shape, dtype=t.dtype, device="meta"))
+        for owner, is_param, attr in loaded.slots:
+            t = owner._parameters[attr] if is_param else owner._buffers[attr]
+            meta = torch.empty(t.shape, dtype=t.dtype, device="meta")  # .data cannot change to meta
+            if is_param:
+                t.data = torch.empty(0, dtype=t.dtype, device=t.device)  # frees it for whoever holds it
+                owner._parameters[attr] = torch.nn.Parameter(meta, requires_grad=False)
+            else:
+                owner._buffers[attr] = meta
         loaded.host = None
         del self._loaded[name]
         for callback in self.on_drop:

@@ -10,7 +10,8 @@ from farm.sampling.samplers import SAMPLER_NOISE, SAMPLERS, Callback, Denoiser, 
 from farm.sampling.schedules import DISCARD_PENULTIMATE_SIGMA_SAMPLERS, SCHEDULERS, compute_sigmas
 
 __all__ = [
-    "BrownianNoiseSampler", "CFGDenoiser", "Callback", "CondBatch", "Conditioning", "DISCARD_PENULTIMATE_SIGMA_SAMPLERS",
+    "BrownianNoiseSampler", "CFGDenoiser", "Callback", "CondBatch", "Conditioning",
+    "DISCARD_PENULTIMATE_SIGMA_SAMPLERS",
     "Denoiser", "DiscreteSchedule", "EpsFn", "NoiseFn", "NoiseKind", "NoiseSampler", "SAMPLERS", "SAMPLER_NOISE",
     "SCHEDULERS", "StepInfo", "compute_sigmas", "get_sampler", "initial_noise", "is_max_denoise",
     "make_noise_sampler", "sample", "slice_sigmas",

@@ -58,9 +58,10 @@ class DiscreteSchedule:
     def timestep(self, sigma: Tensor) -> Tensor:
         """The integer timestep (as an int64 tensor shaped like sigma) whose table sigma is
         nearest in log space; ComfyUI feeds this rounded value, not a fractional one, to the UNet."""
-        log_sigma = sigma.float().log().to(self.log_sigmas.device)
-        dists = (log_sigma.reshape(1, -1) - self.log_sigmas[:, None]).abs()
-        return dists.argmin(dim=0).view(sigma.shape).to(sigma.device)
+        # The 4 KB table goes to sigma's device rather than sigma to the table's: no GPU sync.
+        log_sigmas = self.log_sigmas.to(sigma.device)
+        dists = (sigma.float().log().reshape(1, -1) - log_sigmas[:, None]).abs()
+        return dists.argmin(dim=0).view(sigma.shape)
 
     def percent_to_sigma(self, percent: float) -> float:
         """Sigma at a fraction of the way through sampling (0 = start, 1 = end), as ComfyUI's

@@ -84,8 +84,7 @@ class DispatcherCore:
         load_s = self.fleet.switch_s(view, batch.checkpoint, batch.checkpoint_bytes)
         if batch.checkpoint is not None and source is not Tier.GPU:
             # Until its next report, count the worker as holding what it is about to load.
-            resident = dataclasses.replace(report, gpu=report.gpu | {batch.checkpoint})
-            self.fleet.set_residency(view, resident)
+            self.fleet.set_residency(view, report.after_load(batch.checkpoint, batch.checkpoint_bytes))
         view.last_used_s = now
         self.fleet.set_running(view, batch.job_ids, now + load_s + batch.expected_run_s)
         return dataclasses.replace(batch, worker_id=worker_id, source_tier=source,

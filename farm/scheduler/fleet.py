@@ -48,7 +48,8 @@ class Fleet:
         self.workers: dict[str, WorkerView] = {}  # worker_id -> view, in registration order
         self.pool = KeyedQueue(max_batch)  # jobs not reserved for any worker
         self._owner: dict[str, str | None] = {}  # queued job_id -> worker_id, or None (pool)
-        self._holders: dict[str, set[str]] = defaultdict(set)  # checkpoint -> workers with it in VRAM
+        self._holders: dict[str, dict[str, None]] = defaultdict(dict)  # checkpoint -> workers
+        # holding it in VRAM (ordered sets: iteration order must not depend on string hashing)
         self._idle: dict[str, None] = {}  # idle workers, longest idle first (an ordered set)
         self._idle_holders: dict[str, dict[str, None]] = defaultdict(dict)  # checkpoint -> idle holders
         self._load_heap: list[tuple[int, int, str]] = []  # (jobs, version, worker_id), lazy
@@ -82,10 +83,10 @@ class Fleet:
 
     def set_residency(self, view: WorkerView, report: ResidencyReport) -> None:
         for checkpoint in view.gpu - report.gpu:
-            self._holders[checkpoint].discard(view.worker_id)
+            self._holders[checkpoint].pop(view.worker_id, None)
             self._idle_holders[checkpoint].pop(view.worker_id, None)
         for checkpoint in report.gpu - view.gpu:
-            self._holders[checkpoint].add(view.worker_id)
+            self._holders[checkpoint][view.worker_id] = None
             if view.idle:
                 self._idle_holders[checkpoint][view.worker_id] = None
         view.residency = report

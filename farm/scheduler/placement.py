@@ -18,12 +18,13 @@ Baselines, for `farm simulate`:
 """
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from typing import Protocol
 
 from farm.scheduler.fleet import Fleet, WorkerView
-from farm.scheduler.jobs import Job
+from farm.scheduler.jobs import Job, batch_run_s
 from farm.scheduler.residency import Tier
 
 
@@ -138,57 +139,118 @@ class PressurePolicy:
         return None
 
 
-class FarmPolicy:
-    """Expected-finish-first placement over residency tiers, with a starvation bound.
+class _Demand:
+    """Exponentially weighted rate of submitted GPU work for one checkpoint (seconds of
+    work per second), bias-corrected so that the first minutes are not read as quiet."""
 
-    A job for checkpoint c can run on a worker that holds c in VRAM (a holder), after the
-    holders have worked off c's queued jobs: about work_s(c) / holders(c) from now. Or an
-    idle worker can load c (seconds from its nearest tier, learned per tier) and start now.
-    The idle worker takes it only when that brings the start forward by more than
-    `replicate_margin_s`: every load evicts something that may be needed again, and a
-    hot checkpoint gains a replica exactly when its holders fall that far behind. A
-    checkpoint no worker holds has no holders to wait for, so it is always taken (cold
-    checkpoints never wait for a hot one to drain). And no job waits longer than
-    `max_wait_s`: a worker that asks for work then takes the oldest job, whatever the load.
+    def __init__(self, now_s: float):
+        self.first_s = now_s  # first submission seen
+        self.last_s = now_s  # last update
+        self.level = 0.0  # EMA of work per second, not yet bias-corrected
+
+    def add(self, work_s: float, now_s: float, window_s: float) -> None:
+        self.level = self.level * math.exp((self.last_s - now_s) / window_s) + work_s / window_s
+        self.last_s = now_s
+
+    def rate(self, now_s: float, window_s: float, warmup_s: float) -> float:
+        decay = math.exp((self.last_s - now_s) / window_s)
+        seen = max(now_s - self.first_s, warmup_s)
+        return self.level * decay / (1.0 - math.exp(-seen / window_s))
+
+
+class FarmPolicy:
+    """Residency-aware pull placement: demand-sized replicas, burst relief, a wait bound.
+
+    Each checkpoint c has a demand d_c: GPU seconds submitted per second, averaged over
+    the last few minutes. Its n_c holders (workers with c in VRAM) are expected to share
+    it evenly, so a worker's load is the sum of d_c / n_c over what it holds. Workers run
+    work for what they hold, best priority first, and load nothing while they have it.
+    A worker with nothing of its own to do (or one that is idle when a job arrives) loads
+    checkpoint c and takes c's best jobs when one of these holds:
+      - nobody holds c (a cold checkpoint never waits behind hot ones);
+      - c's holders are busier than this worker would be with a share of c, by more than
+        `balance_margin` (hot checkpoints get replicas in proportion to their demand);
+      - c's queued work would keep its holders busy `burst_margin_s` longer than this
+        worker needs to load c (a large burst finishes sooner spread out).
+    A load never evicts the last copy of a checkpoint that has queued jobs or more demand
+    than the share gained. No job waits longer than `max_wait_s`: a worker that asks for
+    work takes the oldest job first once it is overdue, whatever it costs.
     """
     name = "farm"
 
-    def __init__(self, replicate_margin_s: float = 10.0, max_wait_s: float = 120.0):
-        self.replicate_margin_s = replicate_margin_s  # start-time gain a new replica must bring
+    def __init__(self, balance_margin: float = 0.25, burst_margin_s: float = 60.0,
+                 max_wait_s: float = 120.0, demand_window_s: float = 300.0,
+                 demand_warmup_s: float = 60.0, sample: int = 16):
+        self.balance_margin = balance_margin  # load gap (GPU s per s) a new replica must close
+        self.burst_margin_s = burst_margin_s  # queued seconds per holder that justify a load
         self.max_wait_s = max_wait_s  # starvation bound on any job's wait in the pool
+        self.demand_window_s = demand_window_s  # time constant of the demand average
+        self.demand_warmup_s = demand_warmup_s  # shortest history a rate is computed over
+        self.sample = sample  # holders looked at to estimate their load (bounds the cost)
+        self._demand: dict[str | None, _Demand] = {}  # checkpoint -> submitted work rate
 
-    def holder_wait_s(self, checkpoint: str | None, fleet: Fleet) -> float:
-        """Expected wait for c's holders to reach a job queued now (inf: no holder)."""
+    # --- estimates ----------------------------------------------------------------------
+
+    def demand(self, checkpoint: str | None, now_s: float) -> float:
+        found = self._demand.get(checkpoint)
+        return 0.0 if found is None else found.rate(now_s, self.demand_window_s, self.demand_warmup_s)
+
+    def worker_load(self, view: WorkerView, fleet: Fleet, now_s: float) -> float:
+        """Expected busy share of this worker: its even share of each model it holds."""
+        return sum(self.demand(c, now_s) / max(1, fleet.holder_count(c)) for c in view.gpu)
+
+    def holders_load(self, checkpoint: str | None, fleet: Fleet, now_s: float) -> float:
+        holders = list(itertools.islice(fleet.holders(checkpoint), self.sample))
+        if not holders:
+            return math.inf
+        return sum(self.worker_load(fleet.workers[w], fleet, now_s) for w in holders) / len(holders)
+
+    def steal_score(self, worker: WorkerView, checkpoint: str | None, size_bytes: int,
+                    fleet: Fleet, now_s: float) -> float | None:
+        """How far behind c's holders are, in seconds, if `worker` should load c now;
+        None when it should not (see the class docstring)."""
         count = fleet.holder_count(checkpoint)
-        return math.inf if count == 0 else fleet.pool.work_s(checkpoint) / count
+        share = self.demand(checkpoint, now_s) / (count + 1)
+        victims = worker.residency.victims(checkpoint, size_bytes) if checkpoint else ()
+        for victim in victims:
+            if fleet.holder_count(victim) <= 1 and (
+                    fleet.pool.count_of(victim) or self.demand(victim, now_s) > share):
+                return None
+        if count == 0:
+            return math.inf
+        behind_s = fleet.pool.work_s(checkpoint) / count
+        gain_s = behind_s - fleet.switch_s(worker, checkpoint, size_bytes)
+        after = (self.worker_load(worker, fleet, now_s) + share
+                 - sum(self.demand(v, now_s) / fleet.holder_count(v) for v in victims))
+        if (gain_s > 0 and self.holders_load(checkpoint, fleet, now_s) - after > self.balance_margin
+                or gain_s > self.burst_margin_s):
+            return gain_s
+        return None
+
+    # --- decisions ----------------------------------------------------------------------
 
     def choose(self, job: Job, fleet: Fleet, now_s: float) -> Placement:
+        demand = self._demand.setdefault(job.checkpoint, _Demand(now_s))
+        per_job_s = batch_run_s(job.est_run_s, job.est_extra_s, fleet.max_batch) / fleet.max_batch
+        demand.add(per_job_s, now_s, self.demand_window_s)
         idle_holder = fleet.idle_holder(job.checkpoint)
         if idle_holder is not None:
             return _forecast(job, idle_holder, fleet, now_s, now_s)
-        wait_s = self.holder_wait_s(job.checkpoint, fleet)
-        cold = self._cheapest_idle(job, fleet)
-        if cold is not None:
-            switch_s = fleet.switch_s(cold, job.checkpoint, job.checkpoint_bytes)
-            if wait_s - switch_s > self.replicate_margin_s:
-                return _forecast(job, cold, fleet, now_s, now_s)
-        if math.isinf(wait_s):  # nobody holds it, nobody is idle: the bound applies
-            return _forecast(job, None, fleet, now_s + self.max_wait_s, now_s)
-        holders = fleet.holders(job.checkpoint)
-        holder = fleet.workers[next(iter(holders))]
-        return _forecast(job, holder, fleet, now_s + min(wait_s, self.max_wait_s), now_s)
-
-    @staticmethod
-    def _cheapest_idle(job: Job, fleet: Fleet, look: int = 8) -> WorkerView | None:
-        """Of the `look` longest-idle workers, the one that loads the checkpoint fastest."""
-        best, best_s = None, math.inf
+        best, best_score = None, -math.inf
         for count, view in enumerate(fleet.idle_workers()):
-            if count == look:
+            if count == self.sample:
                 break
-            switch_s = fleet.switch_s(view, job.checkpoint, job.checkpoint_bytes)
-            if switch_s < best_s:
-                best, best_s = view, switch_s
-        return best
+            score = self.steal_score(view, job.checkpoint, job.checkpoint_bytes, fleet, now_s)
+            if score is not None and score > best_score:
+                best, best_score = view, score
+        if best is not None:
+            return _forecast(job, best, fleet, now_s, now_s)
+        count = fleet.holder_count(job.checkpoint)
+        if count == 0:  # nobody holds it, and no idle worker may load it: the bound applies
+            return _forecast(job, None, fleet, now_s + self.max_wait_s, now_s)
+        holder = fleet.workers[next(iter(fleet.holders(job.checkpoint)))]
+        behind_s = fleet.pool.work_s(job.checkpoint) / count
+        return _forecast(job, holder, fleet, now_s + min(behind_s, self.max_wait_s), now_s)
 
     def pick(self, worker: WorkerView, fleet: Fleet, now_s: float) -> Pick | None:
         pool = fleet.pool
@@ -200,14 +262,14 @@ class FarmPolicy:
         job = pool.best_head(worker.gpu)
         if job is not None:
             return Pick(None, job.group_key)
-        # 3. Steal: the checkpoint whose holders are furthest behind, if loading it here
-        #    starts its work sooner by more than the margin.
-        best, best_gain = None, self.replicate_margin_s
+        # 3. Nothing of its own: load the checkpoint whose holders are furthest behind, of
+        #    those it should take (steal_score).
+        best, best_score = None, -math.inf
         for checkpoint in pool.checkpoints():
             size = pool.head(next(iter(pool.keys_of(checkpoint)))).checkpoint_bytes
-            gain = self.holder_wait_s(checkpoint, fleet) - fleet.switch_s(worker, checkpoint, size)
-            if gain > best_gain:
-                best, best_gain = checkpoint, gain
+            score = self.steal_score(worker, checkpoint, size, fleet, now_s)
+            if score is not None and score > best_score:
+                best, best_score = checkpoint, score
         if best is None:
             return None
         return Pick(None, pool.best_head({best}).group_key)

@@ -15,6 +15,7 @@ DESIGN.md's figures.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from enum import Enum
@@ -83,10 +84,36 @@ class LoadCostModel:
 
 @dataclass(frozen=True)
 class ResidencyReport:
-    """What a worker holds, sent with every request for work. Sets of checkpoint names."""
-    gpu: frozenset[str] = frozenset()
-    pinned: frozenset[str] = frozenset()
-    disk: frozenset[str] = frozenset()
+    """What a worker holds, sent with every request for work."""
+    gpu: frozenset[str] = frozenset()  # checkpoints in VRAM
+    pinned: frozenset[str] = frozenset()  # ... in pinned host RAM
+    disk: frozenset[str] = frozenset()  # ... on local disk
+    gpu_free_bytes: int = 0  # VRAM budget for weights not in use
+    evict_order: tuple[tuple[str, int], ...] = ()  # VRAM (checkpoint, bytes), least valuable first
+
+    def victims(self, checkpoint: str, size_bytes: int) -> tuple[str, ...]:
+        """What loading `checkpoint` into VRAM would evict (the worker's own choice)."""
+        if checkpoint in self.gpu:
+            return ()
+        need, out = size_bytes - self.gpu_free_bytes, []
+        for name, size in self.evict_order:
+            if need <= 0:
+                break
+            out.append(name)
+            need -= size
+        return tuple(out)
+
+    def after_load(self, checkpoint: str, size_bytes: int) -> "ResidencyReport":
+        """What the worker will hold once it has loaded `checkpoint` (the dispatcher's
+        expectation until the worker's next report)."""
+        if checkpoint in self.gpu:
+            return self
+        victims = set(self.victims(checkpoint, size_bytes))
+        freed = sum(size for name, size in self.evict_order if name in victims)
+        order = tuple(e for e in self.evict_order if e[0] not in victims) + ((checkpoint, size_bytes),)
+        return dataclasses.replace(self, gpu=(self.gpu - victims) | {checkpoint},
+                                   gpu_free_bytes=self.gpu_free_bytes + freed - size_bytes,
+                                   evict_order=order)
 
     def source(self, checkpoint: str) -> Tier:
         """The tier a load of `checkpoint` would come from on this worker."""
@@ -175,6 +202,10 @@ class Residency:
             Eviction(c, tier) for tier in CACHED_TIERS for c in evicted.get(tier, ())))
 
     def report(self) -> ResidencyReport:
-        return ResidencyReport(gpu=frozenset(self._tiers[Tier.GPU].sizes),
+        gpu = self._tiers[Tier.GPU]
+        order = sorted(gpu.credit, key=gpu.credit.__getitem__)
+        return ResidencyReport(gpu=frozenset(gpu.sizes),
                                pinned=frozenset(self._tiers[Tier.PINNED].sizes),
-                               disk=frozenset(self._tiers[Tier.DISK].sizes))
+                               disk=frozenset(self._tiers[Tier.DISK].sizes),
+                               gpu_free_bytes=gpu.budget_bytes - gpu.used_bytes,
+                               evict_order=tuple((name, gpu.sizes[name]) for name in order))

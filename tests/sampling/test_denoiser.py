@@ -87,8 +87,10 @@ def test_token_lengths_are_repeated_to_their_lcm():
 
 def test_pooled_and_time_ids_travel_with_their_rows():
     unet = ToyUNet()
-    pos = Conditioning(embeds=torch.zeros(1, 77, 8), pooled=torch.ones(1, 4), time_ids=torch.tensor([[1024, 1024, 0, 0, 1024, 1024]]))
-    neg = Conditioning(embeds=torch.zeros(1, 77, 8), pooled=torch.zeros(1, 4), time_ids=torch.tensor([[512, 512, 0, 0, 512, 512]]))
+    pos = Conditioning(embeds=torch.zeros(1, 77, 8), pooled=torch.ones(1, 4),
+                       time_ids=torch.tensor([[1024, 1024, 0, 0, 1024, 1024]]))
+    neg = Conditioning(embeds=torch.zeros(1, 77, 8), pooled=torch.zeros(1, 4),
+                       time_ids=torch.tensor([[512, 512, 0, 0, 512, 512]]))
     CFGDenoiser(unet, SD, pos, neg, cfg=2.0)(torch.randn(2, 4, 2, 2), SD.sigmas[[10, 10]])
     batch = unet.calls[0][2]
     assert batch.pooled.tolist() == [[1.0] * 4] * 2 + [[0.0] * 4] * 2

@@ -61,8 +61,12 @@ def test_ode_samplers_converge_to_the_exact_flow_at_their_order(name):
         sigmas = compute_sigmas(SD, "karras", steps, sampler_name=name)
         x_t = torch.linspace(-3, 3, 64).reshape(1, 1, 8, 8) * math.sqrt(S**2 + float(sigmas[0]) ** 2) + MU
         out = SAMPLERS[name](gaussian_denoiser, x_t, sigmas)
-        if name.startswith("uni_pc"):  # UniPC integrates the flow to sigma 0.001 instead of jumping to D
-            expected = exact_flow(x_t, float(sigmas[0]), 0.001)
+        if name.startswith("uni_pc"):
+            # UniPC's last step is a first-order exponential step to sigma 0.001 instead of a jump to D
+            s_last = sigmas[-2:-1]
+            x_last = exact_flow(x_t, float(sigmas[0]), float(s_last))
+            h = math.log(float(s_last) / 0.001)
+            expected = 0.001 / s_last * x_last - math.expm1(-h) * gaussian_denoiser(x_last, s_last)
         else:
             expected = flow_then_denoise(x_t, sigmas)
         errors.append(float((out - expected).abs().max()))

@@ -1,0 +1,393 @@
+"""The Python API for studios: submit ComfyUI workflows to the farm and get images back.
+
+    from farm.client import Farm
+
+    with Farm.local(models="models", output="out") as farm:          # embedded Ray
+        job = farm.submit(workflow, {"3.seed": 42, "6.text": "a red fox"})
+        print(job.result().files)
+        results = farm.map(workflow, [{"3.seed": s} for s in range(100)])  # with a progress bar
+
+    farm = Farm.connect("ray://head:10001")                           # a running farm
+
+Overrides address inputs as "NODE_ID.INPUT". Validation happens here, in the caller's
+process, before anything is queued: a bad workflow raises ValidationFailed with
+ComfyUI's node_errors and the farm never sees it.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import uuid
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+from farm import cluster as ray_cluster
+from farm.errors import FarmError
+from farm.local import FarmPaths
+from farm.models.tiers import TierConfig
+from farm.nodes.registry import default_registry
+from farm.prepare import PreparedPrompt, ValidationFailed, load_json_file, prepare
+from farm.scheduler.jobs import Job
+from farm.server.events import EventType, FarmEvent
+from farm.server.service import HistoryItem, HistoryStatus, JobTimings, QueueSnapshot, WorkerStatus
+
+__all__ = ["Farm", "JobFuture", "JobResult", "JobFailed", "Progress", "ValidationFailed", "job_record"]
+
+log = logging.getLogger(__name__)
+WAIT_SLICE_S = 5.0  # one long-poll to the dispatcher; futures re-ask until done
+
+
+@dataclass(frozen=True)
+class JobResult:
+    prompt_id: str
+    status: HistoryStatus
+    outputs: dict[str, dict]  # output node id -> ComfyUI ui dict ({"images": [...]})
+    files: tuple[Path, ...]  # the images written, on the head's output folder
+    timings: JobTimings  # submitted / started / finished (unix seconds)
+    worker_id: str | None
+    attempts: int
+    error: str | None = None  # why it failed or was interrupted
+
+    @property
+    def ok(self) -> bool:
+        return self.status is HistoryStatus.SUCCESS
+
+
+class JobFailed(FarmError):
+    """The job ran and failed (a node raised, out of memory, interrupted, or its workers
+    kept dying); `result` holds the details."""
+
+    def __init__(self, result: JobResult):
+        self.result = result
+        super().__init__(f"prompt {result.prompt_id} failed: {result.error}")
+
+
+@dataclass(frozen=True)
+class Progress:
+    """A sampler step of one prompt (ComfyUI's progress event)."""
+
+    prompt_id: str
+    node: str | None
+    value: int
+    max: int
+
+
+def job_record(prepared: PreparedPrompt, paths: FarmPaths, extra_data: dict | None = None,
+               client_id: str | None = None, number: float | None = None, front: bool = False) -> Job:
+    """The scheduler's record of a validated prompt: what placement and batching read.
+    number None: the dispatcher gives the next one."""
+    checkpoints = prepared.plan.checkpoints
+    checkpoint = checkpoints[0] if checkpoints else None
+    size = 0
+    if checkpoint is not None:
+        path = paths.models / "checkpoints" / checkpoint
+        size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
+    return Job(job_id=prepared.prompt_id, number=number, workflow=prepared.prompt,
+               outputs_to_execute=list(prepared.plan.outputs), extra_data=dict(extra_data or {}),
+               client_id=client_id, front=front, checkpoint=checkpoint, checkpoint_bytes=size,
+               batch_key=prepared.plan.batch_key)
+
+
+def _error_of(item: HistoryItem) -> str | None:
+    for message in reversed(item.messages):
+        if message.event is EventType.EXECUTION_ERROR:
+            return message.data.get("exception_message") or "failed"
+        if message.event is EventType.EXECUTION_INTERRUPTED:
+            return "interrupted"
+    return None if item.status is HistoryStatus.SUCCESS else "failed"
+
+
+class JobFuture:
+    """A submitted prompt. `result()` blocks; `await future` works in asyncio code."""
+
+    def __init__(self, farm: "Farm", prompt_id: str):
+        self.farm = farm
+        self.prompt_id = prompt_id
+        self._future: Future[JobResult] = Future()
+        self._progress: list[Callable[[Progress], None]] = []
+
+    def result(self, timeout: float | None = None) -> JobResult:
+        """The finished job; raises JobFailed if it failed, TimeoutError after `timeout` s."""
+        result = self._future.result(timeout)
+        if not result.ok:
+            raise JobFailed(result)
+        return result
+
+    def outcome(self, timeout: float | None = None) -> JobResult:
+        """Like result() but returns a failed job's result instead of raising."""
+        return self._future.result(timeout)
+
+    def done(self) -> bool:
+        return self._future.done()
+
+    def cancel(self) -> bool:
+        """Dequeue it, or interrupt it if it runs. False once it finished."""
+        return self.farm.cancel(self.prompt_id)
+
+    def add_done_callback(self, fn: Callable[["JobFuture"], None]) -> None:
+        self._future.add_done_callback(lambda _f: fn(self))
+
+    def on_progress(self, fn: Callable[[Progress], None]) -> None:
+        self._progress.append(fn)
+        self.farm._watch_events()
+
+    def __await__(self):
+        result = yield from asyncio.wrap_future(self._future).__await__()
+        if not result.ok:
+            raise JobFailed(result)
+        return result
+
+    def _resolve(self, result: JobResult) -> None:
+        if not self._future.done():
+            self._future.set_result(result)
+
+    def _fail(self, exc: BaseException) -> None:
+        if not self._future.done():
+            self._future.set_exception(exc)
+
+
+class Farm:
+    """A connection to one farm (its dispatcher, event hub and writer on Ray)."""
+
+    def __init__(self, cluster: "ray_cluster.FarmCluster", paths: FarmPaths, owns_ray: bool = False):
+        self.cluster = cluster
+        self.paths = paths
+        self.registry = default_registry()
+        self.node_ctx = paths.node_context()
+        self._owns_ray = owns_ray
+        self._pending: dict[str, JobFuture] = {}  # prompt_id -> future not yet resolved
+        self._lock = threading.Condition()
+        self._closed = False
+        self._watcher: threading.Thread | None = None
+        self._events: threading.Thread | None = None
+        self._event_cursor: int | None = None
+
+    # -- starting -----------------------------------------------------------------------------
+
+    @classmethod
+    def local(cls, models: str | Path, output: str | Path | None = None, num_gpus: int | None = None,
+              db: str | Path | None = None, *, root: str | Path = ".farm", num_workers: int | None = None,
+              tiers: TierConfig = TierConfig(), max_batch: int = 8, max_attempts: int = 3,
+              num_cpus: int | None = None) -> "Farm":
+        """A farm in an embedded Ray on this machine: one worker per GPU; on a machine
+        without GPUs, `num_gpus` logical ones (default 1) whose workers run on the CPU.
+        If this process already runs Ray (and a farm), that one is used."""
+        root = Path(root)
+        paths = FarmPaths.under(root, Path(models), Path(output) if output else None)
+        owns = not ray_cluster.is_initialized()
+        ray_cluster.init_local(num_gpus=num_gpus, num_cpus=num_cpus)
+        config = ray_cluster.FarmConfig(paths=paths, db=Path(db) if db else root / "queue.sqlite",
+                                        num_workers=num_workers, tiers=tiers, max_batch=max_batch,
+                                        max_attempts=max_attempts)
+        Path(config.db).parent.mkdir(parents=True, exist_ok=True)
+        return cls(ray_cluster.FarmCluster.start(config), paths, owns_ray=owns)
+
+    @classmethod
+    def connect(cls, address: str = "auto", models: str | Path | None = None) -> "Farm":
+        """Join a cluster that runs a farm. Validation needs the models folder: by default
+        the farm's own (right on the head or with a shared folder)."""
+        ray_cluster.init_connect(address)
+        found = ray_cluster.FarmCluster.find()
+        paths: FarmPaths = found.call("paths")
+        if models is not None:
+            paths = FarmPaths(Path(models), paths.output, paths.input, paths.temp)
+        return cls(found, paths)
+
+    def close(self, stop: bool | None = None) -> None:
+        """Stop waiting for results. `stop` (default: when this Farm started Ray) also stops
+        the farm's actors and Ray; the queue database stays for the next start."""
+        with self._lock:
+            self._closed = True
+            self._lock.notify_all()
+        if self._owns_ray if stop is None else stop:
+            self.cluster.stop()
+            ray_cluster.shutdown()
+
+    def __enter__(self) -> "Farm":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- submitting ----------------------------------------------------------------------------
+
+    def prepare(self, workflow: object, overrides: dict | None = None, prompt_id: str | None = None) -> PreparedPrompt:
+        """Validate and plan (raises ValidationFailed). A str or Path is read as a JSON file."""
+        if isinstance(workflow, (str, Path)):
+            workflow = load_json_file(Path(workflow))
+        return prepare(workflow, self.registry, self.node_ctx, overrides, prompt_id=prompt_id)
+
+    def submit(self, workflow: object, overrides: dict | None = None, *,
+               on_progress: Callable[[Progress], None] | None = None, extra_pnginfo: dict | None = None,
+               front: bool = False, prompt_id: str | None = None) -> JobFuture:
+        return self.submit_many(workflow, [overrides or {}], on_progress=on_progress, extra_pnginfo=extra_pnginfo,
+                                front=front, prompt_ids=[prompt_id] if prompt_id else None)[0]
+
+    def submit_many(self, workflow: object, overrides: Sequence[dict], *,
+                    on_progress: Callable[[Progress], None] | None = None, extra_pnginfo: dict | None = None,
+                    front: bool = False, prompt_ids: Sequence[str] | None = None) -> list[JobFuture]:
+        """Validate every variant first (nothing is queued if one is bad), then queue them
+        all in one call."""
+        if isinstance(workflow, (str, Path)):
+            workflow = load_json_file(Path(workflow))
+        ids = list(prompt_ids) if prompt_ids else [str(uuid.uuid4()) for _ in overrides]
+        extra = {"extra_pnginfo": extra_pnginfo} if extra_pnginfo else {}
+        jobs = [job_record(self.prepare(workflow, o, pid), self.paths, extra, front=front)
+                for o, pid in zip(overrides, ids)]
+        futures = [JobFuture(self, job.job_id) for job in jobs]
+        if on_progress is not None:
+            for future in futures:
+                future._progress.append(on_progress)
+            self._watch_events()
+        with self._lock:
+            for future in futures:
+                self._pending[future.prompt_id] = future
+            self._lock.notify_all()
+        try:
+            self.cluster.call("submit", jobs, timeout_s=120)
+        except BaseException:
+            with self._lock:
+                for future in futures:
+                    self._pending.pop(future.prompt_id, None)
+            raise
+        self._watch_results()
+        return futures
+
+    def map(self, workflow: object, overrides: Iterable[dict], progress: bool = True,
+            timeout: float | None = None, raise_on_error: bool = True) -> list[JobResult]:
+        """Render one variant per overrides dict; results in the same order. With progress
+        a tqdm bar counts finished images."""
+        futures = self.submit_many(workflow, list(overrides))
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(futures), unit="job", desc="rendering")
+            for future in futures:
+                future.add_done_callback(lambda _f: bar.update(1))
+        try:
+            results = [f.outcome(timeout) for f in futures]
+        finally:
+            if bar is not None:
+                bar.close()
+        failed = [r for r in results if not r.ok]
+        if failed and raise_on_error:
+            raise JobFailed(failed[0])
+        return results
+
+    async def submit_async(self, workflow: object, overrides: dict | None = None, **kwargs) -> JobResult:
+        """Submit and wait without blocking the event loop."""
+        future = await asyncio.to_thread(self.submit, workflow, overrides, **kwargs)
+        return await future
+
+    async def map_async(self, workflow: object, overrides: Iterable[dict]) -> list[JobResult]:
+        futures = await asyncio.to_thread(self.submit_many, workflow, list(overrides))
+        return list(await asyncio.gather(*(asyncio.wrap_future(f._future) for f in futures)))
+
+    # -- the farm ---------------------------------------------------------------------------------
+
+    def status(self) -> "FarmStatus":
+        return FarmStatus(self.cluster.call("queue"), self.cluster.call("workers"))
+
+    def cancel(self, prompt_id: str) -> bool:
+        return self.cluster.call("cancel", prompt_id)
+
+    def interrupt(self, prompt_id: str | None = None) -> list[str]:
+        return self.cluster.call("interrupt", prompt_id)
+
+    def history(self, max_items: int | None = None) -> list[HistoryItem]:
+        return self.cluster.call("history", max_items, -max_items if max_items else 0)
+
+    def result_of(self, item: HistoryItem) -> JobResult:
+        files = []
+        for ui in item.outputs.values():
+            for image in ui.get("images", []):
+                folder = self.paths.output if image.get("type") == "output" else self.paths.temp
+                files.append(folder / image.get("subfolder", "") / image["filename"])
+        return JobResult(item.prompt_id, item.status, item.outputs, tuple(files), item.timings, item.worker_id,
+                         item.attempts, _error_of(item))
+
+    # -- background threads -------------------------------------------------------------------------
+
+    def _watch_results(self) -> None:
+        with self._lock:
+            if self._watcher is None or not self._watcher.is_alive():
+                self._watcher = threading.Thread(target=self._results_loop, name="farm-results", daemon=True)
+                self._watcher.start()
+
+    def _results_loop(self) -> None:
+        """One long-poll for every pending future at a time."""
+        while True:
+            with self._lock:
+                while not self._pending and not self._closed:
+                    self._lock.wait()
+                if self._closed:
+                    return
+                ids = list(self._pending)
+            try:
+                items: list[HistoryItem] = self.cluster.call("wait_finished", ids, WAIT_SLICE_S,
+                                                             timeout_s=WAIT_SLICE_S + 60)
+            except Exception as exc:  # the farm is gone for good: every waiter learns why
+                log.error("waiting for results failed: %s", exc)
+                with self._lock:
+                    futures, self._pending = list(self._pending.values()), {}
+                for future in futures:
+                    future._fail(exc)
+                continue
+            for item in items:
+                with self._lock:
+                    future = self._pending.pop(item.prompt_id, None)
+                if future is not None:
+                    future._resolve(self.result_of(item))
+
+    def _watch_events(self) -> None:
+        with self._lock:
+            if self._events is not None and self._events.is_alive():
+                return
+            self._event_cursor = self.cluster.events_head()  # from now: the submit comes after
+            self._events = threading.Thread(target=self._events_loop, name="farm-events", daemon=True)
+            self._events.start()
+
+    def _events_loop(self) -> None:
+        while not self._closed:
+            with self._lock:
+                listening = {pid: f for pid, f in self._pending.items() if f._progress}
+            try:
+                page = self.cluster.poll_events(self._event_cursor, 2.0, list(listening) or None)
+            except Exception as exc:
+                log.warning("event stream: %s", exc)
+                continue
+            self._event_cursor = page.cursor
+            for event in page.events:
+                self._dispatch(event, listening)
+
+    @staticmethod
+    def _dispatch(event: FarmEvent, listening: dict[str, JobFuture]) -> None:
+        if event.type is not EventType.PROGRESS or not isinstance(event.data, dict):
+            return
+        future = listening.get(event.data.get("prompt_id"))
+        if future is None:
+            return
+        progress = Progress(future.prompt_id, event.data.get("node"), int(event.data["value"]), int(event.data["max"]))
+        for fn in future._progress:
+            try:
+                fn(progress)
+            except Exception:
+                log.exception("progress callback failed")
+
+
+@dataclass(frozen=True)
+class FarmStatus:
+    queue: QueueSnapshot
+    workers: list[WorkerStatus]
+
+
+def render_file(workflow: Path, overrides: dict | None, models: Path, output: Path | None = None,
+                num_gpus: int | None = None, root: Path = Path(".farm")) -> JobResult:
+    """`farm run`: one workflow through the farm on an embedded Ray; raises ValidationFailed
+    or JobFailed like the API does."""
+    with Farm.local(models=models, output=output, num_gpus=num_gpus, root=root) as farm:
+        return farm.submit(workflow, overrides).result()

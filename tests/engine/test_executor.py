@@ -1,0 +1,167 @@
+"""The engine on real tiny checkpoints: caching by signature, events, interrupts, node
+errors, and batched runs equal to one-by-one runs."""
+import json
+import threading
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from farm.engine import JobContext, PlannedJob
+from farm.errors import Interrupted, NodeExecutionError
+from farm.local import FarmPaths, LocalRenderer
+
+
+def txt2img(seed=1, text="a lighthouse at dusk", cfg=6.0, sampler="euler", steps=3, size=64, batch=1,
+            ckpt="tiny-sd15.safetensors", prefix="t"):
+    return {
+        "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}},
+        "5": {"class_type": "EmptyLatentImage", "inputs": {"width": size, "height": size, "batch_size": batch}},
+        "6": {"class_type": "CLIPTextEncode", "inputs": {"text": text, "clip": ["4", 1]}},
+        "7": {"class_type": "CLIPTextEncode", "inputs": {"text": "ugly", "clip": ["4", 1]}},
+        "3": {"class_type": "KSampler", "inputs": {
+            "seed": seed, "steps": steps, "cfg": cfg, "sampler_name": sampler, "scheduler": "karras", "denoise": 1.0,
+            "model": ["4", 0], "positive": ["6", 0], "negative": ["7", 0], "latent_image": ["5", 0]}},
+        "8": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["4", 2]}},
+        "9": {"class_type": "SaveImage", "inputs": {"images": ["8", 0], "filename_prefix": prefix}},
+    }
+
+
+@pytest.fixture()
+def renderer(tiny_models, tmp_path):
+    r = LocalRenderer(FarmPaths(tiny_models, tmp_path / "output", tmp_path / "input", tmp_path / "temp"),
+                      device=torch.device("cpu"))
+    yield r
+    r.close()
+
+
+def planned(renderer, workflow, events=None, prompt_id=None):
+    prepared = renderer.prepare(workflow)
+    ctx = JobContext(prompt_id or prepared.prompt_id, prepared.prompt, None, None, events or (lambda *a: None))
+    return prepared, PlannedJob(ctx, prepared.workflow, prepared.plan)
+
+
+def latent_of(renderer, prepared):
+    return renderer.engine.cache.get(prepared.plan.signatures["3"])[0].samples
+
+
+def test_new_seed_reuses_loader_and_text_encodings(renderer):
+    first = renderer.run(renderer.prepare(txt2img(seed=1)))
+    assert first.ok
+    runs_before = dict(renderer.engine.node_runs)
+    assert runs_before["CheckpointLoaderSimple"] == 1 and runs_before["CLIPTextEncode"] == 2
+    second = renderer.run(renderer.prepare(txt2img(seed=2)))
+    assert second.ok
+    runs = renderer.engine.node_runs
+    assert runs["CheckpointLoaderSimple"] == 1  # not loaded again
+    assert runs["CLIPTextEncode"] == 2  # neither prompt encoded again
+    assert runs["KSampler"] == 2 and runs["VAEDecode"] == 2
+    assert set(second.cached_nodes) == {"4", "5", "6", "7"}
+    assert renderer.models.loads == 1
+
+
+def test_identical_subgraph_under_other_ids_is_a_cache_hit(renderer):
+    renderer.run(renderer.prepare(txt2img(seed=5)))
+    renumbered = {str(int(k) + 100): v for k, v in json.loads(json.dumps(txt2img(seed=5))).items()}
+    for node in renumbered.values():
+        for name, value in node["inputs"].items():
+            if isinstance(value, list):
+                node["inputs"][name] = [str(int(value[0]) + 100), value[1]]
+    outcome = renderer.run(renderer.prepare(renumbered))
+    assert outcome.executed_nodes == []  # every node, the SaveImage included, came from the cache
+
+
+def test_events_follow_comfyui_order(renderer):
+    seen = []
+    prepared, job = planned(renderer, txt2img(seed=3, steps=3), events=lambda t, d: seen.append((t, d)))
+    outcome = renderer.engine.run(job)
+    assert outcome.ok
+    types = [t for t, _ in seen]
+    assert types[:2] == ["execution_start", "execution_cached"]
+    assert types[-2:] == ["execution_success", "executing"] and seen[-1][1]["node"] is None
+    progress = [d for t, d in seen if t == "progress"]
+    assert [(d["value"], d["max"], d["node"]) for d in progress] == [(1, 3, "3"), (2, 3, "3"), (3, 3, "3")]
+    executed = [d for t, d in seen if t == "executed"]
+    assert len(executed) == 1 and executed[0]["node"] == "9"
+    image = executed[0]["output"]["images"][0]
+    assert image["type"] == "output" and image["filename"].endswith("_.png")
+    assert all(d["prompt_id"] == job.context.prompt_id for _, d in seen)
+
+
+def test_saved_png_carries_prompt_and_workflow(renderer, tmp_path):
+    prepared = renderer.prepare(txt2img(seed=4, prefix="shots/a"))
+    outcome = renderer.run(prepared, extra_pnginfo={"workflow": {"nodes": [], "links": []}})
+    image = outcome.outputs["9"]["images"][0]
+    assert image["subfolder"] == "shots" and image["filename"] == "a_00001_.png"
+    with Image.open(tmp_path / "output" / "shots" / image["filename"]) as png:
+        assert json.loads(png.text["prompt"]) == prepared.prompt
+        assert json.loads(png.text["workflow"]) == {"nodes": [], "links": []}
+        assert png.size == (64, 64)
+    again = renderer.run(renderer.prepare(txt2img(seed=44, prefix="shots/a")))
+    assert again.outputs["9"]["images"][0]["filename"] == "a_00002_.png"
+
+
+def test_prefix_escaping_output_folder_fails_the_job_not_the_engine(renderer, tmp_path):
+    outcome = renderer.run(renderer.prepare(txt2img(seed=6, prefix="../../evil")))
+    assert isinstance(outcome.error, NodeExecutionError) and outcome.error.node_id == "9"
+    assert "outside the output folder" in str(outcome.error)
+    assert not list(tmp_path.parent.glob("evil*"))
+    assert renderer.run(renderer.prepare(txt2img(seed=6))).ok  # the engine goes on
+
+
+def test_interrupt_stops_at_a_sampler_step(renderer):
+    seen = []
+
+    def events(event_type, data):
+        seen.append(event_type)
+        if event_type == "progress" and data["value"] == 2:
+            renderer.engine.interrupt.set()
+
+    prepared, job = planned(renderer, txt2img(seed=7, steps=6), events=events)
+    outcome = renderer.engine.run(job)
+    assert isinstance(outcome.error, Interrupted)
+    assert seen.count("progress") == 2
+    assert "execution_interrupted" in seen and "executed" not in seen
+
+
+def test_batched_jobs_equal_jobs_run_one_by_one(renderer):
+    variants = [dict(seed=11, text="a red car", cfg=5.0), dict(seed=12, text="a blue boat, " * 30, cfg=7.5),
+                dict(seed=13, text="a green tree", cfg=1.0)]
+    for sampler in ("euler", "euler_ancestral"):
+        alone = []
+        for v in variants:
+            prepared = renderer.prepare(txt2img(sampler=sampler, **v))
+            assert renderer.run(prepared).ok
+            alone.append(latent_of(renderer, prepared).clone())
+        renderer.engine.cache.clear()
+        jobs = [planned(renderer, txt2img(sampler=sampler, **v)) for v in variants]
+        assert len({j.plan.batch_key for _, j in jobs}) == 1
+        before = renderer.engine.node_runs.get("KSampler", 0)
+        outcomes = renderer.engine.run_batch([j for _, j in jobs])
+        assert all(o.ok for o in outcomes)
+        assert renderer.engine.node_runs["KSampler"] == before + 3  # three jobs, one batched call
+        for (prepared, _), expected in zip(jobs, alone):
+            got = latent_of(renderer, prepared)
+            assert torch.allclose(got, expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())
+        renderer.engine.cache.clear()
+
+
+def test_img2img_denoise_keeps_part_of_the_input(renderer, tmp_path):
+    (tmp_path / "input").mkdir(exist_ok=True)
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(tmp_path / "input" / "src.png")
+    workflow = txt2img(seed=8)
+    workflow["10"] = {"class_type": "LoadImage", "inputs": {"image": "src.png"}}
+    workflow["11"] = {"class_type": "VAEEncode", "inputs": {"pixels": ["10", 0], "vae": ["4", 2]}}
+    workflow["3"]["inputs"]["latent_image"] = ["11", 0]
+    results = {}
+    for denoise in (0.0, 0.5):
+        workflow["3"]["inputs"]["denoise"] = denoise
+        prepared = renderer.prepare(workflow)
+        assert renderer.run(prepared).ok
+        results[denoise] = latent_of(renderer, prepared)
+    encoded = renderer.engine.cache.get(prepared.plan.signatures["11"])[0].samples
+    # denoise 0: no step runs; the input comes back (times and divided by the latent scale)
+    assert torch.allclose(results[0.0], encoded, rtol=1e-6, atol=1e-6)
+    assert not torch.allclose(results[0.5], encoded)

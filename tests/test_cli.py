@@ -1,0 +1,108 @@
+"""The `farm` command as a user runs it: a real subprocess, real files, exit codes, and
+messages instead of tracebacks."""
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from farm.workflow.graph import parse_workflow
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = json.loads((ROOT / "farm" / "workflows" / "txt2img.json").read_text())
+
+
+def farm(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "farm", *map(str, args)], cwd=cwd, capture_output=True,
+                          text=True, timeout=300)
+
+
+def small(workflow):
+    workflow = json.loads(json.dumps(workflow))
+    workflow["5"]["inputs"].update(width=64, height=64)
+    workflow["3"]["inputs"]["steps"] = 2
+    return workflow
+
+
+@pytest.fixture()
+def write(tmp_path):
+    def _write(obj, name="wf.json"):
+        path = tmp_path / name
+        path.write_text(obj if isinstance(obj, str) else json.dumps(obj))
+        return path
+    return _write
+
+
+def test_run_writes_pngs_and_prints_them(tiny_models, tmp_path, write):
+    out = tmp_path / "out"
+    result = farm("run", write(small(SAMPLE)), "--models", tiny_models, "--output", out, "--set", "3.seed=9",
+                  "--set", "9.filename_prefix=cli/x", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    printed = [line for line in result.stdout.splitlines() if line.endswith(".png")]
+    assert printed == [str(out / "cli" / "x_00001_.png")]
+    assert Path(printed[0]).is_file()
+
+
+def test_ui_format_runs_like_api_format(tiny_models, tmp_path, write):
+    ui = json.loads((ROOT / "tests" / "workflow" / "data" / "txt2img_ui.json").read_text())
+    for node in ui["nodes"]:
+        if node["type"] == "CheckpointLoaderSimple":
+            node["widgets_values"] = ["tiny-sd15.safetensors"]
+        if node["type"] == "EmptyLatentImage":
+            node["widgets_values"] = [64, 64, 1]
+        if node["type"] == "KSampler":
+            node["widgets_values"][2] = 2  # steps
+    result = farm("run", write(ui), "--models", tiny_models, "--output", tmp_path / "out", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert any(line.endswith(".png") for line in result.stdout.splitlines())
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("not json", "is not valid JSON"),
+    ("unknown node", "UnknownNode"),
+    ("missing checkpoint", "nope.safetensors"),
+    ("out of range", "steps"),
+    ("bad link", "7"),
+    ("bad override", "NODE_ID.INPUT"),
+    ("pickle", "pickle"),
+])
+def test_bad_input_is_a_message_and_exit_2(tiny_models, tmp_path, write, case, expected):
+    workflow = small(SAMPLE)
+    args = []
+    models = tiny_models
+    if case == "unknown node":
+        workflow["10"] = {"class_type": "UnknownNode", "inputs": {}}
+    elif case == "missing checkpoint":
+        workflow["4"]["inputs"]["ckpt_name"] = "nope.safetensors"
+    elif case == "out of range":
+        workflow["3"]["inputs"]["steps"] = 0
+    elif case == "bad link":
+        workflow["3"]["inputs"]["positive"] = ["7", 5]
+    elif case == "bad override":
+        args = ["--set", "seed=3"]
+    elif case == "pickle":
+        models = tmp_path / "models"
+        shutil.copytree(tiny_models, models)
+        (models / "checkpoints" / "old.ckpt").write_bytes(b"\x80\x04not really a pickle")
+        workflow["4"]["inputs"]["ckpt_name"] = "old.ckpt"
+    path = write("{ not json" if case == "not json" else workflow)
+    result = farm("run", path, "--models", models, "--output", tmp_path / "out", *args, cwd=tmp_path)
+    assert result.returncode == 2
+    assert expected in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()  # nothing rendered
+
+
+def test_make_checkpoint_single_file_and_folder(tmp_path):
+    result = farm("make-checkpoint", "tiny-sd15", tmp_path / "a.safetensors", "--seed", "3", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "a.safetensors").stat().st_size > 1_000_000
+    result = farm("make-checkpoint", "tiny-sd15", tmp_path / "folder", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "folder" / "model_index.json").is_file()
+
+
+def test_sample_workflow_is_valid_api_format():
+    assert set(parse_workflow(SAMPLE).nodes) == {"3", "4", "5", "6", "7", "8", "9"}
