@@ -381,6 +381,10 @@ class Dispatcher:
     async def devices(self) -> list[DeviceInfo]:
         return [device_info(state) for state in (await self._states()).values() if state is not None]
 
+    async def paths(self):
+        """The farm's folders (farm.local.FarmPaths), for clients that validate against them."""
+        return self.config.paths
+
     async def worker_ids(self) -> list[str]:
         return list(self._slots)
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 import uuid
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -292,6 +293,23 @@ class Farm:
     def status(self) -> "FarmStatus":
         return FarmStatus(self.cluster.call("queue"), self.cluster.call("workers"))
 
+    def wait_for_workers(self, count: int | None = None, timeout: float = 300.0) -> list[WorkerStatus]:
+        """Block until `count` workers (default: every one the farm started) report in."""
+        deadline = time.monotonic() + timeout
+        while True:
+            workers = self.cluster.call("workers")
+            alive = [w for w in workers if w.alive]
+            if alive and len(alive) >= (count or len(workers)):
+                return alive
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{len(alive)} of {count or len(workers)} workers ready after {timeout:.0f} s")
+            time.sleep(0.5)
+
+    def free(self, unload_models: bool = True, free_memory: bool = True) -> None:
+        """Drop weights from device memory (pinned copies stay) and/or cached node outputs
+        on every worker."""
+        self.cluster.call("free", unload_models, free_memory)
+
     def cancel(self, prompt_id: str) -> bool:
         return self.cluster.call("cancel", prompt_id)
 
@@ -358,7 +376,10 @@ class Farm:
             try:
                 page = self.cluster.poll_events(self._event_cursor, 2.0, list(listening) or None)
             except Exception as exc:
+                if self._closed:
+                    return
                 log.warning("event stream: %s", exc)
+                time.sleep(1.0)
                 continue
             self._event_cursor = page.cursor
             for event in page.events:

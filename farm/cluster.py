@@ -69,6 +69,10 @@ def shutdown() -> None:
     ray.shutdown()
 
 
+def is_initialized() -> bool:
+    return ray.is_initialized()
+
+
 def _local_gpu_count() -> int:
     try:
         import torch

@@ -25,6 +25,8 @@ class Batch:
     worker_id: str = ""  # worker that runs it (set by the dispatcher)
     source_tier: Tier = Tier.GPU  # where the worker's checkpoint comes from, as last reported
     expected_load_s: float = 0.0  # seconds expected to bring the checkpoint to VRAM
+    keep: frozenset[str] = frozenset()  # checkpoints the dispatcher wants this worker to
+    # keep in VRAM: pass to Residency.load, which evicts them last
 
     @property
     def job_ids(self) -> tuple[str, ...]:

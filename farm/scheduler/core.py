@@ -84,11 +84,12 @@ class DispatcherCore:
         load_s = self.fleet.switch_s(view, batch.checkpoint, batch.checkpoint_bytes)
         if batch.checkpoint is not None and source is not Tier.GPU:
             # Until its next report, count the worker as holding what it is about to load.
-            self.fleet.set_residency(view, report.after_load(batch.checkpoint, batch.checkpoint_bytes))
+            self.fleet.set_residency(view, report.after_load(batch.checkpoint, batch.checkpoint_bytes,
+                                                             pick.keep))
         view.last_used_s = now
         self.fleet.set_running(view, batch.job_ids, now + load_s + batch.expected_run_s)
         return dataclasses.replace(batch, worker_id=worker_id, source_tier=source,
-                                   expected_load_s=load_s)
+                                   expected_load_s=load_s, keep=pick.keep)
 
     def observe_load(self, tier: Tier, size_bytes: int, seconds: float) -> None:
         """A worker measured a load: feeds the per-tier cost model placement uses."""

@@ -25,6 +25,7 @@ from typing import Protocol
 
 from farm.scheduler.fleet import Fleet, WorkerView
 from farm.scheduler.jobs import Job, batch_run_s
+from farm.scheduler.replicas import ReplicaPlan, plan_replicas
 from farm.scheduler.residency import Tier
 
 
@@ -45,6 +46,7 @@ class Pick:
     """What a ready worker runs next: the best jobs of one key from one queue."""
     owner: str | None  # queue to take from: a worker's own queue, or None for the pool
     batch_key: str  # group key of the batch
+    keep: frozenset[str] = frozenset()  # checkpoints the worker should evict last
 
 
 class PlacementPolicy(Protocol):
@@ -159,80 +161,87 @@ class _Demand:
 
 
 class FarmPolicy:
-    """Residency-aware pull placement: demand-sized replicas, burst relief, a wait bound.
+    """Residency-aware pull placement: planned replicas, burst relief, a wait bound.
 
-    Each checkpoint c has a demand d_c: GPU seconds submitted per second, averaged over
-    the last few minutes. Its n_c holders (workers with c in VRAM) are expected to share
-    it evenly, so a worker's load is the sum of d_c / n_c over what it holds. Workers run
-    work for what they hold, best priority first, and load nothing while they have it.
-    A worker with nothing of its own to do (or one that is idle when a job arrives) loads
-    checkpoint c and takes c's best jobs when one of these holds:
+    Workers run queued work for checkpoints they hold in VRAM, best priority first, and
+    load nothing while they have such work. A worker with nothing of its own to do (or one
+    that is idle when a job arrives) loads checkpoint c and takes c's best jobs when:
+      - the replica plan wants c on this worker (replicas.py: hot checkpoints get workers
+        in proportion to their demand, re-planned every `replan_every_s`);
       - nobody holds c (a cold checkpoint never waits behind hot ones);
-      - c's holders are busier than this worker would be with a share of c, by more than
-        `balance_margin` (hot checkpoints get replicas in proportion to their demand);
-      - c's queued work would keep its holders busy `burst_margin_s` longer than this
-        worker needs to load c (a large burst finishes sooner spread out).
-    A load never evicts the last copy of a checkpoint that has queued jobs or more demand
-    than the share gained. No job waits longer than `max_wait_s`: a worker that asks for
-    work takes the oldest job first once it is overdue, whatever it costs.
+      - c's queued work would keep its holders busy more than `burst_margin_s` longer than
+        this worker needs to load c: the job is expected to finish first here.
+    A load never evicts what the plan wants on this worker, nor the last copy of a
+    checkpoint with queued jobs. No job waits longer than `max_wait_s`: a worker that asks
+    for work takes the oldest job first once it is overdue, whatever the load costs.
     """
     name = "farm"
 
-    def __init__(self, balance_margin: float = 0.25, burst_margin_s: float = 60.0,
-                 max_wait_s: float = 120.0, demand_window_s: float = 300.0,
-                 demand_warmup_s: float = 60.0, sample: int = 16):
-        self.balance_margin = balance_margin  # load gap (GPU s per s) a new replica must close
-        self.burst_margin_s = burst_margin_s  # queued seconds per holder that justify a load
+    def __init__(self, burst_margin_s: float = 60.0, max_wait_s: float = 120.0,
+                 replan_every_s: float = 30.0, demand_window_s: float = 300.0,
+                 demand_warmup_s: float = 60.0, target_util: float = 0.85, keep_load: float = 1.25,
+                 sample: int = 16):
+        self.burst_margin_s = burst_margin_s  # holders' queued seconds that justify a load
         self.max_wait_s = max_wait_s  # starvation bound on any job's wait in the pool
+        self.replan_every_s = replan_every_s  # how often replica targets are recomputed
         self.demand_window_s = demand_window_s  # time constant of the demand average
         self.demand_warmup_s = demand_warmup_s  # shortest history a rate is computed over
-        self.sample = sample  # holders looked at to estimate their load (bounds the cost)
-        self._demand: dict[str | None, _Demand] = {}  # checkpoint -> submitted work rate
+        self.target_util = target_util  # planned busy share of a replica
+        self.keep_load = keep_load  # planned load up to which a worker keeps what it holds
+        self.sample = sample  # idle workers considered per submit (bounds the cost)
+        self.plan = ReplicaPlan(-math.inf)  # current replica plan
+        self._demand: dict[str, _Demand] = {}  # checkpoint -> submitted work rate
+        self._sizes: dict[str, int] = {}  # checkpoint -> bytes, as jobs report them
+        self._warm_s = math.inf  # first submission + warm-up: the first plan is due then
 
     # --- estimates ----------------------------------------------------------------------
 
-    def demand(self, checkpoint: str | None, now_s: float) -> float:
+    def demand(self, checkpoint: str, now_s: float) -> float:
         found = self._demand.get(checkpoint)
         return 0.0 if found is None else found.rate(now_s, self.demand_window_s, self.demand_warmup_s)
 
-    def worker_load(self, view: WorkerView, fleet: Fleet, now_s: float) -> float:
-        """Expected busy share of this worker: its even share of each model it holds."""
-        return sum(self.demand(c, now_s) / max(1, fleet.holder_count(c)) for c in view.gpu)
+    def _observe(self, job: Job, now_s: float) -> None:
+        if job.checkpoint is None:
+            return
+        if not self._demand:
+            self._warm_s = now_s + self.demand_warmup_s  # no plan before demand is measured
+        demand = self._demand.setdefault(job.checkpoint, _Demand(now_s))
+        per_job_s = batch_run_s(job.est_run_s, job.est_extra_s, 8) / 8
+        demand.add(per_job_s, now_s, self.demand_window_s)
+        self._sizes[job.checkpoint] = job.checkpoint_bytes
 
-    def holders_load(self, checkpoint: str | None, fleet: Fleet, now_s: float) -> float:
-        holders = list(itertools.islice(fleet.holders(checkpoint), self.sample))
-        if not holders:
-            return math.inf
-        return sum(self.worker_load(fleet.workers[w], fleet, now_s) for w in holders) / len(holders)
+    def _replan(self, fleet: Fleet, now_s: float) -> None:
+        if now_s - self.plan.made_s < self.replan_every_s or now_s < self._warm_s:
+            return
+        rates = {c: self.demand(c, now_s) for c in self._demand}
+        self.plan = plan_replicas(rates, self._sizes, fleet, now_s, self.target_util,
+                                  keep_load=self.keep_load)
 
-    def steal_score(self, worker: WorkerView, checkpoint: str | None, size_bytes: int,
-                    fleet: Fleet, now_s: float) -> float | None:
-        """How far behind c's holders are, in seconds, if `worker` should load c now;
+    def load_score(self, worker: WorkerView, checkpoint: str | None, size_bytes: int,
+                   fleet: Fleet) -> float | None:
+        """Seconds c's holders are behind (inf: c has none), if `worker` should load c now;
         None when it should not (see the class docstring)."""
-        count = fleet.holder_count(checkpoint)
-        share = self.demand(checkpoint, now_s) / (count + 1)
-        victims = worker.residency.victims(checkpoint, size_bytes) if checkpoint else ()
-        for victim in victims:
-            if fleet.holder_count(victim) <= 1 and (
-                    fleet.pool.count_of(victim) or self.demand(victim, now_s) > share):
+        if checkpoint is None or checkpoint in worker.gpu:
+            return None
+        keep = self.plan.wants(worker.worker_id)
+        for victim in worker.residency.victims(checkpoint, size_bytes, keep):
+            if victim in keep or (fleet.holder_count(victim) <= 1 and fleet.pool.count_of(victim)):
                 return None
+        count = fleet.holder_count(checkpoint)
         if count == 0:
             return math.inf
         behind_s = fleet.pool.work_s(checkpoint) / count
-        gain_s = behind_s - fleet.switch_s(worker, checkpoint, size_bytes)
-        after = (self.worker_load(worker, fleet, now_s) + share
-                 - sum(self.demand(v, now_s) / fleet.holder_count(v) for v in victims))
-        if (gain_s > 0 and self.holders_load(checkpoint, fleet, now_s) - after > self.balance_margin
-                or gain_s > self.burst_margin_s):
-            return gain_s
+        if checkpoint in keep:
+            return behind_s
+        if behind_s - fleet.switch_s(worker, checkpoint, size_bytes) > self.burst_margin_s:
+            return behind_s
         return None
 
     # --- decisions ----------------------------------------------------------------------
 
     def choose(self, job: Job, fleet: Fleet, now_s: float) -> Placement:
-        demand = self._demand.setdefault(job.checkpoint, _Demand(now_s))
-        per_job_s = batch_run_s(job.est_run_s, job.est_extra_s, fleet.max_batch) / fleet.max_batch
-        demand.add(per_job_s, now_s, self.demand_window_s)
+        self._observe(job, now_s)
+        self._replan(fleet, now_s)
         idle_holder = fleet.idle_holder(job.checkpoint)
         if idle_holder is not None:
             return _forecast(job, idle_holder, fleet, now_s, now_s)
@@ -240,7 +249,7 @@ class FarmPolicy:
         for count, view in enumerate(fleet.idle_workers()):
             if count == self.sample:
                 break
-            score = self.steal_score(view, job.checkpoint, job.checkpoint_bytes, fleet, now_s)
+            score = self.load_score(view, job.checkpoint, job.checkpoint_bytes, fleet)
             if score is not None and score > best_score:
                 best, best_score = view, score
         if best is not None:
@@ -253,26 +262,28 @@ class FarmPolicy:
         return _forecast(job, holder, fleet, now_s + min(behind_s, self.max_wait_s), now_s)
 
     def pick(self, worker: WorkerView, fleet: Fleet, now_s: float) -> Pick | None:
+        self._replan(fleet, now_s)
         pool = fleet.pool
+        keep = self.plan.wants(worker.worker_id)
         # 1. The starvation bound comes first: an overdue job runs next, wherever it is.
         oldest = pool.oldest()
         if oldest is not None and now_s - oldest.created_s >= self.max_wait_s:
-            return Pick(None, oldest.group_key)
+            return Pick(None, oldest.group_key, keep)
         # 2. Work for a checkpoint already in VRAM costs no load.
         job = pool.best_head(worker.gpu)
         if job is not None:
-            return Pick(None, job.group_key)
+            return Pick(None, job.group_key, keep)
         # 3. Nothing of its own: load the checkpoint whose holders are furthest behind, of
-        #    those it should take (steal_score).
+        #    those it should take (load_score).
         best, best_score = None, -math.inf
         for checkpoint in pool.checkpoints():
             size = pool.head(next(iter(pool.keys_of(checkpoint)))).checkpoint_bytes
-            score = self.steal_score(worker, checkpoint, size, fleet, now_s)
+            score = self.load_score(worker, checkpoint, size, fleet)
             if score is not None and score > best_score:
                 best, best_score = checkpoint, score
         if best is None:
             return None
-        return Pick(None, pool.best_head({best}).group_key)
+        return Pick(None, pool.best_head({best}).group_key, keep)
 
     def due_s(self, fleet: Fleet) -> float | None:
         oldest = fleet.pool.oldest()

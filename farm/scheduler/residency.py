@@ -91,24 +91,28 @@ class ResidencyReport:
     gpu_free_bytes: int = 0  # VRAM budget for weights not in use
     evict_order: tuple[tuple[str, int], ...] = ()  # VRAM (checkpoint, bytes), least valuable first
 
-    def victims(self, checkpoint: str, size_bytes: int) -> tuple[str, ...]:
-        """What loading `checkpoint` into VRAM would evict (the worker's own choice)."""
+    def victims(self, checkpoint: str, size_bytes: int,
+                keep: frozenset[str] = frozenset()) -> tuple[str, ...]:
+        """What loading `checkpoint` into VRAM would evict (as Residency.load chooses)."""
         if checkpoint in self.gpu:
             return ()
         need, out = size_bytes - self.gpu_free_bytes, []
-        for name, size in self.evict_order:
+        order = [e for e in self.evict_order if e[0] not in keep] + \
+                [e for e in self.evict_order if e[0] in keep]
+        for name, size in order:
             if need <= 0:
                 break
             out.append(name)
             need -= size
         return tuple(out)
 
-    def after_load(self, checkpoint: str, size_bytes: int) -> "ResidencyReport":
+    def after_load(self, checkpoint: str, size_bytes: int,
+                   keep: frozenset[str] = frozenset()) -> "ResidencyReport":
         """What the worker will hold once it has loaded `checkpoint` (the dispatcher's
         expectation until the worker's next report)."""
         if checkpoint in self.gpu:
             return self
-        victims = set(self.victims(checkpoint, size_bytes))
+        victims = set(self.victims(checkpoint, size_bytes, keep))
         freed = sum(size for name, size in self.evict_order if name in victims)
         order = tuple(e for e in self.evict_order if e[0] not in victims) + ((checkpoint, size_bytes),)
         return dataclasses.replace(self, gpu=(self.gpu - victims) | {checkpoint},
@@ -151,12 +155,15 @@ class _TierCache:
     def used_bytes(self) -> int:
         return sum(self.sizes.values())
 
-    def touch(self, checkpoint: str, size_bytes: int, reload_s: float) -> list[str]:
-        """Hold `checkpoint` (refreshing its credit); returns what was evicted for room."""
+    def touch(self, checkpoint: str, size_bytes: int, reload_s: float,
+              keep: frozenset[str]) -> list[str]:
+        """Hold `checkpoint` (refreshing its credit); returns what was evicted for room,
+        taking entries outside `keep` first."""
         evicted: list[str] = []
         if checkpoint not in self.sizes:
             while self.sizes and self.used_bytes + size_bytes > self.budget_bytes:
-                victim = min(self.credit, key=self.credit.__getitem__)
+                spare = [c for c in self.credit if c not in keep] or list(self.credit)
+                victim = min(spare, key=self.credit.__getitem__)
                 self.inflation = self.credit.pop(victim)
                 del self.sizes[victim]
                 evicted.append(victim)
@@ -181,8 +188,9 @@ class Residency:
                 return tier
         return Tier.STORE
 
-    def load(self, checkpoint: str, size_bytes: int) -> LoadOutcome:
-        """Make `checkpoint` resident in VRAM (and in every lower tier with room)."""
+    def load(self, checkpoint: str, size_bytes: int, keep: frozenset[str] = frozenset()) -> LoadOutcome:
+        """Make `checkpoint` resident in VRAM (and in every lower tier with room). `keep`:
+        checkpoints the dispatcher's plan wants here; they are evicted last."""
         gpu = self._tiers[Tier.GPU]
         if size_bytes > gpu.budget_bytes:
             raise CheckpointError(
@@ -196,14 +204,14 @@ class Residency:
             cache = self._tiers[tier]
             if size_bytes <= cache.budget_bytes:
                 reload_s = self.costs.estimate_s(below, size_bytes)
-                evicted[tier] = cache.touch(checkpoint, size_bytes, reload_s)
+                evicted[tier] = cache.touch(checkpoint, size_bytes, reload_s, keep)
                 below = tier
         return LoadOutcome(source=source, evicted=tuple(
             Eviction(c, tier) for tier in CACHED_TIERS for c in evicted.get(tier, ())))
 
     def report(self) -> ResidencyReport:
         gpu = self._tiers[Tier.GPU]
-        order = sorted(gpu.credit, key=gpu.credit.__getitem__)
+        order = sorted(gpu.credit, key=gpu.credit.__getitem__)  # least valuable first
         return ResidencyReport(gpu=frozenset(gpu.sizes),
                                pinned=frozenset(self._tiers[Tier.PINNED].sizes),
                                disk=frozenset(self._tiers[Tier.DISK].sizes),

@@ -100,7 +100,8 @@ def run_policy(spec: TraceSpec, trace: list[TraceJob],
             return
         template = templates[batch.batch_key]
         load_s = 0.0
-        outcome = residency[worker_id].load(template.checkpoint, template.arch.checkpoint_bytes)
+        outcome = residency[worker_id].load(template.checkpoint, template.arch.checkpoint_bytes,
+                                            batch.keep)
         if outcome.source is not Tier.GPU:
             loads += 1
             load_s = seed_load_s(outcome.source, template.arch.checkpoint_bytes)

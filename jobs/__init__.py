@@ -1,0 +1,1 @@
+"""`ray job submit` entry points: batch renders of a sweep through the farm."""
