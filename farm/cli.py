@@ -91,6 +91,12 @@ def cmd_simulate(args, rest: list[str]) -> int:
     return simulate_main(rest)
 
 
+def cmd_bench(rest: list[str]) -> int:
+    from farm.bench import main as bench_main
+
+    return bench_main(rest)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="farm", description="renderfarm: ComfyUI workflows on a GPU farm")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -114,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_make_checkpoint)
 
     sub.add_parser("simulate", help="compare placement policies on a simulated trace", add_help=False)
+    sub.add_parser("bench", help="GPU throughput: one job at a time vs cross-job batches", add_help=False)
     return parser
 
 
@@ -121,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["simulate"]:
         return cmd_simulate(None, argv[1:])
+    if argv[:1] == ["bench"]:
+        return cmd_bench(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
