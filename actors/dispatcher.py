@@ -39,9 +39,18 @@ from farm.worker import BatchResult, FailureKind, JobReport, Message
 
 log = logging.getLogger(__name__)
 
-IDLE_RECHECK_S = 1.0  # an idle worker asks again this often even unwoken (wait bounds, steals)
+TICK_S = 0.5  # how often the core's timers (wait bounds, replanning) are given a chance to wake a worker
+IDLE_RECHECK_S = 10.0  # an idle worker asks again this often even unwoken: a safety net, not the policy
 STATE_TIMEOUT_S = 5.0  # a worker that cannot say its state in this long is shown as not alive
 MAX_KEPT_MESSAGES = 10_000  # lifecycle messages kept in memory for history, newest prompts
+
+
+@dataclass(frozen=True)
+class Finished:
+    """wait_finished's answer."""
+
+    items: list[HistoryItem]  # finished prompts, as history shows them
+    unknown: list[str]  # prompt ids the queue does not know
 
 
 @dataclass
@@ -69,7 +78,9 @@ class Dispatcher:
         self._counter = self._last_number() + 1  # ComfyUI's prompt number for the next submit
         self._stopping = False
         self._failed_starts = 0  # workers in a row that died before their first report
-        self._started = asyncio.get_event_loop().create_task(self._start_workers())
+        loop = asyncio.get_event_loop()
+        self._started = loop.create_task(self._start_workers())
+        self._ticker = loop.create_task(self._tick())
 
     def _last_number(self) -> float:
         numbers = [j.number for j in self.core.store.pending()] + [j.number for j in self.core.store.history(1, -1)]
@@ -168,6 +179,17 @@ class Dispatcher:
             per_host = max(1, max((int(n["Resources"].get("GPU", 0)) for n in ray.nodes() if n["Alive"]), default=1))
             self._spawn(GpuWorker, per_host)  # Ray places it once a GPU is free (now, or when a node joins)
 
+    async def _tick(self) -> None:
+        """core.tick() when its next timer is due: it names idle workers to wake."""
+        while not self._stopping:
+            await asyncio.sleep(TICK_S)
+            try:
+                for worker_id in self.core.tick():
+                    if worker_id in self._slots:
+                        self._slots[worker_id].wake.set()
+            except Exception:
+                log.exception("dispatcher tick failed")
+
     def _wake_all(self) -> None:
         for slot in self._slots.values():
             slot.wake.set()
@@ -264,20 +286,23 @@ class Dispatcher:
         await self._publish([status_event(self._remaining())])
         return results
 
-    async def wait_finished(self, prompt_ids: list[str], timeout_s: float = 10.0) -> list[HistoryItem]:
+    async def wait_finished(self, prompt_ids: list[str], timeout_s: float = 10.0) -> "Finished":
         """History items of those prompts that are finished, waiting up to timeout_s for at
-        least one. An unknown id raises UnknownJobError (it would never finish)."""
+        least one. Ids the queue does not know (never submitted, or deleted) come back in
+        `unknown`: they would never finish."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         while True:
-            done = []
+            done, unknown = [], []
             for prompt_id in prompt_ids:
-                job = self.core.job(prompt_id)
-                if job.state.finished:
+                job = self._job(prompt_id)
+                if job is None:
+                    unknown.append(prompt_id)
+                elif job.state.finished:
                     done.append(history_item(job, self._messages.get(prompt_id)))
             remaining = deadline - loop.time()
-            if done or remaining <= 0:
-                return done
+            if done or unknown or remaining <= 0:
+                return Finished(done, unknown)
             async with self._finished:
                 try:
                     await asyncio.wait_for(self._finished.wait(), remaining)

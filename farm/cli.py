@@ -28,61 +28,104 @@ def cmd_make_checkpoint(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from farm.local import FarmPaths, LocalRenderer
     from farm.prepare import load_json_file, parse_override
 
+    from farm.local import FarmPaths
+    from farm.nodes.registry import default_registry
+    from farm.prepare import prepare
+
     overrides = {f"{n}.{i}": v for n, i, v in map(parse_override, args.set or [])}
-    paths = FarmPaths.under(DEFAULT_ROOT, args.models, args.output)
     workflow = load_json_file(args.workflow)
-    renderer = LocalRenderer(paths)
-    try:
-        prepared = renderer.prepare(workflow, overrides)
-        started = time.perf_counter()
-        outcome = renderer.run(prepared)
-    finally:
-        renderer.close()
-    if not outcome.ok:
-        raise outcome.error
-    _print_outputs(paths, outcome.outputs)
+    # Validate before starting anything: a bad workflow is answered in a second, not after Ray starts.
+    prepare(workflow, default_registry(), FarmPaths.under(DEFAULT_ROOT, args.models).node_context(), overrides)
+    started = time.perf_counter()
+    if args.local:
+        files = _run_local(workflow, overrides, args)
+    else:
+        from farm.client import Farm
+
+        with Farm.local(models=_models(args), output=args.output, root=DEFAULT_ROOT) as farm:
+            files = farm.submit(workflow, overrides).result().files
+    for path in files:
+        print(path)
     print(f"done in {time.perf_counter() - started:.2f} s")
     return 0
 
 
+def _models(args) -> Path:
+    return args.models or DEFAULT_ROOT / "models"
+
+
+def _run_local(workflow, overrides: dict, args) -> list[Path]:
+    """In this process, without Ray: the engine on this machine's device."""
+    from farm.local import FarmPaths, LocalRenderer
+
+    paths = FarmPaths.under(DEFAULT_ROOT, args.models, args.output)
+    renderer = LocalRenderer(paths)
+    try:
+        outcome = renderer.run(renderer.prepare(workflow, overrides))
+    finally:
+        renderer.close()
+    if not outcome.ok:
+        raise outcome.error
+    return [(paths.output if image["type"] == "output" else paths.temp) / image["subfolder"] / image["filename"]
+            for ui in outcome.outputs.values() for image in ui.get("images", [])]
+
+
 def cmd_demo(args) -> int:
-    """The README's main job: make a tiny checkpoint when there is none, render a small
-    batch of the sample workflow, say where the PNGs went and how long it took."""
+    """The README's main job: make a tiny checkpoint when there is none, start the farm on
+    an embedded Ray (SQLite queue under .farm/), render a small batch of the sample
+    workflow, say where the PNGs went and how long it took."""
     import json
     from importlib.resources import files
 
-    from farm.local import FarmPaths, LocalRenderer
+    from farm.client import Farm
     from farm.models.make import make_checkpoint
 
-    paths = FarmPaths.under(DEFAULT_ROOT, args.models, args.output)
-    ckpt = paths.models / "checkpoints" / "tiny-sd15.safetensors"
+    models = _models(args)
+    ckpt = models / "checkpoints" / "tiny-sd15.safetensors"
     if not ckpt.exists():
         print(f"no checkpoint yet: making a tiny random one at {ckpt}")
         make_checkpoint("tiny-sd15", ckpt, seed=0)
     workflow = json.loads(files("farm").joinpath("workflows/txt2img.json").read_text())
-    renderer = LocalRenderer(paths)
     started = time.perf_counter()
-    try:
-        for i in range(args.count):
-            outcome = renderer.run(renderer.prepare(workflow, {"3.seed": args.seed + i}))
-            if not outcome.ok:
-                raise outcome.error
-            _print_outputs(paths, outcome.outputs)
-    finally:
-        renderer.close()
-    elapsed = time.perf_counter() - started
-    print(f"rendered {args.count} images in {elapsed:.2f} s ({args.count / elapsed:.2f} images/s) into {paths.output}")
+    with Farm.local(models=models, output=args.output, root=DEFAULT_ROOT) as farm:
+        ready = time.perf_counter()
+        print(f"farm started in {ready - started:.1f} s ({len(farm.status().workers)} worker(s)); "
+              f"rendering {args.count} images")
+        results = farm.map(workflow, [{"3.seed": args.seed + i} for i in range(args.count)], progress=False)
+        elapsed = time.perf_counter() - ready
+    for result in results:
+        for path in result.files:
+            print(path)
+    print(f"rendered {args.count} images in {elapsed:.2f} s ({args.count / elapsed:.2f} images/s; "
+          f"{time.perf_counter() - started:.1f} s with the farm's start) into {farm.paths.output}")
     return 0
 
 
-def _print_outputs(paths, outputs: dict) -> None:
-    for ui in outputs.values():
-        for image in ui.get("images", []):
-            folder = paths.output if image["type"] == "output" else paths.temp
-            print(folder / image["subfolder"] / image["filename"])
+def cmd_serve(args) -> int:
+    """The ComfyUI-compatible server over the farm: an embedded Ray unless --address."""
+    from farm import cluster
+    from farm.local import FarmPaths
+    from farm.nodes.spec import Limits
+    from farm.server.app import serve
+    from farm.server.config import ServerConfig
+    from farm.server_backend import RayFarmService
+
+    paths = FarmPaths.under(DEFAULT_ROOT, args.models, args.output)
+    if args.address:
+        cluster.init_connect(args.address)
+        farm_cluster = cluster.FarmCluster.find()
+    else:
+        cluster.init_local()
+        farm_cluster = cluster.FarmCluster.start(cluster.FarmConfig(paths=paths, db=args.db))
+    limits = Limits(max_width=args.max_size, max_height=args.max_size, max_batch_size=args.max_batch,
+                    max_steps=args.max_steps)
+    config = ServerConfig(models_dir=paths.models, input_dir=paths.input, output_dir=paths.output,
+                          temp_dir=paths.temp, limits=limits, host=args.host, port=args.port, token=args.token)
+    print(f"serving the farm on http://{args.host}:{args.port} (models: {paths.models}, output: {paths.output})")
+    serve(RayFarmService(farm_cluster, paths), config)
+    return 0
 
 
 def cmd_simulate(args, rest: list[str]) -> int:
@@ -105,7 +148,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("workflow", type=Path)
     _add_paths(p)
     p.add_argument("--set", action="append", metavar="NODE.INPUT=VALUE", help="override an input; repeatable")
+    p.add_argument("--local", action="store_true", help="run in this process, without Ray")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("serve", help="the ComfyUI-compatible HTTP/WebSocket API over the farm")
+    _add_paths(p)
+    p.add_argument("--host", default="127.0.0.1", help="loopback by default; anything else wants --token")
+    p.add_argument("--port", type=int, default=8188)
+    p.add_argument("--address", help="join this Ray cluster (a farm must run there) instead of starting one")
+    p.add_argument("--db", type=Path, default=DEFAULT_ROOT / "queue.sqlite", help="the durable queue (SQLite)")
+    p.add_argument("--token", help="require this bearer token on every route (default: $FARM_TOKEN)")
+    p.add_argument("--max-size", type=int, default=4096, help="largest width/height a prompt may ask for")
+    p.add_argument("--max-batch", type=int, default=64, help="largest batch_size a prompt may ask for")
+    p.add_argument("--max-steps", type=int, default=200, help="most sampler steps a prompt may ask for")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("demo", help="render a few images of the sample workflow (makes a tiny checkpoint if needed)")
     _add_paths(p)

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 from farm import cluster as ray_cluster
-from farm.errors import FarmError
+from farm.errors import FarmError, UnknownJobError
 from farm.local import FarmPaths
 from farm.models.tiers import TierConfig
 from farm.nodes.registry import default_registry
@@ -77,9 +77,10 @@ class Progress:
 
 
 def job_record(prepared: PreparedPrompt, paths: FarmPaths, extra_data: dict | None = None,
-               client_id: str | None = None, number: float | None = None, front: bool = False) -> Job:
+               client_id: str | None = None, number: float | None = None, front: bool = False,
+               outputs_to_execute: Sequence[str] | None = None) -> Job:
     """The scheduler's record of a validated prompt: what placement and batching read.
-    number None: the dispatcher gives the next one."""
+    number None: the dispatcher gives the next one; outputs_to_execute None: the plan's."""
     checkpoints = prepared.plan.checkpoints
     checkpoint = checkpoints[0] if checkpoints else None
     size = 0
@@ -87,7 +88,8 @@ def job_record(prepared: PreparedPrompt, paths: FarmPaths, extra_data: dict | No
         path = paths.models / "checkpoints" / checkpoint
         size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
     return Job(job_id=prepared.prompt_id, number=number, workflow=prepared.prompt,
-               outputs_to_execute=list(prepared.plan.outputs), extra_data=dict(extra_data or {}),
+               outputs_to_execute=list(outputs_to_execute if outputs_to_execute is not None else prepared.plan.outputs),
+               extra_data=dict(extra_data or {}),
                client_id=client_id, front=front, checkpoint=checkpoint, checkpoint_bytes=size,
                batch_key=prepared.plan.batch_key)
 
@@ -133,7 +135,7 @@ class JobFuture:
 
     def on_progress(self, fn: Callable[[Progress], None]) -> None:
         self._progress.append(fn)
-        self.farm._watch_events()
+        self.farm._listen(self)
 
     def __await__(self):
         result = yield from asyncio.wrap_future(self._future).__await__()
@@ -160,6 +162,7 @@ class Farm:
         self.node_ctx = paths.node_context()
         self._owns_ray = owns_ray
         self._pending: dict[str, JobFuture] = {}  # prompt_id -> future not yet resolved
+        self._listeners: dict[str, JobFuture] = {}  # prompt_id -> future with progress callbacks
         self._lock = threading.Condition()
         self._closed = False
         self._watcher: threading.Thread | None = None
@@ -241,19 +244,18 @@ class Farm:
         futures = [JobFuture(self, job.job_id) for job in jobs]
         if on_progress is not None:
             for future in futures:
-                future._progress.append(on_progress)
-            self._watch_events()
-        with self._lock:
-            for future in futures:
-                self._pending[future.prompt_id] = future
-            self._lock.notify_all()
+                future.on_progress(on_progress)  # before the submit: no early event is missed
         try:
             self.cluster.call("submit", jobs, timeout_s=120)
         except BaseException:
             with self._lock:
                 for future in futures:
-                    self._pending.pop(future.prompt_id, None)
+                    self._listeners.pop(future.prompt_id, None)
             raise
+        with self._lock:  # only now: a wait for an id not yet stored would be told "unknown"
+            for future in futures:
+                self._pending[future.prompt_id] = future
+            self._lock.notify_all()
         self._watch_results()
         return futures
 
@@ -346,8 +348,7 @@ class Farm:
                     return
                 ids = list(self._pending)
             try:
-                items: list[HistoryItem] = self.cluster.call("wait_finished", ids, WAIT_SLICE_S,
-                                                             timeout_s=WAIT_SLICE_S + 60)
+                finished = self.cluster.call("wait_finished", ids, WAIT_SLICE_S, timeout_s=WAIT_SLICE_S + 60)
             except Exception as exc:  # the farm is gone for good: every waiter learns why
                 log.error("waiting for results failed: %s", exc)
                 with self._lock:
@@ -355,11 +356,23 @@ class Farm:
                 for future in futures:
                     future._fail(exc)
                 continue
-            for item in items:
+            for item in finished.items:
                 with self._lock:
                     future = self._pending.pop(item.prompt_id, None)
                 if future is not None:
                     future._resolve(self.result_of(item))
+            for prompt_id in finished.unknown:
+                with self._lock:
+                    future = self._pending.pop(prompt_id, None)
+                if future is not None:
+                    future._fail(UnknownJobError(f"prompt {prompt_id} is no longer in the queue or history "
+                                                 "(deleted from the queue?)"))
+
+    def _listen(self, future: JobFuture) -> None:
+        with self._lock:
+            self._listeners[future.prompt_id] = future
+        future.add_done_callback(lambda f: self._listeners.pop(f.prompt_id, None))
+        self._watch_events()
 
     def _watch_events(self) -> None:
         with self._lock:
@@ -370,11 +383,11 @@ class Farm:
             self._events.start()
 
     def _events_loop(self) -> None:
+        """All of the farm's events, matched to listening futures here: a filter at the hub
+        would be the set of listeners as of the poll, and skip a newcomer's first events."""
         while not self._closed:
-            with self._lock:
-                listening = {pid: f for pid, f in self._pending.items() if f._progress}
             try:
-                page = self.cluster.poll_events(self._event_cursor, 2.0, list(listening) or None)
+                page = self.cluster.poll_events(self._event_cursor, 2.0)
             except Exception as exc:
                 if self._closed:
                     return
@@ -383,13 +396,13 @@ class Farm:
                 continue
             self._event_cursor = page.cursor
             for event in page.events:
-                self._dispatch(event, listening)
+                self._dispatch(event)
 
-    @staticmethod
-    def _dispatch(event: FarmEvent, listening: dict[str, JobFuture]) -> None:
+    def _dispatch(self, event: FarmEvent) -> None:
         if event.type is not EventType.PROGRESS or not isinstance(event.data, dict):
             return
-        future = listening.get(event.data.get("prompt_id"))
+        with self._lock:
+            future = self._listeners.get(event.data.get("prompt_id"))
         if future is None:
             return
         progress = Progress(future.prompt_id, event.data.get("node"), int(event.data["value"]), int(event.data["max"]))

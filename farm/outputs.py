@@ -121,7 +121,9 @@ class LocalImageWriter:
         for i, pixels in enumerate(batch.pixels):
             name = f"{stem.replace('%batch_num%', str(i))}_{first + i:05}_.png"
             refs.append(ImageRef(name, subfolder, batch.kind))
-            self._pending.append(self._pool.submit(self._write, directory / name, pixels, batch.text_chunks))
+            future = self._pool.submit(self._write, directory / name, pixels, batch.text_chunks)
+            with self._lock:
+                self._pending.append(future)
         return refs
 
     @staticmethod
@@ -133,7 +135,8 @@ class LocalImageWriter:
         tmp.replace(path)  # a reader never sees half a PNG
 
     def flush(self) -> None:
-        pending, self._pending = self._pending, []
+        with self._lock:
+            pending, self._pending = self._pending, []
         for future in pending:
             future.result()
 

@@ -242,13 +242,15 @@ class WorkerCore:
                 self.free_after_oom()
             for job, outcome in zip(planned, outcomes):
                 report = reports[outcome.prompt_id]
-                report.images.extend(self._images_of(outcome))
                 if isinstance(outcome.error, Interrupted) and targets is not None and outcome.prompt_id not in targets:
                     retry.append(job)  # stopped only because it shared the call with the target
                 elif oom and is_out_of_memory(outcome.error) and len(planned) > 1:
                     retry.append(job)  # a batch may not fit where one prompt does: try alone
                 else:
+                    report.images.extend(self._images_of(outcome))
                     self._finish(report, outcome)
+                    continue
+                report.messages.clear()  # history keeps the run that counts
             if oom and len(retry) > 1:
                 for job in retry:
                     self._run_planned([job], reports)
@@ -256,7 +258,7 @@ class WorkerCore:
             planned = retry
 
     def _engine_call(self, planned: list[PlannedJob]) -> list[JobOutcome]:
-        names = set().union(*(set(getattr(p.plan, "checkpoints", ()) or ()) for p in planned))
+        names = set().union(*(set(p.plan.checkpoints) for p in planned))
         try:
             self.models.keep(names)
         except Exception as exc:  # the checkpoint itself does not load: every job of the call fails

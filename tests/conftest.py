@@ -1,5 +1,10 @@
-"""Session fixtures: tiny checkpoints made once (real safetensors files in the LDM layout,
-written by farm's own make-checkpoint)."""
+"""Session fixtures shared by every test folder: tiny checkpoints made once (real
+safetensors files in the LDM layout, written by farm's own make-checkpoint), and one local
+Ray cluster with one farm on it (Ray takes ~10 s to start, each worker ~10 s to import
+torch): two logical GPUs on this CPU machine, so two GpuWorkers run the very code a GPU
+node runs."""
+import json
+from importlib.resources import files
 from pathlib import Path
 
 import pytest
@@ -14,3 +19,32 @@ def tiny_models(tmp_path_factory) -> Path:
     for arch in ("tiny-sd15", "tiny-sdxl"):
         make_checkpoint(arch, root / "checkpoints" / f"{arch}.safetensors", seed=7)
     return root
+
+
+RAY_CPUS, RAY_GPUS = 4, 2  # actors reserve a CPU each for scheduling; workers one logical GPU each
+TINY = {"5.width": 64, "5.height": 64, "5.batch_size": 1, "3.steps": 2}
+
+
+@pytest.fixture(scope="session")
+def ray_farm(tiny_models, tmp_path_factory):
+    """A Farm (the Python API) on a local Ray cluster with two logical GPUs."""
+    from farm import cluster
+    from farm.client import Farm
+
+    root = tmp_path_factory.mktemp("farm")
+    cluster.init_local(num_gpus=RAY_GPUS, num_cpus=RAY_CPUS)
+    farm = Farm.local(models=tiny_models, root=root, num_workers=RAY_GPUS, db=root / "queue.sqlite")
+    farm.wait_for_workers(RAY_GPUS)
+    yield farm
+    farm.close(stop=True)
+    cluster.shutdown()
+
+
+@pytest.fixture(scope="session")
+def txt2img() -> dict:
+    """The sample workflow on the tiny SD1.5 checkpoint, 64x64, 2 steps."""
+    workflow = json.loads(files("farm").joinpath("workflows/txt2img.json").read_text())
+    for key, value in TINY.items():
+        node, _, name = key.partition(".")
+        workflow[node]["inputs"][name] = value
+    return workflow

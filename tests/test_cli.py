@@ -35,10 +35,12 @@ def write(tmp_path):
     return _write
 
 
-def test_run_writes_pngs_and_prints_them(tiny_models, tmp_path, write):
+@pytest.mark.parametrize("where", ["--local", "farm"])
+def test_run_writes_pngs_and_prints_them(tiny_models, tmp_path, write, where):
+    """--local renders in the process; without it the job goes through a farm on an embedded Ray."""
     out = tmp_path / "out"
     result = farm("run", write(small(SAMPLE)), "--models", tiny_models, "--output", out, "--set", "3.seed=9",
-                  "--set", "9.filename_prefix=cli/x", cwd=tmp_path)
+                  "--set", "9.filename_prefix=cli/x", *(["--local"] if where == "--local" else []), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     printed = [line for line in result.stdout.splitlines() if line.endswith(".png")]
     assert printed == [str(out / "cli" / "x_00001_.png")]
@@ -54,7 +56,7 @@ def test_ui_format_runs_like_api_format(tiny_models, tmp_path, write):
             node["widgets_values"] = [64, 64, 1]
         if node["type"] == "KSampler":
             node["widgets_values"][2] = 2  # steps
-    result = farm("run", write(ui), "--models", tiny_models, "--output", tmp_path / "out", cwd=tmp_path)
+    result = farm("run", write(ui), "--models", tiny_models, "--output", tmp_path / "out", "--local", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert any(line.endswith(".png") for line in result.stdout.splitlines())
 
@@ -88,7 +90,8 @@ def test_bad_input_is_a_message_and_exit_2(tiny_models, tmp_path, write, case, e
         (models / "checkpoints" / "old.ckpt").write_bytes(b"\x80\x04not really a pickle")
         workflow["4"]["inputs"]["ckpt_name"] = "old.ckpt"
     path = write("{ not json" if case == "not json" else workflow)
-    result = farm("run", path, "--models", models, "--output", tmp_path / "out", *args, cwd=tmp_path)
+    result = farm("run", path, "--models", models, "--output", tmp_path / "out", *args, cwd=tmp_path)  # no --local:
+    # validation answers before a farm starts
     assert result.returncode == 2
     assert expected in result.stderr
     assert "Traceback" not in result.stderr

@@ -185,7 +185,8 @@ class TieredModelProvider:
             size = self._file_bytes(name)
             loaded = self._loaded.get(name)
             before = self.residency.source(name)
-            self.residency.load(name, size)  # recency, and what must leave to make room
+            # recency, and what must leave to make room (what the running batch uses last)
+            self.residency.load(name, size, keep=frozenset(self._kept))
             if loaded is None or not loaded.on_device:
                 self._bring(name, size, loaded, before)
             self._reconcile()

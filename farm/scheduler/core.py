@@ -15,6 +15,7 @@ file) rebuilds the queues from the store.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -123,6 +124,7 @@ class DispatcherCore:
         from a worker that was thought lost): history keeps the first completion."""
         if not self.store.complete(job_id, outputs, self.clock()):
             return False
+        self.fleet.dequeue(job_id)  # requeued after its worker was thought lost, then it reported
         self._forget(job_id)
         return True
 
@@ -194,12 +196,18 @@ class DispatcherCore:
         """When tick() may next have a worker to wake (None: only new work wakes workers)."""
         return self.policy.due_s(self.fleet) if any(True for _ in self.fleet.idle_workers()) else None
 
-    def tick(self) -> list[str]:
-        """Idle workers to wake because a wait bound expired (the longest-idle one)."""
+    def tick(self, look: int = 16) -> list[str]:
+        """Idle workers to wake now that a timer is due: of the `look` longest idle, those
+        the policy would give a batch (each then calls worker_ready)."""
+        now = self.clock()
         due = self.due_s()
-        if due is None or due > self.clock():
+        if due is None or due > now:
             return []
-        return [next(self.fleet.idle_workers()).worker_id]
+        woken = []
+        for view in itertools.islice(self.fleet.idle_workers(), look):
+            if self.policy.pick(view, self.fleet, now) is not None:
+                woken.append(view.worker_id)
+        return woken
 
     # --- internals ----------------------------------------------------------------------
 

@@ -179,7 +179,8 @@ class FarmPolicy:
 
     def __init__(self, burst_margin_s: float = 60.0, max_wait_s: float = 120.0,
                  replan_every_s: float = 30.0, demand_window_s: float = 300.0,
-                 demand_warmup_s: float = 60.0, target_util: float = 0.85, keep_load: float = 1.25,
+                 demand_warmup_s: float = 60.0, target_util: float = 0.85,
+                 balance_gap: float = 0.3, quiet_after_s: float = 5.0, slack: float = 0.25,
                  sample: int = 16):
         self.burst_margin_s = burst_margin_s  # holders' queued seconds that justify a load
         self.max_wait_s = max_wait_s  # starvation bound on any job's wait in the pool
@@ -187,12 +188,15 @@ class FarmPolicy:
         self.demand_window_s = demand_window_s  # time constant of the demand average
         self.demand_warmup_s = demand_warmup_s  # shortest history a rate is computed over
         self.target_util = target_util  # planned busy share of a replica
-        self.keep_load = keep_load  # planned load up to which a worker keeps what it holds
+        self.balance_gap = balance_gap  # load gap between linked worker groups worth a bridge
+        self.quiet_after_s = quiet_after_s  # no submit for this long: the queue is draining
+        self.slack = slack  # fraction of a replica's worth of demand that does not get one
         self.sample = sample  # idle workers considered per submit (bounds the cost)
         self.plan = ReplicaPlan(-math.inf)  # current replica plan
         self._demand: dict[str, _Demand] = {}  # checkpoint -> submitted work rate
         self._sizes: dict[str, int] = {}  # checkpoint -> bytes, as jobs report them
         self._warm_s = math.inf  # first submission + warm-up: the first plan is due then
+        self._last_submit_s = -math.inf  # when choose() last saw a job
 
     # --- estimates ----------------------------------------------------------------------
 
@@ -215,10 +219,10 @@ class FarmPolicy:
             return
         rates = {c: self.demand(c, now_s) for c in self._demand}
         self.plan = plan_replicas(rates, self._sizes, fleet, now_s, self.target_util,
-                                  keep_load=self.keep_load)
+                                  slack=self.slack, balance_gap=self.balance_gap)
 
     def load_score(self, worker: WorkerView, checkpoint: str | None, size_bytes: int,
-                   fleet: Fleet) -> float | None:
+                   fleet: Fleet, now_s: float) -> float | None:
         """Seconds c's holders are behind (inf: c has none), if `worker` should load c now;
         None when it should not (see the class docstring)."""
         if checkpoint is None or checkpoint in worker.gpu:
@@ -233,13 +237,22 @@ class FarmPolicy:
         behind_s = fleet.pool.work_s(checkpoint) / count
         if checkpoint in keep:
             return behind_s
-        if behind_s - fleet.switch_s(worker, checkpoint, size_bytes) > self.burst_margin_s:
+        if self.plan.made_s == -math.inf:
+            return None  # no extra copies until demand is measured: the first plan places them
+        # While jobs keep coming, a load must save a burst's worth of waiting; once the
+        # queue is draining, finishing it sooner is all that is left to win.
+        margin_s = 0.0 if self._draining(now_s) else self.burst_margin_s
+        if behind_s - fleet.switch_s(worker, checkpoint, size_bytes) > margin_s:
             return behind_s
         return None
 
     # --- decisions ----------------------------------------------------------------------
 
+    def _draining(self, now_s: float) -> bool:
+        return now_s - self._last_submit_s >= self.quiet_after_s
+
     def choose(self, job: Job, fleet: Fleet, now_s: float) -> Placement:
+        self._last_submit_s = now_s
         self._observe(job, now_s)
         self._replan(fleet, now_s)
         idle_holder = fleet.idle_holder(job.checkpoint)
@@ -249,7 +262,7 @@ class FarmPolicy:
         for count, view in enumerate(fleet.idle_workers()):
             if count == self.sample:
                 break
-            score = self.load_score(view, job.checkpoint, job.checkpoint_bytes, fleet)
+            score = self.load_score(view, job.checkpoint, job.checkpoint_bytes, fleet, now_s)
             if score is not None and score > best_score:
                 best, best_score = view, score
         if best is not None:
@@ -278,7 +291,7 @@ class FarmPolicy:
         best, best_score = None, -math.inf
         for checkpoint in pool.checkpoints():
             size = pool.head(next(iter(pool.keys_of(checkpoint)))).checkpoint_bytes
-            score = self.load_score(worker, checkpoint, size, fleet)
+            score = self.load_score(worker, checkpoint, size, fleet, now_s)
             if score is not None and score > best_score:
                 best, best_score = checkpoint, score
         if best is None:
@@ -286,8 +299,12 @@ class FarmPolicy:
         return Pick(None, pool.best_head({best}).group_key, keep)
 
     def due_s(self, fleet: Fleet) -> float | None:
+        """The next moment an idle worker may have something to take without a new job:
+        the oldest job's wait bound, or the queue turning quiet."""
         oldest = fleet.pool.oldest()
-        return None if oldest is None else oldest.created_s + self.max_wait_s
+        if oldest is None:
+            return None
+        return min(oldest.created_s + self.max_wait_s, self._last_submit_s + self.quiet_after_s)
 
 
 POLICIES: dict[str, type] = {

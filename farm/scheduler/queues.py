@@ -124,6 +124,10 @@ class KeyedQueue:
         """Checkpoints with queued jobs."""
         return iter(self._keys_of)
 
+    def count_key(self, key: str) -> int:
+        """Queued jobs of one group key."""
+        return self._key_count.get(key, 0)
+
     def count_of(self, checkpoint: str | None) -> int:
         return self._ckpt_count.get(checkpoint, 0)
 

@@ -143,8 +143,10 @@ def run_policy(spec: TraceSpec, trace: list[TraceJob],
             clock.now_s = tick_at
             for worker_id in core.tick():
                 dispatch(worker_id)
+            tick_at = math.inf  # nothing more can come due before the next event
+            continue
         due = core.due_s()
-        tick_at = math.inf if due is None else max(due, clock.now_s + 1e-3)
+        tick_at = math.inf if due is None else max(due, clock.now_s)
     waits.sort()
     result = PolicyResult(
         model_loads=loads, makespan_s=round(end_s, 3),

@@ -84,7 +84,8 @@ class JobStore:
 
     @contextmanager
     def _tx(self) -> Iterator[None]:
-        """One transaction under the lock: all of its writes land, or none."""
+        """One transaction under the lock: all of its writes land, or none. (A single
+        statement is atomic by itself and runs without one.)"""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
@@ -104,7 +105,7 @@ class JobStore:
         """Store a new queued job and set its seq; refuses a prompt_id seen before."""
         spec = json.dumps({name: getattr(job, name) for name in _SPEC_FIELDS})
         try:
-            with self._tx():
+            with self._lock:  # one statement: atomic on its own
                 cur = self._db.execute(
                     "INSERT INTO jobs (job_id, number, front, state, attempts, created_s, spec, outputs) "
                     "VALUES (?, ?, ?, ?, ?, ?, ?, '{}')",
@@ -138,7 +139,7 @@ class JobStore:
 
     def _finish(self, job_id: str, state: JobState, error: str | None, now_s: float,
                 outputs: str | None) -> bool:
-        with self._tx():
+        with self._lock:
             cur = self._db.execute(
                 "UPDATE jobs SET state=?, error=?, finished_s=?, outputs=COALESCE(?, outputs) "
                 "WHERE job_id=? AND state IN ('queued', 'running')",

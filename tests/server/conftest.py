@@ -19,7 +19,8 @@ import httpx
 import pytest
 import uvicorn
 
-from farm.server import ServerConfig, create_app
+from farm.server.app import create_app
+from farm.server.config import ServerConfig
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,102 @@
+"""WorkerCore without Ray: a batch's reports, events and files; a targeted interrupt that
+spares the other job of the call; faults classified for the dispatcher."""
+from __future__ import annotations
+
+import json
+import threading
+from importlib.resources import files
+
+import pytest
+import torch
+
+from farm.errors import NodeExecutionError
+from farm.local import FarmPaths
+from farm.models.tiers import TierConfig
+from farm.outputs import LocalImageWriter
+from farm.prepare import apply_overrides
+from farm.scheduler.residency import Tier
+from farm.server.events import EventType
+from farm.worker import EventForwarder, FailureKind, RemoteImageSink, WorkerCore, WorkItem, is_out_of_memory
+
+TINY = {"5.width": 64, "5.height": 64, "3.steps": 2}
+
+
+@pytest.fixture(scope="module")
+def rig(tiny_models, tmp_path_factory):
+    root = tmp_path_factory.mktemp("worker")
+    paths = FarmPaths.under(root, tiny_models)
+    writer = LocalImageWriter(paths.output, paths.temp)
+    events: list = []
+    listeners: list = []
+
+    def send(batch):
+        events.extend(batch)
+        for fn in listeners:
+            fn(batch)
+
+    forwarder = EventForwarder(send, interval_s=0.01)
+    core = WorkerCore("w0", paths, torch.device("cpu"), torch.float32, RemoteImageSink(writer.save), forwarder,
+                      TierConfig(vram_bytes=1 << 30, pinned_bytes=1 << 30))
+    yield core, writer, events, listeners, paths
+    forwarder.close()
+    writer.close()
+
+
+def item(prompt_id: str, **overrides) -> WorkItem:
+    workflow = json.loads(files("farm").joinpath("workflows/txt2img.json").read_text())
+    return WorkItem(prompt_id, apply_overrides(workflow, {**TINY, **overrides}), ("9",), "client-1")
+
+
+def test_a_batch_reports_each_job_with_its_files_messages_and_events(rig):
+    core, writer, events, _, paths = rig
+    result = core.run_batch([item("p1", **{"3.seed": 1}), item("p2", **{"3.seed": 2})])
+    writer.flush()
+    assert [r.prompt_id for r in result.reports] == ["p1", "p2"]
+    for report in result.reports:
+        assert report.ok and report.batch_size == 2 and report.worker_id == "w0"
+        assert len(report.images) == 1
+        assert (paths.output / report.images[0].subfolder / report.images[0].filename).is_file()
+        kinds = [m.event for m in report.messages]
+        assert kinds[0] is EventType.EXECUTION_START and kinds[-1] is EventType.EXECUTION_SUCCESS
+        assert all("timestamp" in m.data for m in report.messages)
+        assert report.started_at_s <= report.finished_at_s
+    assert result.reports[0].images[0] != result.reports[1].images[0]
+    assert "tiny-sd15.safetensors" in result.residency.gpu
+    assert [m.source for m in result.loads] == [Tier.STORE]
+    progress = [e for e in events if e.type is EventType.PROGRESS]
+    assert {e.data["prompt_id"] for e in progress} == {"p1", "p2"}
+    assert all(e.client_id == "client-1" for e in events)
+
+
+def test_interrupting_one_job_of_a_batch_spares_the_other(rig):
+    core, writer, events, listeners, _ = rig
+    seen = threading.Event()
+
+    def watch(batch):
+        if any(e.type is EventType.PROGRESS and e.data["prompt_id"] == "stop-me" for e in batch):
+            seen.set()
+
+    listeners.append(watch)
+    stopper = threading.Thread(target=lambda: seen.wait(60) and core.interrupt({"stop-me"}))
+    stopper.start()
+    result = core.run_batch([item("stop-me", **{"3.steps": 12}), item("keep-me", **{"3.steps": 12})])
+    stopper.join()
+    listeners.remove(watch)
+    by_id = {r.prompt_id: r for r in result.reports}
+    assert by_id["stop-me"].failure is FailureKind.INTERRUPTED
+    assert by_id["keep-me"].ok and len(by_id["keep-me"].images) == 1
+    assert core.interrupt({"stop-me"}) is False  # nothing runs now
+
+
+def test_a_checkpoint_missing_on_this_node_is_an_invalid_job_not_a_crash(rig):
+    core, *_ = rig
+    result = core.run_batch([item("p3", **{"4.ckpt_name": "elsewhere.safetensors"})])
+    (report,) = result.reports
+    assert report.failure is FailureKind.INVALID and "w0" in report.error
+
+
+def test_out_of_memory_is_recognised_through_the_node_error():
+    oom = NodeExecutionError("3", "KSampler", torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate"))
+    assert is_out_of_memory(oom)
+    assert not is_out_of_memory(NodeExecutionError("3", "KSampler", ValueError("bad cfg")))
+    assert not is_out_of_memory(None)
