@@ -66,7 +66,7 @@ class DispatcherCore:
         then idle until a Placement or tick() says to wake it)."""
         now = self.clock()
         view = self.fleet.add_worker(worker_id)
-        lost = [j for j in view.running if j in self._jobs]
+        lost = self._running_on(view.running, worker_id)
         if lost:  # it asks for more without reporting these: they were lost with its state
             self._requeue(lost, f"worker {worker_id} restarted while it ran")
         self.fleet.set_running(view, (), now)
@@ -100,7 +100,7 @@ class DispatcherCore:
         """The worker is gone: its running and reserved jobs are placed again (running ones
         count an attempt, and fail once attempts are used up). Returns those job ids."""
         view = self.fleet.worker(worker_id)
-        running = [j for j in view.running if j in self._jobs]
+        running = self._running_on(view.running, worker_id)
         reserved = [job.job_id for job in list(view.queue.jobs())]
         for job_id in reserved:
             self.fleet.dequeue(job_id)
@@ -136,7 +136,7 @@ class DispatcherCore:
             self.store.cancel(job_id, f"interrupted: {error}", now)
             self._forget(job_id)
             return JobState.CANCELLED
-        if retryable and job_id in self._jobs:
+        if retryable and job_id in self._jobs and self._jobs[job_id].state is JobState.RUNNING:
             self._requeue([job_id], error)
             return self._jobs[job_id].state if job_id in self._jobs else JobState.FAILED
         self.store.fail(job_id, error, now)
@@ -217,7 +217,13 @@ class DispatcherCore:
         wake = placement.worker_id is not None and self.fleet.workers[placement.worker_id].idle
         return dataclasses.replace(placement, wake=wake) if wake else placement
 
+    def _running_on(self, job_ids: tuple[str, ...], worker_id: str) -> list[str]:
+        """Those of job_ids that the dispatcher still counts as running on this worker."""
+        return [j for j in job_ids if j in self._jobs and self._jobs[j].state is JobState.RUNNING
+                and self._jobs[j].worker_id == worker_id]
+
     def _requeue(self, job_ids: list[str], reason: str) -> None:
+        """Running jobs go back to the queue (or fail, attempts used up)."""
         now = self.clock()
         for job_id in job_ids:
             state = self.store.requeue(job_id, reason, self.config.max_attempts, now)

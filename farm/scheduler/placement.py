@@ -18,14 +18,13 @@ Baselines, for `farm simulate`:
 """
 from __future__ import annotations
 
-import itertools
 import math
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Callable, Protocol
 
 from farm.scheduler.fleet import Fleet, WorkerView
 from farm.scheduler.jobs import Job, batch_run_s
-from farm.scheduler.replicas import ReplicaPlan, plan_replicas
+from farm.scheduler.replicas import DemandRate, ReplicaPlan, plan_replicas
 from farm.scheduler.residency import Tier
 
 
@@ -141,39 +140,26 @@ class PressurePolicy:
         return None
 
 
-class _Demand:
-    """Exponentially weighted rate of submitted GPU work for one checkpoint (seconds of
-    work per second), bias-corrected so that the first minutes are not read as quiet."""
-
-    def __init__(self, now_s: float):
-        self.first_s = now_s  # first submission seen
-        self.last_s = now_s  # last update
-        self.level = 0.0  # EMA of work per second, not yet bias-corrected
-
-    def add(self, work_s: float, now_s: float, window_s: float) -> None:
-        self.level = self.level * math.exp((self.last_s - now_s) / window_s) + work_s / window_s
-        self.last_s = now_s
-
-    def rate(self, now_s: float, window_s: float, warmup_s: float) -> float:
-        decay = math.exp((self.last_s - now_s) / window_s)
-        seen = max(now_s - self.first_s, warmup_s)
-        return self.level * decay / (1.0 - math.exp(-seen / window_s))
-
-
 class FarmPolicy:
     """Residency-aware pull placement: planned replicas, burst relief, a wait bound.
 
-    Workers run queued work for checkpoints they hold in VRAM, best priority first, and
-    load nothing while they have such work. A worker with nothing of its own to do (or one
-    that is idle when a job arrives) loads checkpoint c and takes c's best jobs when:
+    Jobs wait in one shared pool. Workers run queued work for checkpoints they hold in
+    VRAM, best priority first, and load nothing while they have such work. A worker with
+    nothing of its own to do (or one that is idle when a job arrives) loads checkpoint c
+    and takes c's best jobs when:
       - the replica plan wants c on this worker (replicas.py: hot checkpoints get workers
-        in proportion to their demand, re-planned every `replan_every_s`);
+        in proportion to their demand, re-planned every `replan_every_s`; the first plan
+        waits `demand_warmup_s` for demand to be measured);
       - nobody holds c (a cold checkpoint never waits behind hot ones);
-      - c's queued work would keep its holders busy more than `burst_margin_s` longer than
-        this worker needs to load c: the job is expected to finish first here.
-    A load never evicts what the plan wants on this worker, nor the last copy of a
-    checkpoint with queued jobs. No job waits longer than `max_wait_s`: a worker that asks
-    for work takes the oldest job first once it is overdue, whatever the load costs.
+      - c's holders are behind by more than this worker needs to load c, plus
+        `burst_margin_s` while jobs keep arriving (a load must save a burst's worth of
+        waiting), plus nothing once no job has arrived for `quiet_after_s` (the queue is
+        draining; finishing it sooner is all that is left to win).
+    That is "expected to finish first" with the cost of a load counted as more than its
+    seconds: every load evicts something that may be needed again. A load never evicts
+    what the plan wants on this worker, nor the last copy of a checkpoint with queued
+    jobs. No job waits longer than `max_wait_s`: a worker that asks for work takes the
+    oldest job first once it is overdue, whatever the load costs.
     """
     name = "farm"
 
@@ -193,7 +179,7 @@ class FarmPolicy:
         self.slack = slack  # fraction of a replica's worth of demand that does not get one
         self.sample = sample  # idle workers considered per submit (bounds the cost)
         self.plan = ReplicaPlan(-math.inf)  # current replica plan
-        self._demand: dict[str, _Demand] = {}  # checkpoint -> submitted work rate
+        self._demand: dict[str, DemandRate] = {}  # checkpoint -> submitted work rate
         self._sizes: dict[str, int] = {}  # checkpoint -> bytes, as jobs report them
         self._warm_s = math.inf  # first submission + warm-up: the first plan is due then
         self._last_submit_s = -math.inf  # when choose() last saw a job
@@ -204,14 +190,15 @@ class FarmPolicy:
         found = self._demand.get(checkpoint)
         return 0.0 if found is None else found.rate(now_s, self.demand_window_s, self.demand_warmup_s)
 
-    def _observe(self, job: Job, now_s: float) -> None:
+    def _observe(self, job: Job, max_batch: int, now_s: float) -> None:
+        """Count the job's GPU seconds (at the batch limit, its cheapest) as demand."""
         if job.checkpoint is None:
             return
         if not self._demand:
             self._warm_s = now_s + self.demand_warmup_s  # no plan before demand is measured
-        demand = self._demand.setdefault(job.checkpoint, _Demand(now_s))
-        per_job_s = batch_run_s(job.est_run_s, job.est_extra_s, 8) / 8
-        demand.add(per_job_s, now_s, self.demand_window_s)
+        demand = self._demand.setdefault(job.checkpoint, DemandRate(now_s))
+        demand.add(batch_run_s(job.est_run_s, job.est_extra_s, max_batch) / max_batch, now_s,
+                   self.demand_window_s)
         self._sizes[job.checkpoint] = job.checkpoint_bytes
 
     def _replan(self, fleet: Fleet, now_s: float) -> None:
@@ -239,8 +226,6 @@ class FarmPolicy:
             return behind_s
         if self.plan.made_s == -math.inf:
             return None  # no extra copies until demand is measured: the first plan places them
-        # While jobs keep coming, a load must save a burst's worth of waiting; once the
-        # queue is draining, finishing it sooner is all that is left to win.
         margin_s = 0.0 if self._draining(now_s) else self.burst_margin_s
         if behind_s - fleet.switch_s(worker, checkpoint, size_bytes) > margin_s:
             return behind_s
@@ -253,7 +238,7 @@ class FarmPolicy:
 
     def choose(self, job: Job, fleet: Fleet, now_s: float) -> Placement:
         self._last_submit_s = now_s
-        self._observe(job, now_s)
+        self._observe(job, fleet.max_batch, now_s)
         self._replan(fleet, now_s)
         idle_holder = fleet.idle_holder(job.checkpoint)
         if idle_holder is not None:
@@ -307,7 +292,8 @@ class FarmPolicy:
         return min(oldest.created_s + self.max_wait_s, self._last_submit_s + self.quiet_after_s)
 
 
-POLICIES: dict[str, type] = {
+# Policy name -> class; `farm simulate` compares them.
+POLICIES: dict[str, Callable[[], PlacementPolicy]] = {
     "farm": FarmPolicy,
     "round_robin": RoundRobinPolicy,
     "least_loaded": LeastLoadedPolicy,

@@ -65,6 +65,7 @@ class KeyedQueue:
     # --- changes --------------------------------------------------------------------------
 
     def add(self, job: Job) -> None:
+        assert job.job_id not in self._jobs, f"{job.job_id} is queued twice"
         key = job.group_key
         self._jobs[job.job_id] = job
         self._by_key[key].push(job.priority, job.job_id)

@@ -22,6 +22,25 @@ from dataclasses import dataclass, field
 from farm.scheduler.fleet import Fleet, WorkerView
 
 
+class DemandRate:
+    """Exponentially weighted rate of submitted GPU work for one checkpoint (seconds of
+    work per second), bias-corrected so that the first minutes are not read as quiet."""
+
+    def __init__(self, now_s: float):
+        self.first_s = now_s  # first submission seen
+        self.last_s = now_s  # last update
+        self.level = 0.0  # EMA of work per second, not yet bias-corrected
+
+    def add(self, work_s: float, now_s: float, window_s: float) -> None:
+        self.level = self.level * math.exp((self.last_s - now_s) / window_s) + work_s / window_s
+        self.last_s = now_s
+
+    def rate(self, now_s: float, window_s: float, warmup_s: float) -> float:
+        decay = math.exp((self.last_s - now_s) / window_s)
+        seen = max(now_s - self.first_s, warmup_s, 1.0)  # a rate needs some history
+        return self.level * decay / (1.0 - math.exp(-seen / window_s))
+
+
 @dataclass(frozen=True)
 class ReplicaPlan:
     made_s: float  # dispatcher-clock time it was computed

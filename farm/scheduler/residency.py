@@ -5,8 +5,8 @@ models folder cold). Loading puts it into every tier that has room, so a checkpo
 from VRAM usually comes back from pinned RAM (10-35x faster than disk, DESIGN.md).
 
 Eviction in each tier is GreedyDual-Size: an entry's credit is the tier's inflation
-clock at its last use plus its reload cost per GB; the lowest credit goes, and the clock
-rises to the victim's credit. Entries not used for a while fall behind newer ones
+clock at its last use plus its reload cost per GB; the lowest credit goes (the least
+recently used among equals), and the clock rises to the victim's credit. Entries not used for a while fall behind newer ones
 (recency), while those that are slow to bring back survive longer (cost).
 
 Reload costs are measured, not constants: `LoadCostModel` keeps an exponential moving
@@ -149,7 +149,13 @@ class _TierCache:
     budget_bytes: int
     sizes: dict[str, int] = field(default_factory=dict)  # checkpoint -> bytes
     credit: dict[str, float] = field(default_factory=dict)  # checkpoint -> credit
+    used: dict[str, int] = field(default_factory=dict)  # checkpoint -> use count at last touch
     inflation: float = 0.0  # the GreedyDual clock: credit of the last victim
+    uses: int = 0  # touches so far; breaks credit ties in favour of the recent
+
+    def eviction_order(self) -> list[str]:
+        """Least valuable first: lowest credit, then least recently used."""
+        return sorted(self.credit, key=lambda c: (self.credit[c], self.used[c]))
 
     @property
     def used_bytes(self) -> int:
@@ -162,13 +168,15 @@ class _TierCache:
         evicted: list[str] = []
         if checkpoint not in self.sizes:
             while self.sizes and self.used_bytes + size_bytes > self.budget_bytes:
-                spare = [c for c in self.credit if c not in keep] or list(self.credit)
-                victim = min(spare, key=self.credit.__getitem__)
+                order = self.eviction_order()
+                victim = next((c for c in order if c not in keep), order[0])
                 self.inflation = self.credit.pop(victim)
-                del self.sizes[victim]
+                del self.sizes[victim], self.used[victim]
                 evicted.append(victim)
             self.sizes[checkpoint] = size_bytes
         self.credit[checkpoint] = self.inflation + reload_s / max(size_bytes / GB, 1e-9)
+        self.uses += 1
+        self.used[checkpoint] = self.uses
         return evicted
 
 
@@ -211,7 +219,7 @@ class Residency:
 
     def report(self) -> ResidencyReport:
         gpu = self._tiers[Tier.GPU]
-        order = sorted(gpu.credit, key=gpu.credit.__getitem__)  # least valuable first
+        order = gpu.eviction_order()
         return ResidencyReport(gpu=frozenset(gpu.sizes),
                                pinned=frozenset(self._tiers[Tier.PINNED].sizes),
                                disk=frozenset(self._tiers[Tier.DISK].sizes),

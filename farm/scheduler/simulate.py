@@ -30,13 +30,12 @@ from dataclasses import asdict, dataclass
 from farm.scheduler.core import CoreConfig, DispatcherCore
 from farm.scheduler.costs import batch_s
 from farm.scheduler.jobs import Job
-from farm.scheduler.placement import (FarmPolicy, LeastLoadedPolicy, PlacementPolicy,
-                                      PressurePolicy, RoundRobinPolicy)
+from farm.scheduler.placement import POLICIES, FarmPolicy, PlacementPolicy
 from farm.scheduler.residency import GB, LoadCostModel, Residency, Tier, seed_load_s
 from farm.scheduler.store import JobStore
 from farm.scheduler.trace import TraceJob, TraceSpec, Template, describe, make_trace
 
-POLICY_NAMES = ("farm", "round_robin", "least_loaded", "pressure")
+POLICY_NAMES = tuple(POLICIES)  # farm, round_robin, least_loaded, pressure
 
 
 @dataclass(frozen=True)
@@ -64,10 +63,9 @@ class SimClock:
 
 
 def make_policy(name: str, max_wait_s: float | None = None) -> PlacementPolicy:
-    if name == "farm":
-        return FarmPolicy() if max_wait_s is None else FarmPolicy(max_wait_s=max_wait_s)
-    return {"round_robin": RoundRobinPolicy, "least_loaded": LeastLoadedPolicy,
-            "pressure": PressurePolicy}[name]()
+    if name == "farm" and max_wait_s is not None:
+        return FarmPolicy(max_wait_s=max_wait_s)
+    return POLICIES[name]()
 
 
 def _percentile(sorted_values: list[float], q: float) -> float:

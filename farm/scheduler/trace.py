@@ -3,12 +3,14 @@
 The default trace: 10,000 jobs over 8 checkpoints whose popularity follows Zipf(1.1);
 checkpoints alternate SDXL (1024 px) and SD1.5 (512 px), the most popular being SDXL. Each
 checkpoint has three workflow templates (20, 25 or 30 steps, euler/normal), so there are
-three batch keys per checkpoint; a job picks one uniformly. Arrivals are bursty: a burst is
-a seed sweep of one template (geometric size, mean `mean_burst` jobs, all submitted at the
-same instant), and bursts arrive as a Poisson process whose rate offers `load` times the
-farm's capacity (GPU seconds at the batch limit, summed over workers). `--arrivals poisson`
-submits single jobs instead. 8 workers, each with 12 GB of VRAM for weights (room for two
-SDXL UNets), 16 GB of pinned host RAM and 200 GB of local disk; batch limit 8.
+three batch keys per checkpoint; a job picks one uniformly. Jobs arrive one at a time as a
+Poisson process whose rate offers `load` (0.9) times the farm's capacity, counted at the
+batch limit (GPU seconds per image at batch 8, summed over workers): a busy farm, which
+only keeps up if it batches. `--arrivals bursty` submits seed sweeps instead: a burst is
+one template repeated (geometric size, mean `mean_burst` jobs, all at the same instant),
+bursts arriving as a Poisson process with the same offered load. 8 workers, each with
+12 GB of VRAM for weights (room for two SDXL UNets), 16 GB of pinned host RAM and 200 GB
+of local disk; batch limit 8.
 """
 from __future__ import annotations
 
@@ -31,7 +33,7 @@ class TraceSpec:
     zipf: float = 1.1  # popularity of checkpoint rank r is proportional to r ** -zipf
     seed: int = 0
     load: float = 0.9  # offered GPU work per second / farm capacity, at the batch limit
-    arrivals: str = "bursty"  # "bursty" (seed sweeps) or "poisson" (single jobs)
+    arrivals: str = "poisson"  # "poisson" (single jobs) or "bursty" (seed sweeps)
     mean_burst: float = 6.0  # mean jobs per sweep when bursty
     max_batch: int = 8
     gpu_gb: float = 12.0  # VRAM for weights per worker

@@ -183,7 +183,8 @@ class FarmService(Protocol):
 
     async def history(self, max_items: int | None, offset: int) -> list[HistoryItem]:
         """Finished prompts, oldest first. offset >= 0: skip that many from the oldest;
-        offset < 0: the newest max_items (ComfyUI's default); max_items None: all."""
+        offset < 0: counts from the newest end (-n with max_items n: the newest n, ComfyUI's
+        default); max_items None: all."""
 
     async def history_item(self, prompt_id: str) -> HistoryItem | None: ...
 

@@ -86,3 +86,37 @@ def start_server(farm_root) -> Iterator[Callable[..., RunningServer]]:
 @pytest.fixture
 def server(start_server) -> RunningServer:
     return start_server()
+
+
+# -- a server in front of the real farm (tests/conftest.py's session `ray_farm`) --------------
+
+@pytest.fixture
+def farm_server_config(ray_farm) -> ServerConfig:
+    paths = ray_farm.paths
+    return ServerConfig(models_dir=paths.models, input_dir=paths.input, output_dir=paths.output,
+                        temp_dir=paths.temp)
+
+
+@pytest.fixture
+def farm_server(ray_farm, farm_server_config) -> Iterator[str]:
+    """Base URL of create_app(RayFarmService) on loopback, over the session's farm."""
+    from farm.server_backend import RayFarmService
+
+    with serve(create_app(RayFarmService(ray_farm.cluster, ray_farm.paths), farm_server_config)) as port:
+        yield f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture
+def restart_farm(ray_farm, farm_server_config) -> Iterator[Callable[[], str]]:
+    """Kill the dispatcher (Ray restarts its process, which resumes the queue from SQLite) and
+    serve a fresh app on a new port: every bit of queue state the HTTP side sees must come
+    back from the database. The session's workers keep running, as GPU nodes would."""
+    from farm.server_backend import RayFarmService
+
+    with contextlib.ExitStack() as stack:
+        def restart() -> str:
+            ray_farm.cluster.kill_dispatcher(restart=True)
+            app = create_app(RayFarmService(ray_farm.cluster, ray_farm.paths), farm_server_config)
+            return f"http://127.0.0.1:{stack.enter_context(serve(app))}"
+
+        yield restart

@@ -27,7 +27,9 @@ async def get_history(request: Request, farm: Farm) -> dict:
     offset = _int_param(request, "offset")
     if max_items is not None and max_items < 0:
         raise BadRequest("max_items must not be negative")
-    return history_out(await farm.history(max_items, -1 if offset is None else offset))
+    if offset is None:  # the newest max_items (all of them without max_items): count from the end
+        offset = 0 if max_items is None else -max_items
+    return history_out(await farm.history(max_items, offset))
 
 
 @router.get("/history/{prompt_id}")

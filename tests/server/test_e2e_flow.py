@@ -1,12 +1,5 @@
-"""End-to-end flows against a server backed by the real farm (not collected yet: rename to
-test_e2e_flow.py once the fixtures below exist).
-
-Fixtures the lead provides (e.g. in tests/server/conftest.py or a conftest beside this):
-- `farm_server`: base URL (str, "http://127.0.0.1:PORT") of create_app(<real FarmService>,
-  config) served by uvicorn, whose models/checkpoints holds tiny-sd15.safetensors
-  (tests/conftest.py's `tiny_models`) and whose farm has at least one worker. No token.
-- `restart_farm`: a callable that stops that server and its farm (the durable queue stays
-  on disk) and starts them again; returns the new base URL.
+"""End-to-end flows against a server backed by the real farm on a local Ray cluster
+(fixtures in tests/server/conftest.py: `farm_server`, `restart_farm`).
 
 Only ComfyUI's public protocol is used, the way ComfyUI's websocket example script and the
 PyPI clients use it, so a pass means such clients work unchanged.
@@ -188,7 +181,8 @@ def test_restart_mid_queue_loses_nothing(farm_server, restart_farm):
 
 def test_front_cancel_and_delete(farm_server):
     with httpx.Client(base_url=farm_server, timeout=30) as http:
-        blockers = [queue_prompt(http, small_workflow(seed=i, steps=4))["prompt_id"] for i in range(16)]
+        # more than the farm runs at once (2 workers x batches of 8)
+        blockers = [queue_prompt(http, small_workflow(seed=i, steps=4))["prompt_id"] for i in range(40)]
         front = queue_prompt(http, small_workflow(seed=99, steps=1), front=True)["prompt_id"]
         pending = [item[1] for item in http.get("/queue").json()["queue_pending"]]
         if front in pending:
