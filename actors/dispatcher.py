@@ -158,6 +158,7 @@ class Dispatcher:
             lost = self.core.requeue_worker(slot.worker_id)
             log.warning("%s; requeued %s", reason, lost)
             await self._announce_failures(lost)
+            await self._publish(self._end_markers(lost))
         try:
             ray.kill(slot.handle)  # a worker that raised but lives would hold its GPU
         except Exception:
@@ -210,6 +211,7 @@ class Dispatcher:
             self._keep_messages(report.prompt_id, report.messages)
             self._record(report, write_error)
         await self._announce_failures([r.prompt_id for r in result.reports])
+        await self._publish(self._end_markers([r.prompt_id for r in result.reports]))
         await self._publish([status_event(self._remaining())])
         async with self._finished:
             self._finished.notify_all()
@@ -236,11 +238,21 @@ class Dispatcher:
                 continue
             payload = {**error_payload(job), "prompt_id": prompt_id, "timestamp": int(time.time() * 1000)}
             self._keep_messages(prompt_id, [Message(EventType.EXECUTION_ERROR, payload)])
-            events += [FarmEvent(EventType.EXECUTION_ERROR, payload, job.client_id),
-                       FarmEvent(EventType.EXECUTING, {"node": None, "display_node": None, "prompt_id": prompt_id},
-                                 job.client_id)]
+            events.append(FarmEvent(EventType.EXECUTION_ERROR, payload, job.client_id))
         if events:
             await self._publish(events)
+
+    def _end_markers(self, prompt_ids: list[str]) -> list[FarmEvent]:
+        """ComfyUI's `executing {node: null}` for prompts that just reached history. It is sent
+        after the record is stored, as ComfyUI does, because clients fetch /history/{id} the
+        moment they see it. A prompt put back in the queue gets none yet."""
+        events = []
+        for prompt_id in prompt_ids:
+            job = self._job(prompt_id)
+            if job is not None and job.state.finished:
+                events.append(FarmEvent(EventType.EXECUTING, {"node": None, "display_node": None,
+                                                              "prompt_id": prompt_id}, job.client_id))
+        return events
 
     def _keep_messages(self, prompt_id: str, messages: list[Message]) -> None:
         self._messages[prompt_id] = list(messages)

@@ -289,6 +289,8 @@ class WorkerCore:
                 report.started_at_s = time.time()
             if event.type in HISTORY_EVENTS:
                 report.messages.append(Message(event.type, {**data, "timestamp": int(time.time() * 1000)}))
+            if event.type is EventType.EXECUTING and data.get("node") is None:
+                return  # the end marker: the dispatcher sends it once history holds the prompt
             self.events.emit(event)
         return events
 

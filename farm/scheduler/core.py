@@ -130,18 +130,26 @@ class DispatcherCore:
 
     def fail(self, job_id: str, error: str, retryable: bool = False) -> JobState:
         """The job raised. A retryable fault (the worker, not the input) places it again while
-        attempts remain; an interrupted job ends cancelled. Returns its new state."""
+        attempts remain; an interrupted job ends cancelled. Returns its state after that (a
+        late report about a job that already finished changes nothing)."""
         now = self.clock()
+        job = self._jobs.get(job_id)
+        if job is None:
+            found = self.store.get(job_id)
+            return found.state if found is not None else JobState.FAILED
         if job_id in self._interrupted:
             self.store.cancel(job_id, f"interrupted: {error}", now)
-            self._forget(job_id)
-            return JobState.CANCELLED
-        if retryable and job_id in self._jobs and self._jobs[job_id].state is JobState.RUNNING:
-            self._requeue([job_id], error)
-            return self._jobs[job_id].state if job_id in self._jobs else JobState.FAILED
-        self.store.fail(job_id, error, now)
+            final = JobState.CANCELLED
+        elif retryable:
+            if job.state is JobState.RUNNING:  # not when it was requeued already
+                self._requeue([job_id], error)
+            return job.state if job_id in self._jobs else JobState.FAILED
+        else:
+            self.store.fail(job_id, error, now)
+            final = JobState.FAILED
+        self.fleet.dequeue(job_id)
         self._forget(job_id)
-        return JobState.FAILED
+        return final
 
     def cancel(self, job_id: str) -> bool:
         """A queued job is cancelled at once; a running one is interrupted (its worker then

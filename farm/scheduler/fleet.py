@@ -52,8 +52,9 @@ class Fleet:
         # holding it in VRAM (ordered sets: iteration order must not depend on string hashing)
         self._idle: dict[str, None] = {}  # idle workers, longest idle first (an ordered set)
         self._idle_holders: dict[str, dict[str, None]] = defaultdict(dict)  # checkpoint -> idle holders
-        self._load_heap: list[tuple[int, int, str]] = []  # (jobs, version, worker_id), lazy
+        self._load_heap: list[tuple[int, int, int, str]] = []  # (jobs, rank, version, worker_id)
         self._load_version: dict[str, int] = {}  # worker_id -> version of its live heap entry
+        self._rank: dict[str, int] = {}  # worker_id -> registration number (ties go to the first)
         self.order: list[str] = []  # worker ids in registration order (round robin)
 
     # --- workers ------------------------------------------------------------------------
@@ -63,6 +64,7 @@ class Fleet:
         if view is None:
             view = self.workers[worker_id] = WorkerView(worker_id, KeyedQueue(self.max_batch))
             self.order.append(worker_id)
+            self._rank[worker_id] = len(self._rank)
             self._note_load(view)
         return view
 
@@ -142,7 +144,7 @@ class Fleet:
         """The worker with the fewest queued plus running jobs (ties: registered first)."""
         heap = self._load_heap
         while heap:
-            jobs, version, worker_id = heap[0]
+            _, _, version, worker_id = heap[0]
             if self._load_version.get(worker_id) == version:
                 return self.workers[worker_id]
             heapq.heappop(heap)
@@ -151,9 +153,10 @@ class Fleet:
     def _note_load(self, view: WorkerView) -> None:
         version = self._load_version.get(view.worker_id, 0) + 1
         self._load_version[view.worker_id] = version
-        heapq.heappush(self._load_heap, (len(view.queue) + len(view.running), version, view.worker_id))
+        entry = (len(view.queue) + len(view.running), self._rank[view.worker_id], version, view.worker_id)
+        heapq.heappush(self._load_heap, entry)
         if len(self._load_heap) > 4 * len(self.workers) + 64:
-            self._load_heap = [e for e in self._load_heap if self._load_version.get(e[2]) == e[1]]
+            self._load_heap = [e for e in self._load_heap if self._load_version.get(e[3]) == e[2]]
             heapq.heapify(self._load_heap)
 
     # --- queues -------------------------------------------------------------------------

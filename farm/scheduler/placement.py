@@ -60,18 +60,25 @@ class PlacementPolicy(Protocol):
         ...
 
 
-def _reserve(job: Job, view: WorkerView, fleet: Fleet, now_s: float) -> Placement:
-    """Put the job at the back of one worker's own queue (the push policies)."""
+def _reserve(job: Job, view: WorkerView | None, fleet: Fleet, now_s: float) -> Placement:
+    """Put the job at the back of one worker's own queue (the push policies); with no
+    worker registered yet, into the pool, which the first worker drains."""
+    if view is None:
+        return _forecast(job, None, fleet, now_s, now_s)
     source = fleet.source(view, job.checkpoint)
     start = now_s + view.backlog_s(now_s)
     finish = start + fleet.switch_s(view, job.checkpoint, job.checkpoint_bytes) + job.est_run_s
     return Placement(job.job_id, view.worker_id, True, source, start, finish)
 
 
-def _own_head(worker: WorkerView) -> Pick | None:
-    """Run the worker's own queue in priority order, batching the head job's key."""
-    head = worker.queue.head()
-    return None if head is None else Pick(worker.worker_id, head.group_key)
+def _own_head(worker: WorkerView, fleet: Fleet) -> Pick | None:
+    """Run the worker's own queue in priority order, batching the head job's key (then
+    anything left in the pool from before workers registered)."""
+    for owner, queue in ((worker.worker_id, worker.queue), (None, fleet.pool)):
+        head = queue.head()
+        if head is not None:
+            return Pick(owner, head.group_key)
+    return None
 
 
 class RoundRobinPolicy:
@@ -81,12 +88,14 @@ class RoundRobinPolicy:
         self._turn = 0  # index of the next worker in registration order
 
     def choose(self, job: Job, fleet: Fleet, now_s: float) -> Placement:
+        if not fleet.order:
+            return _reserve(job, None, fleet, now_s)
         view = fleet.workers[fleet.order[self._turn % len(fleet.order)]]
         self._turn += 1
         return _reserve(job, view, fleet, now_s)
 
     def pick(self, worker: WorkerView, fleet: Fleet, now_s: float) -> Pick | None:
-        return _own_head(worker)
+        return _own_head(worker, fleet)
 
     def due_s(self, fleet: Fleet) -> float | None:
         return None
@@ -96,10 +105,10 @@ class LeastLoadedPolicy:
     name = "least_loaded"
 
     def choose(self, job: Job, fleet: Fleet, now_s: float) -> Placement:
-        return _reserve(job, fleet.least_loaded(), fleet, now_s)
+        return _reserve(job, fleet.least_loaded() if fleet.workers else None, fleet, now_s)
 
     def pick(self, worker: WorkerView, fleet: Fleet, now_s: float) -> Pick | None:
-        return _own_head(worker)
+        return _own_head(worker, fleet)
 
     def due_s(self, fleet: Fleet) -> float | None:
         return None

@@ -129,7 +129,7 @@ class JobStore:
     def complete(self, job_id: str, outputs: dict[str, Any], now_s: float) -> bool:
         """Running (or queued, if a requeued job's first run reports late) -> done. False
         when the job already finished: a duplicate completion changes nothing."""
-        return self._finish(job_id, JobState.DONE, None, now_s, json.dumps(outputs))
+        return self._finish(job_id, JobState.DONE, None, now_s, json.dumps(outputs) if outputs else "{}")
 
     def fail(self, job_id: str, error: str, now_s: float) -> bool:
         return self._finish(job_id, JobState.FAILED, error, now_s, None)

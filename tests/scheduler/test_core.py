@@ -135,3 +135,13 @@ def test_messages_are_plain_picklable_dataclasses():
     batch = core.worker_ready("w1", EMPTY)
     for message in (placement, batch, core.snapshot(), EMPTY):
         assert pickle.loads(pickle.dumps(message)) == message
+
+
+def test_jobs_recovered_before_any_worker_registers_still_run(tmp_path):
+    path = tmp_path / "queue.db"
+    core, _ = make_core(JobStore(path), policy=RoundRobinPolicy())
+    core.submit(job(0))
+    core.store.close()
+    restarted, _ = make_core(JobStore(path), policy=RoundRobinPolicy(), workers=())
+    restarted.register_worker("w9", EMPTY)
+    assert restarted.worker_ready("w9", EMPTY).job_ids == ("p0",)
