@@ -152,18 +152,16 @@ class DispatcherCore:
         return final
 
     def cancel(self, job_id: str) -> bool:
-        """A queued job is cancelled at once; a running one is interrupted (its worker then
-        reports fail and it ends cancelled). False when the job is not queued or running."""
+        """A queued job leaves the queue with no history entry (ComfyUI's cancel of a pending
+        job deletes it); a running one is interrupted (its worker then reports fail and it
+        ends cancelled, in history). False when the job is not queued or running."""
         job = self._jobs.get(job_id)
         if job is None:
             return False
         if job.state is JobState.RUNNING:
             self._interrupted.add(job_id)
             return True
-        self.store.cancel(job_id, "cancelled while queued", self.clock())
-        self.fleet.dequeue(job_id)
-        self._forget(job_id)
-        return True
+        return self.delete_pending([job_id]) == 1
 
     def interrupt(self, job_id: str | None = None) -> list[str]:
         """Flag running jobs to stop (all of them when no id is given, ComfyUI's bare
