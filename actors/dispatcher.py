@@ -321,8 +321,10 @@ class Dispatcher:
                 except asyncio.TimeoutError:
                     pass
 
-    async def job_state(self, prompt_id: str) -> JobState:
-        return self.core.job(prompt_id).state
+    async def job_state(self, prompt_id: str) -> JobState | None:
+        """None for a prompt the queue does not know (never submitted, or deleted)."""
+        job = self._job(prompt_id)
+        return None if job is None else job.state
 
     async def queue(self) -> QueueSnapshot:
         snap = self.core.snapshot()

@@ -89,7 +89,8 @@ def job_record(prepared: PreparedPrompt, paths: FarmPaths, extra_data: dict | No
         size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
     return Job(job_id=prepared.prompt_id, number=number, workflow=prepared.prompt,
                outputs_to_execute=list(outputs_to_execute if outputs_to_execute is not None else prepared.plan.outputs),
-               extra_data=dict(extra_data or {}),
+               # create_time (ms): when ComfyUI's jobs API says the prompt was created
+               extra_data={"create_time": int(time.time() * 1000), **(extra_data or {})},
                client_id=client_id, front=front, checkpoint=checkpoint, checkpoint_bytes=size,
                batch_key=prepared.plan.batch_key)
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import pytest
 
+from farm.errors import UnknownJobError
+
 from farm.prepare import ValidationFailed
 from farm.scheduler.jobs import JobState
 
@@ -76,14 +78,15 @@ def test_a_bad_workflow_is_refused_before_anything_is_queued(ray_farm, txt2img):
     assert len(farm.history()) == before
 
 
-def test_cancel_of_a_queued_job_ends_it_cancelled(ray_farm, txt2img):
+def test_cancel_of_a_queued_job_removes_it(ray_farm, txt2img):
     farm = ray_farm
     farm.wait_for_workers(2)
     # keep both workers busy, then queue one more and cancel it before it starts
     busy = farm.submit_many(txt2img, [{"3.steps": 30 + i, "3.seed": 7} for i in range(2)])
     target = farm.submit(txt2img, {"3.steps": 40, "3.seed": 8})
     assert target.cancel()
-    outcome = target.outcome(120)
-    assert not outcome.ok and outcome.files == ()
-    assert farm.cluster.call("job_state", target.prompt_id) is JobState.CANCELLED
+    with pytest.raises(UnknownJobError):  # nothing to wait for: it will never run
+        target.outcome(120)
+    # cancelled before it started: gone from the queue without a history entry, as in ComfyUI
+    assert farm.cluster.call("job_state", target.prompt_id) is None
     assert all(f.outcome(240).ok for f in busy)

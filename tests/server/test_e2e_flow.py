@@ -182,7 +182,7 @@ def test_restart_mid_queue_loses_nothing(farm_server, restart_farm):
 def test_front_cancel_and_delete(farm_server):
     with httpx.Client(base_url=farm_server, timeout=30) as http:
         # more than the farm runs at once (2 workers x batches of 8)
-        blockers = [queue_prompt(http, small_workflow(seed=i, steps=4))["prompt_id"] for i in range(40)]
+        blockers = [queue_prompt(http, small_workflow(seed=i, steps=20))["prompt_id"] for i in range(64)]
         front = queue_prompt(http, small_workflow(seed=99, steps=1), front=True)["prompt_id"]
         pending = [item[1] for item in http.get("/queue").json()["queue_pending"]]
         if front in pending:
