@@ -18,6 +18,7 @@ Baselines, for `farm simulate`:
 """
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from typing import Callable, Protocol
@@ -253,9 +254,7 @@ class FarmPolicy:
         if idle_holder is not None:
             return _forecast(job, idle_holder, fleet, now_s, now_s)
         best, best_score = None, -math.inf
-        for count, view in enumerate(fleet.idle_workers()):
-            if count == self.sample:
-                break
+        for view in self._idle_candidates(job.checkpoint, fleet, now_s):
             score = self.load_score(view, job.checkpoint, job.checkpoint_bytes, fleet, now_s)
             if score is not None and score > best_score:
                 best, best_score = view, score
@@ -267,6 +266,17 @@ class FarmPolicy:
         holder = fleet.workers[next(iter(fleet.holders(job.checkpoint)))]
         behind_s = fleet.pool.work_s(job.checkpoint) / count
         return _forecast(job, holder, fleet, now_s + min(behind_s, self.max_wait_s), now_s)
+
+    def _idle_candidates(self, checkpoint: str | None, fleet: Fleet, now_s: float) -> list[WorkerView]:
+        """Idle workers that load_score may accept for a new job of c, found without
+        scanning the fleet: while c's holders are within the margin only a worker the plan
+        wants c on qualifies; otherwise the `sample` longest idle."""
+        count = fleet.holder_count(checkpoint)
+        margin_s = 0.0 if self._draining(now_s) else self.burst_margin_s
+        if checkpoint is not None and count and fleet.pool.work_s(checkpoint) / count <= margin_s:
+            planned = (fleet.workers.get(w) for w in self.plan.placed.get(checkpoint, ()))
+            return [view for view in planned if view is not None and view.idle][:self.sample]
+        return list(itertools.islice(fleet.idle_workers(), self.sample))
 
     def pick(self, worker: WorkerView, fleet: Fleet, now_s: float) -> Pick | None:
         self._replan(fleet, now_s)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import heapq
 from collections import defaultdict
-from typing import Iterator
+from typing import Iterable, Iterator
 
 from farm.scheduler.jobs import Job, drain_s
 
@@ -43,7 +43,8 @@ class KeyedQueue:
         self._jobs: dict[str, Job] = {}  # job_id -> Job, only live (queued here) jobs
         self._by_key: dict[str, _LazyHeap] = defaultdict(_LazyHeap)  # group key -> priority heap
         self._key_count: dict[str, int] = defaultdict(int)  # group key -> live jobs
-        self._keys_of: dict[str | None, set[str]] = defaultdict(set)  # checkpoint -> group keys
+        self._keys_of: dict[str | None, dict[str, None]] = defaultdict(dict)  # checkpoint -> group
+        # keys (an ordered set: nothing may depend on string hashing)
         self._ckpt_count: dict[str | None, int] = defaultdict(int)  # checkpoint -> live jobs
         self._work_s: dict[str | None, float] = defaultdict(float)  # checkpoint -> drain seconds
         self._by_priority = _LazyHeap()  # all jobs, best priority first
@@ -71,7 +72,7 @@ class KeyedQueue:
         self._by_key[key].push(job.priority, job.job_id)
         self._by_priority.push(job.priority, job.job_id)
         self._by_age.push((job.created_s, job.seq), job.job_id)
-        self._keys_of[job.checkpoint].add(key)
+        self._keys_of[job.checkpoint][key] = None
         self._ckpt_count[job.checkpoint] += 1
         self._recount(job, key, +1)
 
@@ -84,7 +85,7 @@ class KeyedQueue:
         self._recount(job, key, -1)
         if self._key_count[key] == 0:
             del self._key_count[key], self._by_key[key]
-            self._keys_of[job.checkpoint].discard(key)
+            self._keys_of[job.checkpoint].pop(key, None)
             if not self._keys_of[job.checkpoint]:
                 del self._keys_of[job.checkpoint], self._ckpt_count[job.checkpoint]
                 del self._work_s[job.checkpoint]
@@ -118,8 +119,8 @@ class KeyedQueue:
         job_id = self._by_age.peek(self._jobs)
         return None if job_id is None else self._jobs[job_id]
 
-    def keys_of(self, checkpoint: str | None) -> set[str]:
-        return self._keys_of.get(checkpoint, set())
+    def keys_of(self, checkpoint: str | None) -> Iterable[str]:
+        return self._keys_of.get(checkpoint, {}).keys()
 
     def checkpoints(self) -> Iterator[str | None]:
         """Checkpoints with queued jobs."""

@@ -5,8 +5,9 @@ moving average). A checkpoint's share of the fleet is its demand divided by the 
 utilisation (the fleet's actual utilisation when that is higher: under overload every
 checkpoint gets its proportional part of the workers). It gets ceil(share) replicas,
 rounding down a fraction below `slack` so that noise does not flip a count. Replicas are
-sticky: workers keep what they hold, and only missing replicas are placed, on the least loaded workers with VRAM room. A plan made from
-unchanged demand keeps the current placement and costs no loads.
+sticky: workers keep what they hold, and only missing replicas are placed, on the least
+loaded workers with VRAM room. A plan made from unchanged demand keeps the current
+placement and costs no loads.
 
 Workers that share a checkpoint pull from the same queue, so within such a linked group
 the work evens out by itself; between groups it cannot. When one group is busier than
@@ -43,9 +44,16 @@ class DemandRate:
 
 @dataclass(frozen=True)
 class ReplicaPlan:
+    """Which workers should hold which checkpoints; read by FarmPolicy, never enforced by
+    unloading (a worker evicts only when it needs room, and then what the plan wants last)."""
     made_s: float  # dispatcher-clock time it was computed
-    replicas: dict[str, int] = field(default_factory=dict)  # checkpoint -> holders wanted
+    placed: dict[str, tuple[str, ...]] = field(default_factory=dict)  # checkpoint -> worker_ids
     assigned: dict[str, frozenset[str]] = field(default_factory=dict)  # worker_id -> checkpoints
+
+    @property
+    def replicas(self) -> dict[str, int]:
+        """checkpoint -> how many workers should hold it."""
+        return {c: len(workers) for c, workers in self.placed.items()}
 
     def wants(self, worker_id: str) -> frozenset[str]:
         return self.assigned.get(worker_id, frozenset())
@@ -61,10 +69,10 @@ def plan_replicas(demand: dict[str, float], sizes: dict[str, int], fleet: Fleet,
                   max_bridges: int = 1) -> ReplicaPlan:
     """Place ceil(share) replicas of every checkpoint with demand (see the module docstring).
 
-    Three steps, biggest share first: (1) workers that hold a checkpoint keep it (VRAM
-    permitting); (2) missing replicas go to the least loaded workers with VRAM room;
-    (3) up to `max_bridges` extra replicas join groups whose loads (busy shares, 1.0 =
-    fully busy) differ by more than `balance_gap`.
+    Biggest share first, so that VRAM goes to the hot checkpoints: (1) workers that hold
+    the checkpoint keep it (VRAM permitting); (2) missing replicas go to the least loaded
+    workers with VRAM room. Then (3) up to `max_bridges` extra replicas join groups whose
+    loads (busy shares, 1.0 = fully busy) differ by more than `balance_gap`.
     """
     workers = list(fleet.workers)
     total = sum(demand.values())
@@ -75,19 +83,20 @@ def plan_replicas(demand: dict[str, float], sizes: dict[str, int], fleet: Fleet,
     wanted = {c: min(len(workers), max(1, math.ceil(x - slack))) for c, x in share.items()}
     packing = _Packing(share, sizes, {w: vram_budget(fleet.workers[w]) for w in workers})
     order = sorted(share, key=lambda c: (-share[c], c))
-    for checkpoint in order:  # 1. keep what is loaded (more copies than wanted cost nothing)
+    for checkpoint in order:  # busiest first: VRAM goes to the hot checkpoints
+        # 1. Keep what is loaded (more copies than wanted cost nothing).
         kept = [w for w in fleet.holders(checkpoint) if packing.fits(checkpoint, w)]
         for worker_id in kept:
             packing.assign(checkpoint, worker_id, max(wanted[checkpoint], len(kept)))
-    for checkpoint in order:  # 2. load what is missing where there is time and room
+        # 2. Load what is missing where there is time and room.
         missing = wanted[checkpoint] - len(packing.holders[checkpoint])
         free = ((packing.load[w], w) for w in workers if packing.fits(checkpoint, w))
         for _, worker_id in heapq.nsmallest(missing, free) if missing > 0 else ():
             packing.assign(checkpoint, worker_id, wanted[checkpoint])
-    for _ in range(max_bridges):  # 3. let the pull share work between unequal groups
+    for _ in range(max_bridges):  # 3. Let the pull share work between unequal groups.
         if not packing.bridge(balance_gap):
             break
-    return ReplicaPlan(now_s, {c: len(ws) for c, ws in packing.holders.items()},
+    return ReplicaPlan(now_s, {c: tuple(ws) for c, ws in packing.holders.items()},
                        {w: frozenset(cs) for w, cs in packing.assigned.items() if cs})
 
 

@@ -6,8 +6,9 @@ from VRAM usually comes back from pinned RAM (10-35x faster than disk, DESIGN.md
 
 Eviction in each tier is GreedyDual-Size: an entry's credit is the tier's inflation
 clock at its last use plus its reload cost per GB; the lowest credit goes (the least
-recently used among equals), and the clock rises to the victim's credit. Entries not used for a while fall behind newer ones
-(recency), while those that are slow to bring back survive longer (cost).
+recently used among equals), and the clock rises to the victim's credit. Entries not used
+for a while fall behind newer ones (recency), while those that are slow to bring back
+survive longer (cost). Entries the dispatcher asks to keep go last.
 
 Reload costs are measured, not constants: `LoadCostModel` keeps an exponential moving
 average of observed load seconds per GB for each (source tier, size class), seeded from

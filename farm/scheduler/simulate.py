@@ -1,7 +1,8 @@
 """`farm simulate`: drive the real dispatcher on a simulated clock and compare policies.
 
-Every policy runs the same trace through the same DispatcherCore, JobStore (in memory),
-batch former and worker Residency; only the placement policy differs. A simulated worker
+Every policy runs the same trace (trace.py) through the same DispatcherCore, JobStore (in
+memory), batch former and worker Residency; only the placement policy differs, so the
+baselines batch equal keys too: what is compared is placement. A simulated worker
 asks for a batch, loads its checkpoint (seconds from DESIGN.md for the tier it came from),
 runs it (DESIGN.md's step and decode times for that batch size), completes its jobs and
 asks again. Reported per policy:
@@ -43,11 +44,12 @@ POLICY_NAMES = tuple(POLICIES)  # farm, round_robin, least_loaded, pressure
 
 @dataclass(frozen=True)
 class PolicyResult:
-    model_loads: int
-    makespan_s: float
-    gpu_busy: float
-    p50_wait_s: float
-    p99_wait_s: float
+    """One policy's figures: the JSON object `farm simulate --json` prints per policy."""
+    model_loads: int  # checkpoint loads into VRAM, from any tier
+    makespan_s: float  # first arrival (t = 0) to last completion
+    gpu_busy: float  # rendering seconds / (workers x makespan); loading is not rendering
+    p50_wait_s: float  # median seconds from submit to the start of the job's batch
+    p99_wait_s: float  # 99th percentile of the same
 
 
 @dataclass(frozen=True)
@@ -77,84 +79,108 @@ def _percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
 
 
-def run_policy(spec: TraceSpec, trace: list[TraceJob],
-               policy: PlacementPolicy) -> tuple[PolicyResult, RunStats]:
-    started = time.perf_counter()
-    clock = SimClock()
-    core = DispatcherCore(JobStore(":memory:"), policy, clock, CoreConfig(max_batch=spec.max_batch),
-                          LoadCostModel())
-    templates: dict[str, Template] = {job.template.batch_key: job.template for job in trace}
-    residency = {f"w{i:04d}": Residency(int(spec.gpu_gb * GB), int(spec.pinned_gb * GB),
-                                        int(spec.disk_gb * GB)) for i in range(spec.workers)}
-    running: dict[str, tuple[str, ...]] = {}  # worker_id -> job ids of its batch in flight
-    events: list[tuple[float, int, str]] = []  # (time, seq, worker_id): a batch ends
-    loads = batches = batched_jobs = 0
-    busy_s = 0.0
-    waits: list[float] = []
+class Simulation:
+    """One policy on one trace: simulated workers around the real DispatcherCore."""
 
-    def dispatch(worker_id: str) -> None:
-        nonlocal loads, batches, batched_jobs, busy_s
-        if worker_id in running:
+    def __init__(self, spec: TraceSpec, trace: list[TraceJob], policy: PlacementPolicy):
+        self.spec, self.trace = spec, trace
+        self.clock = SimClock()
+        self.core = DispatcherCore(JobStore(":memory:"), policy, self.clock,
+                                   CoreConfig(max_batch=spec.max_batch), LoadCostModel())
+        self.templates = {job.template.batch_key: job.template for job in trace}  # key -> Template
+        self.residency = {f"w{i:04d}": Residency(int(spec.gpu_gb * GB), int(spec.pinned_gb * GB),
+                                                 int(spec.disk_gb * GB)) for i in range(spec.workers)}
+        self.running: dict[str, tuple[str, ...]] = {}  # worker_id -> job ids of its batch in flight
+        self.ends: list[tuple[float, int, str]] = []  # heap of (time, seq, worker_id): a batch ends
+        self.loads = self.batches = self.batched_jobs = 0
+        self.busy_s = 0.0  # rendering seconds, summed over workers
+        self.waits: list[float] = []  # submit -> batch start, per job
+        self.end_s = 0.0  # last completion
+
+    def run(self) -> tuple[PolicyResult, RunStats]:
+        started = time.perf_counter()
+        for worker_id in self.residency:
+            self.core.register_worker(worker_id)
+            self.dispatch(worker_id)
+        arrivals, tick_at = iter(self.trace), math.inf
+        upcoming = next(arrivals, None)
+        while upcoming is not None or self.ends or tick_at < math.inf:
+            arrival_s = upcoming.arrival_s if upcoming is not None else math.inf
+            end_s = self.ends[0][0] if self.ends else math.inf
+            if arrival_s <= min(end_s, tick_at):
+                self.clock.now_s = arrival_s
+                self.arrive(upcoming)
+                upcoming = next(arrivals, None)
+            elif end_s <= tick_at:
+                self.clock.now_s, _, worker_id = heapq.heappop(self.ends)
+                self.finish(worker_id)
+            else:
+                self.clock.now_s = tick_at
+                for worker_id in self.core.tick():
+                    self.dispatch(worker_id)
+                tick_at = math.inf  # nothing new can fall due before the next event
+                continue
+            due = self.core.due_s()
+            tick_at = math.inf if due is None else max(due, self.clock.now_s)
+        stranded = self.core.snapshot().pending
+        if stranded:
+            raise RuntimeError(f"{self.core.policy.name}: {len(stranded)} jobs never ran "
+                               f"(first {stranded[0].job_id}); the policy left idle workers idle")
+        return self.result(), RunStats(self.batched_jobs / max(self.batches, 1),
+                                       time.perf_counter() - started)
+
+    def arrive(self, item: TraceJob) -> None:
+        t = item.template
+        placement = self.core.submit(Job(
+            job_id=item.job_id, number=self.clock.now_s, checkpoint=t.checkpoint,
+            checkpoint_bytes=t.arch.checkpoint_bytes, batch_key=t.batch_key,
+            est_run_s=t.est_run_s, est_extra_s=t.est_extra_s))
+        if placement.wake:
+            self.dispatch(placement.worker_id)
+
+    def finish(self, worker_id: str) -> None:
+        self.end_s = self.clock.now_s
+        for job_id in self.running.pop(worker_id):
+            self.core.complete(job_id, {})
+        self.dispatch(worker_id)
+
+    def dispatch(self, worker_id: str) -> None:
+        """An idle worker asks for work; it loads (DESIGN.md's time for the tier the
+        checkpoint comes from) and renders (DESIGN.md's time for the batch size)."""
+        if worker_id in self.running:
             return
-        batch = core.worker_ready(worker_id, residency[worker_id].report())
+        residency = self.residency[worker_id]
+        batch = self.core.worker_ready(worker_id, residency.report())
         if batch is None:
             return
-        template = templates[batch.batch_key]
-        load_s = 0.0
-        outcome = residency[worker_id].load(template.checkpoint, template.arch.checkpoint_bytes,
-                                            batch.keep)
+        template = self.templates[batch.batch_key]
+        size = template.arch.checkpoint_bytes
+        outcome = residency.load(template.checkpoint, size, batch.keep)
+        load_s = seed_load_s(outcome.source, size)
         if outcome.source is not Tier.GPU:
-            loads += 1
-            load_s = seed_load_s(outcome.source, template.arch.checkpoint_bytes)
-            core.observe_load(outcome.source, template.arch.checkpoint_bytes, load_s)
+            self.loads += 1
+            self.core.observe_load(outcome.source, size, load_s)
         run_s = batch_s(template.arch, template.steps, len(batch.jobs))
-        busy_s += run_s
-        batches += 1
-        batched_jobs += len(batch.jobs)
-        waits.extend(clock.now_s - job.created_s for job in batch.jobs)
-        running[worker_id] = batch.job_ids
-        heapq.heappush(events, (clock.now_s + load_s + run_s, batches, worker_id))
+        self.busy_s += run_s
+        self.batches += 1
+        self.batched_jobs += len(batch.jobs)
+        self.waits.extend(self.clock.now_s - job.created_s for job in batch.jobs)
+        self.running[worker_id] = batch.job_ids
+        heapq.heappush(self.ends, (self.clock.now_s + load_s + run_s, self.batches, worker_id))
 
-    for worker_id in residency:
-        core.register_worker(worker_id)
-        dispatch(worker_id)
-    next_arrival, tick_at, end_s = 0, math.inf, 0.0
-    while next_arrival < len(trace) or events:
-        arrival_s = trace[next_arrival].arrival_s if next_arrival < len(trace) else math.inf
-        event_s = events[0][0] if events else math.inf
-        if arrival_s <= event_s and arrival_s <= tick_at:
-            clock.now_s = arrival_s
-            item = trace[next_arrival]
-            next_arrival += 1
-            t = item.template
-            placement = core.submit(Job(job_id=item.job_id, number=next_arrival,
-                                        checkpoint=t.checkpoint,
-                                        checkpoint_bytes=t.arch.checkpoint_bytes,
-                                        batch_key=t.batch_key, est_run_s=t.est_run_s,
-                                        est_extra_s=t.est_extra_s))
-            if placement.wake:
-                dispatch(placement.worker_id)
-        elif event_s <= tick_at:
-            clock.now_s, _, worker_id = heapq.heappop(events)
-            end_s = clock.now_s
-            for job_id in running.pop(worker_id):
-                core.complete(job_id, {})
-            dispatch(worker_id)
-        else:
-            clock.now_s = tick_at
-            for worker_id in core.tick():
-                dispatch(worker_id)
-            tick_at = math.inf  # nothing more can come due before the next event
-            continue
-        due = core.due_s()
-        tick_at = math.inf if due is None else max(due, clock.now_s)
-    waits.sort()
-    result = PolicyResult(
-        model_loads=loads, makespan_s=round(end_s, 3),
-        gpu_busy=round(busy_s / (spec.workers * end_s), 4) if end_s else 0.0,
-        p50_wait_s=round(_percentile(waits, 0.50), 3), p99_wait_s=round(_percentile(waits, 0.99), 3))
-    stats = RunStats(mean_batch=batched_jobs / max(batches, 1), wall_s=time.perf_counter() - started)
-    return result, stats
+    def result(self) -> PolicyResult:
+        waits = sorted(self.waits)
+        end_s = self.end_s
+        return PolicyResult(
+            model_loads=self.loads, makespan_s=round(end_s, 3),
+            gpu_busy=round(self.busy_s / (self.spec.workers * end_s), 4) if end_s else 0.0,
+            p50_wait_s=round(_percentile(waits, 0.50), 3),
+            p99_wait_s=round(_percentile(waits, 0.99), 3))
+
+
+def run_policy(spec: TraceSpec, trace: list[TraceJob],
+               policy: PlacementPolicy) -> tuple[PolicyResult, RunStats]:
+    return Simulation(spec, trace, policy).run()
 
 
 def ideal_makespan_s(workers: int, trace: list[TraceJob]) -> float:

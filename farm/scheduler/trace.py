@@ -21,7 +21,6 @@ from dataclasses import asdict, dataclass
 
 from farm.scheduler.costs import ARCHS, ArchProfile, batch_s, job_estimates
 
-GB = 1e9
 STEP_CHOICES = (20, 25, 30)
 
 
