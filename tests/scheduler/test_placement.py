@@ -67,6 +67,23 @@ def test_farm_prefers_the_vram_holder_until_its_backlog_outweighs_a_load():
     assert len(batch.jobs) == 8 and batch.job_ids[0] == "A1"  # the best-priority jobs of A
 
 
+def test_once_submissions_stop_an_idle_worker_helps_drain_the_queue():
+    policy = FarmPolicy(burst_margin_s=30.0, quiet_after_s=5.0, demand_warmup_s=100.0)
+    core, clock = core_with(policy, {"hot": worker("A"), "cold": worker()})
+    core.worker_ready("cold", worker())
+    core.submit(make_job(0))
+    core.worker_ready("hot", worker("A"))
+    clock.now_s = 200.0
+    for n in range(1, 6):  # 2 + 4 * 1.0 = 6 s queued: well inside the 30 s margin
+        assert core.submit(make_job(n)).worker_id == "hot"
+    assert core.due_s() == 205.0
+    clock.now_s = 204.0
+    assert core.tick() == []
+    clock.now_s = 205.0  # quiet: 6 s of queue beats the 3.7 s load now
+    assert core.tick() == ["cold"]
+    assert core.worker_ready("cold", worker()).job_ids == ("A1", "A2", "A3", "A4", "A5")
+
+
 def test_farm_sends_a_cold_checkpoint_to_an_idle_worker_at_once():
     core, clock = core_with(FarmPolicy(), {"hot": worker("A"), "idle": worker()})
     core.worker_ready("idle", worker())
