@@ -28,19 +28,18 @@ def cmd_make_checkpoint(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from farm.prepare import load_json_file, parse_override
-
     from farm.local import FarmPaths
     from farm.nodes.registry import default_registry
-    from farm.prepare import prepare
+    from farm.prepare import load_json_file, parse_override, prepare
 
     overrides = {f"{n}.{i}": v for n, i, v in map(parse_override, args.set or [])}
     workflow = load_json_file(args.workflow)
+    paths = FarmPaths.under(DEFAULT_ROOT, args.models, args.output)
     # Validate before starting anything: a bad workflow is answered in a second, not after Ray starts.
-    prepare(workflow, default_registry(), FarmPaths.under(DEFAULT_ROOT, args.models).node_context(), overrides)
+    prepared = prepare(workflow, default_registry(), paths.node_context(), overrides)
     started = time.perf_counter()
     if args.local:
-        files = _run_local(workflow, overrides, args)
+        files = _run_local(prepared, paths)
     else:
         from farm.client import Farm
 
@@ -56,14 +55,14 @@ def _models(args) -> Path:
     return args.models or DEFAULT_ROOT / "models"
 
 
-def _run_local(workflow, overrides: dict, args) -> list[Path]:
-    """In this process, without Ray: the engine on this machine's device."""
-    from farm.local import FarmPaths, LocalRenderer
+def _run_local(prepared, paths) -> list[Path]:
+    """In this process, without Ray: the engine on this machine's device, running the
+    prompt already validated."""
+    from farm.local import LocalRenderer
 
-    paths = FarmPaths.under(DEFAULT_ROOT, args.models, args.output)
     renderer = LocalRenderer(paths)
     try:
-        outcome = renderer.run(renderer.prepare(workflow, overrides))
+        outcome = renderer.run(prepared)
     finally:
         renderer.close()
     if not outcome.ok:
