@@ -25,17 +25,26 @@ import ray
 from ray.exceptions import RayActorError
 
 from actors import ACTOR_NAMESPACE, EVENT_HUB_NAME, OUTPUT_WRITER_NAME, WORKER_PREFIX
-from actors.views import error_payload, history_item, queue_item, work_item, worker_status, device_info
 from farm.errors import UnknownJobError
+from farm.records.events import EventType, FarmEvent, status_event
+from farm.records.history import HistoryItem
+from farm.records.queue import QueueSnapshot, SubmitResult
+from farm.records.residency import ResidencyReport
+from farm.records.workers import DeviceInfo, WorkerStatus
 from farm.scheduler.batching import Batch
 from farm.scheduler.core import CoreConfig, DispatcherCore
 from farm.scheduler.jobs import Job, JobState
+from farm.scheduler.messages import BatchResult, FailureKind, JobReport, Message
 from farm.scheduler.placement import FarmPolicy
-from farm.scheduler.residency import ResidencyReport
 from farm.scheduler.store import JobStore
-from farm.server.events import EventType, FarmEvent, status_event
-from farm.server.service import DeviceInfo, HistoryItem, QueueSnapshot, SubmitResult, WorkerStatus
-from farm.worker import BatchResult, FailureKind, JobReport, Message
+from farm.scheduler.views import (
+    device_info,
+    error_payload,
+    history_item,
+    queue_item,
+    work_item,
+    worker_status,
+)
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +76,7 @@ class _Slot:
 @ray.remote(num_cpus=0)
 class Dispatcher:
     def __init__(self, config):
-        self.config = config  # farm.cluster.FarmConfig
+        self.config = config  # actors.cluster.FarmConfig
         self.core = DispatcherCore(JobStore(config.db), FarmPolicy(**config.dispatcher_options), time.time,
                                    CoreConfig(max_batch=config.max_batch, max_attempts=config.max_attempts))
         self.hub = ray.get_actor(EVENT_HUB_NAME, namespace=ACTOR_NAMESPACE)
@@ -275,7 +284,7 @@ class Dispatcher:
         snap = self.core.snapshot()
         return len(snap.running) + len(snap.pending)
 
-    # -- the API (farm.cluster calls these) ----------------------------------------------------
+    # -- the API (actors.cluster calls these) ----------------------------------------------------
 
     async def ready(self) -> int:
         """Wait until the workers are started; returns how many there are."""
@@ -421,7 +430,7 @@ class Dispatcher:
         return [device_info(state) for state in (await self._states()).values() if state is not None]
 
     async def paths(self):
-        """The farm's folders (farm.local.FarmPaths), for clients that validate against them."""
+        """The farm's folders (farm.records.paths.FarmPaths), for clients that validate against them."""
         return self.config.paths
 
     async def worker_ids(self) -> list[str]:

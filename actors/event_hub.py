@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import ray
 
-from farm.server.events import FarmEvent
+from farm.records.events import FarmEvent
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""GpuWorker: one Ray actor per GPU, a thin shell around farm.worker.WorkerCore.
+"""GpuWorker: one Ray actor per GPU, a thin shell around farm.worker.core.WorkerCore.
 
 Ray gives the actor one GPU (num_gpus=1) and sets CUDA_VISIBLE_DEVICES to it; the worker
 uses CUDA when that GPU is real, else the CPU. So on a CPU machine `ray.init(num_gpus=2)`
@@ -12,10 +12,12 @@ import socket
 import ray
 import torch
 
-from farm.local import FarmPaths
 from farm.models.device import choose_dtype
 from farm.models.tiers import TierConfig
-from farm.worker import BatchResult, EventForwarder, RemoteImageSink, WorkerCore, WorkerState, WorkItem
+from farm.records.paths import FarmPaths
+from farm.scheduler.messages import BatchResult, WorkerState, WorkItem
+from farm.worker.channels import EventForwarder, RemoteImageSink
+from farm.worker.core import WorkerCore
 
 
 def worker_device() -> torch.device:

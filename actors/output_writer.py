@@ -8,8 +8,9 @@ from pathlib import Path
 
 import ray
 
+from farm.engine.images import LocalImageWriter
 from farm.errors import FarmError
-from farm.outputs import ImageBatch, ImageRef, LocalImageWriter
+from farm.records.images import ImageBatch, ImageRef
 
 
 class OutputWriteError(FarmError):

@@ -1,6 +1,7 @@
 """renderfarm: run ComfyUI workflows on a farm of GPUs.
 
-The library lives here (workflow, nodes, sampling, models, engine, scheduler, server,
-client). It does not import Ray, except in farm/cluster.py.
+The library lives here (records, workflow, nodes, sampling, models, engine, scheduler,
+worker, server) and imports no Ray. The Ray side is the top-level `actors` package; the
+entry points farm.cli, farm.client and farm.bench sit on top of both.
 """
 __version__ = "0.1.0"

@@ -16,9 +16,10 @@ from pathlib import Path
 import torch
 
 from farm.engine import JobContext, PlannedJob
-from farm.local import FarmPaths, LocalRenderer
-from farm.metrics import NvmlSampler
+from farm.engine.local import LocalRenderer
 from farm.models.make import make_checkpoint
+from farm.records.paths import FarmPaths
+from farm.worker.nvml import NvmlSampler
 
 DEFAULT_SIZE = {"sd15": 512, "sdxl": 1024, "tiny-sd15": 64, "tiny-sdxl": 64}
 SUBJECTS = ("a lighthouse", "a red fox", "a city at night", "a bowl of fruit", "a mountain lake",

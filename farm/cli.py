@@ -28,15 +28,16 @@ def cmd_make_checkpoint(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from farm.local import FarmPaths
     from farm.nodes.registry import default_registry
-    from farm.prepare import load_json_file, parse_override, prepare
+    from farm.nodes.spec import NodeContext
+    from farm.records.paths import FarmPaths
+    from farm.workflow.prepare import load_json_file, parse_override, prepare
 
     overrides = {f"{n}.{i}": v for n, i, v in map(parse_override, args.set or [])}
     workflow = load_json_file(args.workflow)
     paths = FarmPaths.under(DEFAULT_ROOT, args.models, args.output)
     # Validate before starting anything: a bad workflow is answered in a second, not after Ray starts.
-    prepared = prepare(workflow, default_registry(), paths.node_context(), overrides)
+    prepared = prepare(workflow, default_registry(), NodeContext.for_paths(paths), overrides)
     started = time.perf_counter()
     if args.local:
         files = _run_local(prepared, paths)
@@ -58,7 +59,7 @@ def _models(args) -> Path:
 def _run_local(prepared, paths) -> list[Path]:
     """In this process, without Ray: the engine on this machine's device, running the
     prompt already validated."""
-    from farm.local import LocalRenderer
+    from farm.engine.local import LocalRenderer
 
     renderer = LocalRenderer(paths)
     try:
@@ -104,12 +105,12 @@ def cmd_demo(args) -> int:
 
 def cmd_serve(args) -> int:
     """The ComfyUI-compatible server over the farm: an embedded Ray unless --address."""
-    from farm import cluster
-    from farm.local import FarmPaths
+    from actors import cluster
+    from actors.service import RayFarmService
     from farm.nodes.spec import Limits
+    from farm.records.paths import FarmPaths
     from farm.server.app import serve
     from farm.server.config import ServerConfig
-    from farm.server_backend import RayFarmService
 
     paths = FarmPaths.under(DEFAULT_ROOT, args.models, args.output)
     if args.address:

@@ -25,15 +25,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
-from farm import cluster as ray_cluster
+from actors import cluster as ray_cluster
 from farm.errors import FarmError, UnknownJobError
-from farm.local import FarmPaths
 from farm.models.tiers import TierConfig
 from farm.nodes.registry import default_registry
-from farm.prepare import PreparedPrompt, ValidationFailed, load_json_file, prepare
+from farm.nodes.spec import NodeContext
+from farm.records.events import EventType, FarmEvent
+from farm.records.history import HistoryItem, HistoryStatus, JobTimings
+from farm.records.paths import FarmPaths
+from farm.records.queue import QueueSnapshot
+from farm.records.workers import WorkerStatus
 from farm.scheduler.jobs import Job
-from farm.server.events import EventType, FarmEvent
-from farm.server.service import HistoryItem, HistoryStatus, JobTimings, QueueSnapshot, WorkerStatus
+from farm.workflow.prepare import (
+    PreparedPrompt,
+    ValidationFailed,
+    load_json_file,
+    prepare,
+)
 
 __all__ = ["Farm", "JobFuture", "JobResult", "JobFailed", "Progress", "ValidationFailed", "job_record"]
 
@@ -160,7 +168,7 @@ class Farm:
         self.cluster = cluster
         self.paths = paths
         self.registry = default_registry()
-        self.node_ctx = paths.node_context()
+        self.node_ctx = NodeContext.for_paths(paths)
         self._owns_ray = owns_ray
         self._pending: dict[str, JobFuture] = {}  # prompt_id -> future not yet resolved
         self._listeners: dict[str, JobFuture] = {}  # prompt_id -> future with progress callbacks

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from farm.errors import FarmError, WorkflowFormatError
-from farm.prepare import load_json_file
+from farm.workflow.prepare import load_json_file
 
 
 @dataclass(frozen=True)

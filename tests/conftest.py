@@ -28,7 +28,7 @@ TINY = {"5.width": 64, "5.height": 64, "5.batch_size": 1, "3.steps": 2}
 @pytest.fixture(scope="session")
 def ray_farm(tiny_models, tmp_path_factory):
     """A Farm (the Python API) on a local Ray cluster with two logical GPUs."""
-    from farm import cluster
+    from actors import cluster
     from farm.client import Farm
 
     root = tmp_path_factory.mktemp("farm")

@@ -43,7 +43,7 @@ class RunContext:
     device: torch.device
     dtype: torch.dtype
     models: ModelProvider
-    images: "object"  # farm.outputs.ImageSink
+    images: "object"  # farm.engine.images.ImageSink
     node_ctx: "object"  # farm.nodes.spec.NodeContext: folders and limits
     node_id: str
     jobs: tuple[JobContext, ...]

@@ -22,7 +22,9 @@ class LocalModelProvider:
         self._lock = threading.Lock()
 
     def checkpoint(self, name: str):
-        from farm.models.load import load_checkpoint  # torch-heavy; imported when first needed
+        from farm.models.load import (
+            load_checkpoint,  # torch-heavy; imported when first needed
+        )
 
         with self._lock:
             if name in self._loaded:

@@ -23,11 +23,27 @@ from diffusers.loaders.single_file_utils import (
     convert_open_clip_checkpoint,
 )
 from safetensors import safe_open
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+from transformers import (
+    CLIPTextConfig,
+    CLIPTextModel,
+    CLIPTextModelWithProjection,
+    CLIPTokenizer,
+)
 
-from farm.errors import CheckpointError, UnsafeCheckpointError, UnsupportedCheckpointError
+from farm.errors import (
+    CheckpointError,
+    UnsafeCheckpointError,
+    UnsupportedCheckpointError,
+)
 from farm.models.arch import (
-    UNET_PREFIX, VAE_PREFIX, Arch, ArchConfigs, ArchInfo, TextEncoderSpec, TextLayout, detect_arch,
+    UNET_PREFIX,
+    VAE_PREFIX,
+    Arch,
+    ArchConfigs,
+    ArchInfo,
+    TextEncoderSpec,
+    TextLayout,
+    detect_arch,
 )
 from farm.models.attention import apply_attention_backend
 from farm.models.device import choose_vae_dtype

@@ -27,8 +27,21 @@ from pathlib import Path
 import torch
 
 from farm.errors import CheckpointError
-from farm.models.arch import ARCHES, CONFIGS_METADATA_KEY, ArchInfo, TextLayout, arch_info
-from farm.models.ldm_layout import LdmTensor, Op, clip_layout, open_clip_layout, unet_layout, vae_layout
+from farm.models.arch import (
+    ARCHES,
+    CONFIGS_METADATA_KEY,
+    ArchInfo,
+    TextLayout,
+    arch_info,
+)
+from farm.models.ldm_layout import (
+    LdmTensor,
+    Op,
+    clip_layout,
+    open_clip_layout,
+    unet_layout,
+    vae_layout,
+)
 from farm.models.load import ComponentSpec, component_specs, empty_model
 from farm.models.store import PICKLE_EXTENSIONS
 

@@ -2,7 +2,7 @@
 or on local disk, and the moves between them.
 
 The bookkeeping (which tier holds what, what to evict, what a reload costs) is
-farm.scheduler.residency.Residency's; this module makes memory agree with it. After
+farm.records.residency.Residency's; this module makes memory agree with it. After
 every load it reconciles: a checkpoint the accounting no longer holds in a tier leaves
 that tier here too.
 
@@ -33,7 +33,7 @@ import torch
 
 from farm.errors import CheckpointError
 from farm.models.store import ModelFolders
-from farm.scheduler.residency import Residency, ResidencyReport, Tier
+from farm.records.residency import Residency, ResidencyReport, Tier
 
 GiB = 1024**3
 UNBOUNDED_BYTES = 1 << 60  # the disk tier without a local copy: the models folder itself
@@ -301,7 +301,9 @@ class TieredModelProvider:
 
     def _load(self, path: Path):
         if self._loader is None:
-            from farm.models.load import load_checkpoint  # torch-heavy: imported when first needed
+            from farm.models.load import (
+                load_checkpoint,  # torch-heavy: imported when first needed
+            )
 
             self._loader = load_checkpoint
         return self._loader(path, self.device, self.dtype)

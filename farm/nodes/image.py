@@ -2,10 +2,9 @@
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
-
 import random
 import string
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -13,8 +12,16 @@ from PIL import Image, ImageOps
 
 from farm.nodes.latent import CROP_METHODS
 from farm.nodes.resize import keep_aspect, upscale
-from farm.outputs import ImageBatch, png_text_chunks
-from farm.nodes.spec import MAX_RESOLUTION, InputSpec, Node, NodeContext, NodeResult, NodeSpec, OutputSpec
+from farm.nodes.spec import (
+    MAX_RESOLUTION,
+    InputSpec,
+    Node,
+    NodeContext,
+    NodeResult,
+    NodeSpec,
+    OutputSpec,
+)
+from farm.records.images import ImageBatch, png_text_chunks
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 IMAGE_UPSCALE_METHODS = ("nearest-exact", "bilinear", "area", "bicubic", "lanczos")

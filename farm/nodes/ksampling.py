@@ -11,7 +11,14 @@ from dataclasses import dataclass
 import torch
 
 from farm.nodes.values import DiffusionModel, Latent
-from farm.sampling import CFGDenoiser, Conditioning, compute_sigmas, initial_noise, sample, slice_sigmas
+from farm.sampling import (
+    CFGDenoiser,
+    Conditioning,
+    compute_sigmas,
+    initial_noise,
+    sample,
+    slice_sigmas,
+)
 
 
 @dataclass(frozen=True, eq=False)

@@ -4,8 +4,15 @@ from __future__ import annotations
 import torch
 
 from farm.nodes.resize import keep_aspect, upscale
+from farm.nodes.spec import (
+    MAX_BATCH_SIZE,
+    MAX_RESOLUTION,
+    InputSpec,
+    Node,
+    NodeSpec,
+    OutputSpec,
+)
 from farm.nodes.values import Latent
-from farm.nodes.spec import MAX_BATCH_SIZE, MAX_RESOLUTION, InputSpec, Node, NodeSpec, OutputSpec
 
 LATENT_UPSCALE_METHODS = ("nearest-exact", "bilinear", "area", "bicubic", "bislerp")
 CROP_METHODS = ("disabled", "center")

@@ -5,10 +5,10 @@ from pathlib import PurePosixPath
 
 from farm.models.arch import Arch
 from farm.models.store import PICKLE_EXTENSIONS
+from farm.nodes.spec import InputSpec, Node, NodeContext, NodeSpec, OutputSpec
 from farm.nodes.values import DiffusionModel, VaeModel
 from farm.sampling.model_sampling import DiscreteSchedule
 from farm.text.encode import ClipTextEncoder
-from farm.nodes.spec import InputSpec, Node, NodeContext, NodeSpec, OutputSpec
 
 
 def checkpoint_names(ctx: NodeContext) -> list[str]:

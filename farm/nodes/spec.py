@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Callable, ClassVar, Mapping, Sequence, Union
 
 from farm.models.store import ModelFolders
+from farm.records.paths import FarmPaths
 
 # Types whose value is written in the workflow (a widget in ComfyUI's UI). Any other type
 # names a value that only a link from another node's output can supply.
@@ -54,6 +55,10 @@ class NodeContext:
         """The ComfyUI layout below one folder: models/, input/, output/, temp/."""
         root = Path(root)
         return cls(ModelFolders(root / "models"), root / "input", root / "output", root / "temp", limits)
+
+    @classmethod
+    def for_paths(cls, paths: FarmPaths, limits: Limits = Limits()) -> "NodeContext":
+        return cls(ModelFolders(paths.models), paths.input, paths.output, paths.temp, limits)
 
 
 Choices = Union[tuple[str, ...], Callable[[NodeContext], Sequence[str]]]

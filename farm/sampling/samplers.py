@@ -7,11 +7,25 @@ at sigmas[-1]. SAMPLER_NOISE says which seeded noise source each one consumes.""
 from __future__ import annotations
 
 from farm.sampling.noise import NoiseKind
-from farm.sampling.samplers_ancestral import (sample_dpm_2_ancestral, sample_dpmpp_2s_ancestral,
-                                              sample_euler_ancestral, sample_lcm)
+from farm.sampling.samplers_ancestral import (
+    sample_dpm_2_ancestral,
+    sample_dpmpp_2s_ancestral,
+    sample_euler_ancestral,
+    sample_lcm,
+)
 from farm.sampling.samplers_base import Callback, Denoiser, Sampler, StepInfo
-from farm.sampling.samplers_ode import sample_dpm_2, sample_dpmpp_2m, sample_euler, sample_heun, sample_lms
-from farm.sampling.samplers_sde import sample_dpmpp_2m_sde, sample_dpmpp_3m_sde, sample_dpmpp_sde
+from farm.sampling.samplers_ode import (
+    sample_dpm_2,
+    sample_dpmpp_2m,
+    sample_euler,
+    sample_heun,
+    sample_lms,
+)
+from farm.sampling.samplers_sde import (
+    sample_dpmpp_2m_sde,
+    sample_dpmpp_3m_sde,
+    sample_dpmpp_sde,
+)
 from farm.sampling.samplers_unipc import sample_uni_pc, sample_uni_pc_bh2
 
 SAMPLERS: dict[str, Sampler] = {

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from farm.records.residency import Tier
 from farm.scheduler.jobs import Job, batch_run_s
 from farm.scheduler.queues import KeyedQueue
-from farm.scheduler.residency import Tier
 
 
 @dataclass(frozen=True)

@@ -20,11 +20,11 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from farm.errors import UnknownJobError
+from farm.records.residency import LoadCostModel, ResidencyReport, Tier
 from farm.scheduler.batching import Batch
 from farm.scheduler.fleet import Fleet
 from farm.scheduler.jobs import Job, JobState
 from farm.scheduler.placement import Placement, PlacementPolicy
-from farm.scheduler.residency import LoadCostModel, ResidencyReport, Tier
 from farm.scheduler.store import JobStore
 
 

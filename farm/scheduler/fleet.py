@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 from typing import Collection, Iterator
 
 from farm.errors import UnknownJobError
+from farm.records.residency import LoadCostModel, ResidencyReport, Tier
 from farm.scheduler.batching import Batch, form_batch
 from farm.scheduler.jobs import Job
 from farm.scheduler.queues import KeyedQueue
-from farm.scheduler.residency import LoadCostModel, ResidencyReport, Tier
 
 
 @dataclass

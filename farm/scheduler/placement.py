@@ -23,10 +23,10 @@ import math
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
+from farm.records.residency import Tier
 from farm.scheduler.fleet import Fleet, WorkerView
 from farm.scheduler.jobs import Job, batch_run_s
 from farm.scheduler.replicas import DemandRate, ReplicaPlan, plan_replicas
-from farm.scheduler.residency import Tier
 
 
 @dataclass(frozen=True)

@@ -31,13 +31,13 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 
+from farm.records.residency import GB, LoadCostModel, Residency, Tier, seed_load_s
 from farm.scheduler.core import CoreConfig, DispatcherCore
 from farm.scheduler.costs import batch_s
 from farm.scheduler.jobs import Job
 from farm.scheduler.placement import POLICIES, FarmPolicy, PlacementPolicy
-from farm.scheduler.residency import GB, LoadCostModel, Residency, Tier, seed_load_s
 from farm.scheduler.store import JobStore
-from farm.scheduler.trace import TraceJob, TraceSpec, Template, describe, make_trace
+from farm.scheduler.trace import TraceJob, TraceSpec, describe, make_trace
 
 POLICY_NAMES = tuple(POLICIES)  # farm, round_robin, least_loaded, pressure
 

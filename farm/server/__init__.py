@@ -4,6 +4,5 @@
     app = create_app(service, ServerConfig.under(root))   # service: a FarmService, or None
 
 The server validates and translates; the farm (queue, workers, history) sits behind the
-FarmService protocol in farm.server.service. This __init__ imports nothing, so that Ray
-workers, which only need the event records in farm.server.events, do not import FastAPI.
+FarmService protocol in farm.service.
 """

@@ -7,9 +7,18 @@ from fastapi import FastAPI
 import farm
 from farm.server.config import ServerConfig
 from farm.server.deps import ServerState, install_error_handlers
-from farm.server.routes import farm_routes, files, history, info, jobs, prompt, queue, ws
+from farm.server.routes import (
+    farm_routes,
+    files,
+    history,
+    info,
+    jobs,
+    prompt,
+    queue,
+    ws,
+)
 from farm.server.security import BodyLimit, OriginPolicy, TokenAuth
-from farm.server.service import FarmService
+from farm.service import FarmService
 
 COMFY_ROUTERS = (prompt.router, queue.router, history.router, files.router, info.router, ws.router)
 

@@ -17,9 +17,9 @@ from starlette.requests import HTTPConnection, Request
 
 from farm.nodes.registry import NodeRegistry, default_registry
 from farm.nodes.spec import NodeContext
+from farm.server.broadcast import Broadcaster
 from farm.server.config import ServerConfig
-from farm.server.events import Broadcaster
-from farm.server.service import FarmService
+from farm.service import FarmService
 
 Body = TypeVar("Body", bound=BaseModel)
 

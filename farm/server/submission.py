@@ -1,5 +1,5 @@
 """From a POST /prompt (or /batch) body to a SubmitRequest: ComfyUI's checks, in its order,
-with its error shapes. Validation itself is farm.prepare's (the CLI and Python API use the
+with its error shapes. Validation itself is farm.workflow.prepare's (the CLI and Python API use the
 same), run off the event loop because it reads folders and hashes input files."""
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ from dataclasses import dataclass
 from starlette.concurrency import run_in_threadpool
 
 from farm.errors import FarmError, WorkflowFormatError
-from farm.prepare import PreparedPrompt, ValidationFailed, prepare
 from farm.server.deps import ServerState
-from farm.server.service import SubmitRequest
 from farm.server.wire import error_body
+from farm.service import SubmitRequest
+from farm.workflow.prepare import PreparedPrompt, ValidationFailed, prepare
 
 # Keys of extra_data that ComfyUI keeps out of the queue and history (API-node credentials).
 # The farm runs no API nodes, so it drops them: they are never stored or shown.

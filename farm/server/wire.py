@@ -7,7 +7,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from farm.server.service import DeviceInfo, HistoryItem, QueueItem, QueueSnapshot, WorkerStatus
+from farm.records.history import HistoryItem
+from farm.records.queue import QueueItem, QueueSnapshot
+from farm.records.workers import DeviceInfo, WorkerStatus
 
 # --- requests ---------------------------------------------------------------------------
 

@@ -27,7 +27,13 @@ from torch import Tensor
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from farm.text.conditioning import Conditioning
-from farm.text.tokenize import TokenChunk, clip_g_tokenizer, clip_l_tokenizer, empty_chunk, tokenize_prompt
+from farm.text.tokenize import (
+    TokenChunk,
+    clip_g_tokenizer,
+    clip_l_tokenizer,
+    empty_chunk,
+    tokenize_prompt,
+)
 
 
 class ClipArch(str, Enum):

@@ -146,7 +146,10 @@ def load_workflow_file(path: str | Path, registry=None) -> Workflow:
     except json.JSONDecodeError as exc:
         raise WorkflowFormatError(f"{path} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") \
             from None
-    from farm.workflow.ui_format import is_ui_format, ui_to_api  # ui_format needs the node registry
+    from farm.workflow.ui_format import (  # ui_format needs the node registry
+        is_ui_format,
+        ui_to_api,
+    )
 
     if is_ui_format(obj):
         if registry is None:

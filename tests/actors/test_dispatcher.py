@@ -6,9 +6,7 @@ from __future__ import annotations
 import pytest
 
 from farm.errors import UnknownJobError
-
-from farm.prepare import ValidationFailed
-from farm.scheduler.jobs import JobState
+from farm.workflow.prepare import ValidationFailed
 
 SDXL = "tiny-sdxl.safetensors"
 

@@ -1,8 +1,7 @@
 """The event log behind the hub: cursors, filtering by prompt, and a reader that fell
 behind the ring."""
-from farm.server.events import EventType, FarmEvent
-
 from actors.event_hub import EventLog
+from farm.records.events import EventType, FarmEvent
 
 
 def progress(prompt_id: str, value: int) -> FarmEvent:

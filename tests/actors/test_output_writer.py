@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image
 
 from actors.output_writer import OutputFiles
-from farm.outputs import ImageBatch, png_text_chunks
+from farm.records.images import ImageBatch, png_text_chunks
 
 
 def batch(value: int, count: int = 2, prefix: str = "shots/img") -> ImageBatch:

@@ -1,7 +1,6 @@
 """The engine on real tiny checkpoints: caching by signature, events, interrupts, node
 errors, and batched runs equal to one-by-one runs."""
 import json
-import threading
 
 import numpy as np
 import pytest
@@ -9,8 +8,9 @@ import torch
 from PIL import Image
 
 from farm.engine import JobContext, PlannedJob
+from farm.engine.local import LocalRenderer
 from farm.errors import Interrupted, NodeExecutionError
-from farm.local import FarmPaths, LocalRenderer
+from farm.records.paths import FarmPaths
 
 
 def txt2img(seed=1, text="a lighthouse at dusk", cfg=6.0, sampler="euler", steps=3, size=64, batch=1,

@@ -23,11 +23,17 @@ import math
 import numpy as np
 import pytest
 import torch
-from diffusers import (DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler,
-                       StableDiffusionPipeline, StableDiffusionXLPipeline)
+from diffusers import (
+    DDIMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerDiscreteScheduler,
+    StableDiffusionPipeline,
+    StableDiffusionXLPipeline,
+)
 
-from farm.local import FarmPaths, LocalRenderer
+from farm.engine.local import LocalRenderer
 from farm.models.load import load_checkpoint
+from farm.records.paths import FarmPaths
 
 STEPS, SIZE, SEED, CFG = 10, 64, 1234, 7.0
 POSITIVE, NEGATIVE = "a red fox in the snow, photograph", "blurry, watermark"

@@ -10,7 +10,13 @@ from diffusers.loaders.single_file_utils import create_unet_diffusers_config_fro
 
 from farm.errors import CheckpointError, UnsupportedCheckpointError
 from farm.models.arch import (
-    ARCHES, CONFIGS_METADATA_KEY, Arch, arch_info, detect_arch, detect_family, shipped_configs,
+    ARCHES,
+    CONFIGS_METADATA_KEY,
+    Arch,
+    arch_info,
+    detect_arch,
+    detect_family,
+    shipped_configs,
 )
 from farm.models.load import component_specs, empty_model
 

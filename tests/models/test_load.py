@@ -9,7 +9,11 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from farm.errors import CheckpointError, UnsafeCheckpointError, UnsupportedCheckpointError
+from farm.errors import (
+    CheckpointError,
+    UnsafeCheckpointError,
+    UnsupportedCheckpointError,
+)
 from farm.models.load import load_checkpoint
 from farm.models.make import diffusers_state_dict
 

@@ -7,7 +7,10 @@ import json
 import pytest
 import torch
 from diffusers.loaders.single_file_utils import (
-    infer_diffusers_model_type, is_clip_model, is_clip_sdxl_model, is_open_clip_sdxl_model,
+    infer_diffusers_model_type,
+    is_clip_model,
+    is_clip_sdxl_model,
+    is_open_clip_sdxl_model,
 )
 from safetensors import safe_open
 

@@ -10,8 +10,13 @@ import torch
 
 from farm.models.load import load_checkpoint
 from farm.models.store import ModelFolders
-from farm.models.tiers import TierConfig, TieredModelProvider, checkpoint_bytes, derive_budgets
-from farm.scheduler.residency import Residency, Tier
+from farm.models.tiers import (
+    TierConfig,
+    TieredModelProvider,
+    checkpoint_bytes,
+    derive_budgets,
+)
+from farm.records.residency import Residency, Tier
 
 SD15, SDXL = "tiny-sd15.safetensors", "tiny-sdxl.safetensors"
 

@@ -2,7 +2,13 @@ import pytest
 import torch
 import torchsde
 
-from farm.sampling.noise import BrownianNoiseSampler, NoiseKind, NoiseSampler, initial_noise, make_noise_sampler
+from farm.sampling.noise import (
+    BrownianNoiseSampler,
+    NoiseKind,
+    NoiseSampler,
+    initial_noise,
+    make_noise_sampler,
+)
 
 SHAPE = (2, 4, 3, 5)  # one job's latent: batch 2, 4 channels, 3x5
 SIGMAS = torch.tensor([14.6, 7.0, 3.0, 1.0, 0.3, 0.0])

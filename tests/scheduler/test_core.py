@@ -1,10 +1,10 @@
 """DispatcherCore: dead workers, retries, cancel / interrupt, restart, plain messages."""
 import pickle
 
+from farm.records.residency import GB, ResidencyReport
 from farm.scheduler.core import CoreConfig, DispatcherCore
 from farm.scheduler.jobs import Job, JobState
 from farm.scheduler.placement import FarmPolicy, RoundRobinPolicy
-from farm.scheduler.residency import GB, ResidencyReport
 from farm.scheduler.store import JobStore
 
 EMPTY = ResidencyReport(gpu_free_bytes=12 * 10**9)

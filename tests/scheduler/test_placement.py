@@ -1,13 +1,17 @@
 """Placement policies, driven through the real DispatcherCore with an injected clock."""
 import pytest
 
+from farm.records.residency import GB, LoadCostModel, Residency, ResidencyReport, Tier
 from farm.scheduler.core import CoreConfig, DispatcherCore
 from farm.scheduler.fleet import Fleet
 from farm.scheduler.jobs import Job
-from farm.scheduler.placement import (FarmPolicy, LeastLoadedPolicy, PressurePolicy,
-                                      RoundRobinPolicy)
+from farm.scheduler.placement import (
+    FarmPolicy,
+    LeastLoadedPolicy,
+    PressurePolicy,
+    RoundRobinPolicy,
+)
 from farm.scheduler.replicas import DemandRate, plan_replicas
-from farm.scheduler.residency import GB, LoadCostModel, Residency, ResidencyReport, Tier
 from farm.scheduler.store import JobStore
 
 SDXL = int(5.1 * GB)

@@ -100,7 +100,7 @@ def farm_server_config(ray_farm) -> ServerConfig:
 @pytest.fixture
 def farm_server(ray_farm, farm_server_config) -> Iterator[str]:
     """Base URL of create_app(RayFarmService) on loopback, over the session's farm."""
-    from farm.server_backend import RayFarmService
+    from actors.service import RayFarmService
 
     with serve(create_app(RayFarmService(ray_farm.cluster, ray_farm.paths), farm_server_config)) as port:
         yield f"http://127.0.0.1:{port}"
@@ -111,7 +111,7 @@ def restart_farm(ray_farm, farm_server_config) -> Iterator[Callable[[], str]]:
     """Kill the dispatcher (Ray restarts its process, which resumes the queue from SQLite) and
     serve a fresh app on a new port: every bit of queue state the HTTP side sees must come
     back from the database. The session's workers keep running, as GPU nodes would."""
-    from farm.server_backend import RayFarmService
+    from actors.service import RayFarmService
 
     with contextlib.ExitStack() as stack:
         def restart() -> str:

@@ -3,10 +3,17 @@ system_stats), checked against the shapes written out by hand from COMFYUI_API.m
 ComfyUI's jobs API."""
 from __future__ import annotations
 
-from farm.server.events import EventType
-from farm.server.routes.jobs import JobStatus, finished_job, outputs_summary, queued_job, sort_jobs
-from farm.server.service import (DeviceInfo, HistoryItem, HistoryStatus, JobTimings, QueueItem, QueueSnapshot,
-                                 StatusMessage)
+from farm.records.events import EventType
+from farm.records.history import HistoryItem, HistoryStatus, JobTimings, StatusMessage
+from farm.records.queue import QueueItem, QueueSnapshot
+from farm.records.workers import DeviceInfo
+from farm.server.routes.jobs import (
+    JobStatus,
+    finished_job,
+    outputs_summary,
+    queued_job,
+    sort_jobs,
+)
 from farm.server.wire import history_out, number_out, queue_out, system_stats_out
 
 PROMPT = {"9": {"class_type": "SaveImage", "inputs": {"filename_prefix": "x", "images": ["8", 0]}}}

@@ -5,7 +5,13 @@ Reference token ids are the well-known CLIP ids ("a photo of a cat" = 320 1125 5
 """
 import pytest
 
-from farm.text.tokenize import CHUNK_LENGTH, clip_g_tokenizer, clip_l_tokenizer, empty_chunk, tokenize_prompt
+from farm.text.tokenize import (
+    CHUNK_LENGTH,
+    clip_g_tokenizer,
+    clip_l_tokenizer,
+    empty_chunk,
+    tokenize_prompt,
+)
 
 S, E = 49406, 49407
 CAT, DOG = 2368, 1929

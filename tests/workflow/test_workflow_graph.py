@@ -3,7 +3,13 @@ import json
 import pytest
 
 from farm.errors import WorkflowFormatError
-from farm.workflow.graph import Link, MalformedLink, NodeCall, load_workflow_file, parse_workflow
+from farm.workflow.graph import (
+    Link,
+    MalformedLink,
+    NodeCall,
+    load_workflow_file,
+    parse_workflow,
+)
 
 
 def test_links_constants_and_value_lists_are_told_apart():

@@ -10,10 +10,22 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from farm.errors import FarmError
-from farm.prepare import to_api_format
 from farm.server.deps import BadRequest, Farm, State, require_farm
-from farm.server.submission import PromptRejected, Validated, submit_request, validate_prompt
-from farm.server.wire import BatchRequest, BatchResponse, WorkerOut, error_body, number_out, worker_out
+from farm.server.submission import (
+    PromptRejected,
+    Validated,
+    submit_request,
+    validate_prompt,
+)
+from farm.server.wire import (
+    BatchRequest,
+    BatchResponse,
+    WorkerOut,
+    error_body,
+    number_out,
+    worker_out,
+)
+from farm.workflow.prepare import to_api_format
 
 router = APIRouter(tags=["farm"])
 

@@ -15,7 +15,7 @@ from urllib.parse import quote
 
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
-from PIL import Image, ImageOps
+from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
 from farm.server.deps import BadRequest, State

@@ -15,9 +15,10 @@ from enum import Enum
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
+from farm.records.events import EventType
+from farm.records.history import HistoryItem, HistoryStatus
+from farm.records.queue import QueueItem
 from farm.server.deps import BadRequest, Farm, read_body
-from farm.server.events import EventType
-from farm.server.service import HistoryItem, HistoryStatus, QueueItem
 from farm.server.submission import is_canonical_uuid
 from farm.server.wire import CancelJobsRequest, history_item_out, number_out
 

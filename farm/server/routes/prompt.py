@@ -6,7 +6,13 @@ from fastapi.responses import JSONResponse
 
 from farm.errors import DuplicatePromptError
 from farm.server.deps import Farm, State, read_body, require_farm
-from farm.server.submission import PromptRejected, check_prompt_id, reject, submit_request, validate_prompt
+from farm.server.submission import (
+    PromptRejected,
+    check_prompt_id,
+    reject,
+    submit_request,
+    validate_prompt,
+)
 from farm.server.wire import PromptRequest, number_out
 
 router = APIRouter()

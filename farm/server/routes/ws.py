@@ -15,8 +15,9 @@ import uuid
 from fastapi import APIRouter, WebSocket
 from starlette.websockets import WebSocketDisconnect
 
+from farm.records.events import status_event
+from farm.server.broadcast import Subscriber, encode
 from farm.server.deps import ServerState, State
-from farm.server.events import Subscriber, encode, status_event
 from farm.server.routes.info import server_features
 
 log = logging.getLogger(__name__)

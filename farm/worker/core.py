@@ -8,180 +8,41 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass, field
-from enum import Enum
-from typing import Callable
 
 import torch
 
 from farm.engine import Engine, JobContext, JobOutcome, PlannedJob
 from farm.errors import Interrupted, NodeExecutionError
-from farm.local import FarmPaths
 from farm.models.store import ModelFolders
-from farm.models.tiers import TierConfig, TieredModelProvider, TierMove, derive_budgets, host_memory
-from farm.scheduler.residency import Residency, ResidencyReport
+from farm.models.tiers import (
+    TierConfig,
+    TieredModelProvider,
+    derive_budgets,
+    host_memory,
+)
 from farm.nodes.registry import default_registry
-from farm.outputs import ImageBatch, ImageRef
-from farm.prepare import prepare
-from farm.server.events import EventType, FarmEvent
-
-# Lifecycle events that history keeps under status.messages (ComfyUI's set).
-HISTORY_EVENTS = frozenset({EventType.EXECUTION_START, EventType.EXECUTION_CACHED, EventType.EXECUTION_SUCCESS,
-                            EventType.EXECUTION_ERROR, EventType.EXECUTION_INTERRUPTED})
-
-
-@dataclass(frozen=True)
-class WorkItem:
-    """One queued prompt as a worker receives it. The worker plans it again (cheap, and it
-    checks the files exist on this node) rather than trusting a plan made elsewhere."""
-
-    prompt_id: str
-    prompt: dict  # API format, overrides applied
-    outputs_to_execute: tuple[str, ...]  # output node ids that passed validation; () = all
-    client_id: str | None  # who hears its events; None: everyone
-    extra_pnginfo: dict | None = None  # e.g. {"workflow": <UI graph>}, written into the PNGs
-
-
-class FailureKind(str, Enum):
-    NODE = "node"  # a node raised: the prompt's own fault, not retried
-    INTERRUPTED = "interrupted"
-    OUT_OF_MEMORY = "out_of_memory"  # the device ran out; the worker freed memory and goes on
-    INVALID = "invalid"  # it did not plan on this node (a checkpoint missing here)
-
-
-@dataclass(frozen=True)
-class Message:
-    """A lifecycle event for history's status.messages; data carries "timestamp" (ms)."""
-
-    event: EventType
-    data: dict
-
-
-@dataclass
-class JobReport:
-    """What a worker says about one prompt of a batch."""
-
-    prompt_id: str
-    worker_id: str
-    outputs: dict[str, dict] = field(default_factory=dict)  # output node id -> ui dict
-    failure: FailureKind | None = None
-    error: str | None = None  # for the person who submitted it
-    error_event: dict | None = None  # execution_error payload, when a node failed
-    messages: list[Message] = field(default_factory=list)
-    images: list[ImageRef] = field(default_factory=list)  # files handed to the writer, to wait for
-    started_at_s: float | None = None  # unix seconds
-    finished_at_s: float | None = None
-    batch_size: int = 1  # how many prompts ran in the same engine call
-
-    @property
-    def ok(self) -> bool:
-        return self.failure is None
-
-
-class RemoteImageSink:
-    """The engine's image sink on a farm worker: `save` hands the pixels to a writer (on the
-    head, through `send`) and returns the names at once; encoding happens there. `flush`
-    does not wait: the dispatcher waits for a batch's files before it reports the jobs
-    done, so the thread that feeds the GPU is free for the next batch meanwhile."""
-
-    def __init__(self, send: Callable[[ImageBatch], list[ImageRef]]):
-        self._send = send
-        self._saved: list[ImageRef] = []
-        self._lock = threading.Lock()
-
-    def save(self, batch: ImageBatch) -> list[ImageRef]:
-        refs = list(self._send(batch))
-        with self._lock:
-            self._saved.extend(refs)
-        return refs
-
-    def flush(self) -> None:
-        pass
-
-    def take(self) -> list[ImageRef]:
-        with self._lock:
-            refs, self._saved = self._saved, []
-        return refs
-
-
-class EventForwarder:
-    """Collects a worker's events and sends them in small batches from its own thread, so
-    a sampler step never waits for the network."""
-
-    def __init__(self, send: Callable[[list[FarmEvent]], None], interval_s: float = 0.05):
-        self._send = send
-        self.interval_s = interval_s
-        self._buffer: list[FarmEvent] = []
-        self._cond = threading.Condition()
-        self._closed = False
-        self._thread = threading.Thread(target=self._loop, name="events", daemon=True)
-        self._thread.start()
-
-    def emit(self, event: FarmEvent) -> None:
-        with self._cond:
-            self._buffer.append(event)
-            self._cond.notify()
-
-    def flush(self) -> None:
-        """Send what is buffered now (from the calling thread), so that a job's events
-        precede the report that it finished."""
-        with self._cond:
-            events, self._buffer = self._buffer, []
-        if events:
-            self._send(events)
-
-    def _loop(self) -> None:
-        while True:
-            with self._cond:
-                while not self._buffer and not self._closed:
-                    self._cond.wait()
-                if self._closed:
-                    return
-            time.sleep(self.interval_s)  # gather a step's worth of progress from every job
-            try:
-                self.flush()
-            except Exception:  # the hub restarting must not kill the worker; events are best effort
-                pass
-
-    def close(self) -> None:
-        with self._cond:
-            self._closed = True
-            self._cond.notify()
-        self.flush()
+from farm.nodes.spec import NodeContext
+from farm.records.events import EventType, FarmEvent
+from farm.records.images import ImageRef
+from farm.records.paths import FarmPaths
+from farm.records.residency import Residency
+from farm.scheduler.messages import (
+    HISTORY_EVENTS,
+    BatchResult,
+    FailureKind,
+    JobReport,
+    Message,
+    WorkerState,
+    WorkItem,
+)
+from farm.worker.channels import EventForwarder, RemoteImageSink
+from farm.workflow.prepare import prepare
 
 
 def is_out_of_memory(error: BaseException | None) -> bool:
     cause = error.cause if isinstance(error, NodeExecutionError) else error
     return isinstance(cause, torch.cuda.OutOfMemoryError) or (
         isinstance(cause, RuntimeError) and "out of memory" in str(cause).lower())
-
-
-@dataclass(frozen=True)
-class WorkerState:
-    """What a worker reports to the dispatcher: where it is and what it holds."""
-
-    worker_id: str
-    node: str
-    device: str  # "cuda:0", "cpu"
-    gpu_index: int | None
-    gpu_name: str
-    residency: ResidencyReport  # checkpoint names per tier
-    running: tuple[str, ...]  # prompt ids in the current engine call
-    vram_used_bytes: int | None
-    vram_total_bytes: int | None
-    vram_free_bytes: int | None
-    torch_vram_total: int = 0
-    torch_vram_free: int = 0
-
-
-@dataclass
-class BatchResult:
-    """A finished engine call: one report per prompt, what the worker holds now, and the
-    model loads it measured (the dispatcher's load-cost model learns from them)."""
-
-    reports: list[JobReport]
-    residency: ResidencyReport
-    loads: list[TierMove]
 
 
 class WorkerCore:
@@ -194,7 +55,7 @@ class WorkerCore:
         self.node = node
         self.paths = paths
         self.registry = default_registry()
-        self.node_ctx = paths.node_context()
+        self.node_ctx = NodeContext.for_paths(paths)
         self.images = images
         self.events = events
         budgets = derive_budgets(tiers, device, workers_on_host)

@@ -9,14 +9,16 @@ from importlib.resources import files
 import pytest
 import torch
 
+from farm.engine.images import LocalImageWriter
 from farm.errors import NodeExecutionError
-from farm.local import FarmPaths
 from farm.models.tiers import TierConfig
-from farm.outputs import LocalImageWriter
-from farm.prepare import apply_overrides
-from farm.scheduler.residency import Tier
-from farm.server.events import EventType
-from farm.worker import EventForwarder, FailureKind, RemoteImageSink, WorkerCore, WorkItem, is_out_of_memory
+from farm.records.events import EventType
+from farm.records.paths import FarmPaths
+from farm.records.residency import Tier
+from farm.scheduler.messages import FailureKind, WorkItem
+from farm.worker.channels import EventForwarder, RemoteImageSink
+from farm.worker.core import WorkerCore, is_out_of_memory
+from farm.workflow.prepare import apply_overrides
 
 TINY = {"5.width": 64, "5.height": 64, "3.steps": 2}
 

@@ -15,12 +15,17 @@ from pathlib import Path
 from typing import Any
 
 import ray
-from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutError, RayActorError
+from ray.exceptions import (
+    ActorDiedError,
+    ActorUnavailableError,
+    GetTimeoutError,
+    RayActorError,
+)
 
 from actors import ACTOR_NAMESPACE, DISPATCHER_NAME, EVENT_HUB_NAME, OUTPUT_WRITER_NAME
 from farm.errors import FarmError
-from farm.local import FarmPaths
 from farm.models.tiers import TierConfig
+from farm.records.paths import FarmPaths
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from farm.outputs import ImageBatch, LocalImageWriter, OutputPathError, png_text_chunks
+from farm.engine.images import LocalImageWriter, OutputPathError
+from farm.records.images import ImageBatch, png_text_chunks
 
 
 def pixels(n=1, size=8):

@@ -3,45 +3,24 @@ provider and image writer. `farm run --local` uses it; the farm's GPU workers bu
 same parts around their own residency and output path."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
-
 import torch
 
 from farm.engine import Engine, JobContext, JobOutcome, PlannedJob
+from farm.engine.images import LocalImageWriter
 from farm.engine.local_models import LocalModelProvider
 from farm.models.device import choose_device, choose_dtype
 from farm.models.store import ModelFolders
 from farm.nodes.registry import default_registry
-from farm.nodes.spec import Limits, NodeContext
-from farm.outputs import LocalImageWriter
-from farm.prepare import PreparedPrompt, prepare
-
-
-@dataclass(frozen=True)
-class FarmPaths:
-    """The folders a ComfyUI user knows: models/, input/, output/, temp/."""
-
-    models: Path
-    output: Path
-    input: Path
-    temp: Path
-
-    @classmethod
-    def under(cls, root: Path, models: Path | None = None, output: Path | None = None) -> "FarmPaths":
-        root = Path(root)
-        return cls(Path(models or root / "models"), Path(output or root / "output"), root / "input", root / "temp")
-
-    def node_context(self, limits: Limits = Limits()) -> NodeContext:
-        return NodeContext(models=ModelFolders(self.models), input_dir=self.input, output_dir=self.output,
-                           temp_dir=self.temp, limits=limits)
+from farm.nodes.spec import NodeContext
+from farm.records.paths import FarmPaths
+from farm.workflow.prepare import PreparedPrompt, prepare
 
 
 class LocalRenderer:
     def __init__(self, paths: FarmPaths, device: torch.device | None = None):
         self.paths = paths
         self.registry = default_registry()
-        self.node_ctx = paths.node_context()
+        self.node_ctx = NodeContext.for_paths(paths)
         device = device or choose_device()
         dtype = choose_dtype(device)
         self.models = LocalModelProvider(ModelFolders(paths.models), device, dtype)

@@ -2,8 +2,15 @@
 import pytest
 
 from farm.errors import CheckpointError
-from farm.scheduler.residency import (GB, LoadCostModel, Residency, ResidencyReport, Tier,
-                                      seed_load_s, size_class)
+from farm.records.residency import (
+    GB,
+    LoadCostModel,
+    Residency,
+    ResidencyReport,
+    Tier,
+    seed_load_s,
+    size_class,
+)
 
 SD15, SDXL = int(1.7 * GB), int(5.1 * GB)
 

@@ -1,14 +1,14 @@
 """From the scheduler's and the workers' records to the ones the farm shows (queue,
-history, workers, devices: farm.server.service's types). Pure functions, no Ray."""
+history, workers, devices: farm.records' types). Pure functions, no Ray."""
 from __future__ import annotations
 
+from farm.records.events import EventType
+from farm.records.history import HistoryItem, HistoryStatus, JobTimings, StatusMessage
+from farm.records.queue import QueueItem
+from farm.records.residency import ResidencyReport
+from farm.records.workers import DeviceInfo, ResidencyTiers, WorkerStatus
 from farm.scheduler.jobs import Job, JobState
-from farm.scheduler.residency import ResidencyReport
-from farm.server.events import EventType
-from farm.server.service import (
-    DeviceInfo, HistoryItem, HistoryStatus, JobTimings, QueueItem, ResidencyTiers, StatusMessage, WorkerStatus,
-)
-from farm.worker import Message, WorkerState, WorkItem
+from farm.scheduler.messages import Message, WorkerState, WorkItem
 
 
 def work_item(job: Job) -> WorkItem:

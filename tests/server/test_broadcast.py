@@ -7,8 +7,14 @@ import struct
 
 import pytest
 
-from farm.server.events import (Broadcaster, EventType, FarmEvent, ImageFormat, PreviewImage, encode,
-                                encode_preview, status_event)
+from farm.records.events import (
+    EventType,
+    FarmEvent,
+    ImageFormat,
+    PreviewImage,
+    status_event,
+)
+from farm.server.broadcast import Broadcaster, encode, encode_preview
 
 
 def drain(sub) -> list:

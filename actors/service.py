@@ -1,4 +1,4 @@
-"""The HTTP server's FarmService, backed by the farm on Ray (through farm.cluster).
+"""The HTTP server's FarmService, backed by the farm on Ray (through actors.cluster).
 
     cluster = FarmCluster.start(FarmConfig(paths, db))      # or FarmCluster.find()
     app = create_app(RayFarmService(cluster, paths), ServerConfig(...))
@@ -12,20 +12,21 @@ import asyncio
 import logging
 from typing import AsyncIterator
 
+from actors.cluster import FarmCluster
 from farm.client import job_record
-from farm.cluster import FarmCluster
-from farm.local import FarmPaths
-from farm.server.events import FarmEvent
-from farm.server.service import (
-    DeviceInfo, HistoryItem, QueueSnapshot, SubmitRequest, SubmitResult, WorkerStatus,
-)
+from farm.records.events import FarmEvent
+from farm.records.history import HistoryItem
+from farm.records.paths import FarmPaths
+from farm.records.queue import QueueSnapshot, SubmitResult
+from farm.records.workers import DeviceInfo, WorkerStatus
+from farm.service import SubmitRequest
 
 log = logging.getLogger(__name__)
 EVENT_POLL_S = 10.0
 
 
 class RayFarmService:
-    """farm.server.service.FarmService over the farm's Ray actors."""
+    """farm.service.FarmService over the farm's Ray actors."""
 
     def __init__(self, cluster: FarmCluster, paths: FarmPaths):
         self.cluster = cluster

@@ -1,5 +1,5 @@
-"""Where rendered images go: ComfyUI's file naming, PNG text chunks, and encoding off the
-thread that feeds the GPU.
+"""Where rendered images go: ComfyUI's file naming, PNG encoding, and writing off the
+thread that feeds the GPU (the engine's image sink on one machine).
 
 A node asks for names synchronously (cheap, so the `executed` event can carry them at
 once) and hands over the pixels; encoding and writing run on a small thread pool, and a
@@ -7,11 +7,9 @@ job is reported finished only after `flush()` for its files returns.
 """
 from __future__ import annotations
 
-import json
 import re
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -20,6 +18,7 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from farm.errors import FarmError
+from farm.records.images import ImageBatch, ImageRef
 
 PNG_COMPRESS_LEVEL = 4  # ComfyUI's default: a fair size/speed trade at 512-1024 px
 
@@ -28,45 +27,12 @@ class OutputPathError(FarmError):
     """A filename prefix that would write outside its folder."""
 
 
-@dataclass(frozen=True)
-class ImageRef:
-    """How ComfyUI names a written image in `executed` events and history."""
-
-    filename: str
-    subfolder: str
-    type: str  # "output" or "temp"
-
-    def as_ui(self) -> dict:
-        return {"filename": self.filename, "subfolder": self.subfolder, "type": self.type}
-
-
-@dataclass(frozen=True)
-class ImageBatch:
-    """Pixels to save: uint8 [B, H, W, C] on the CPU, with the PNG text chunks."""
-
-    pixels: np.ndarray
-    prefix: str
-    kind: str  # "output" or "temp"
-    text_chunks: dict[str, str] = field(default_factory=dict)
-
-
 class ImageSink(Protocol):
     def save(self, batch: ImageBatch) -> list[ImageRef]:
         """Reserve names and start writing; return the names without waiting."""
 
     def flush(self) -> None:
         """Block until everything handed over so far is on disk (or raise its error)."""
-
-
-def png_text_chunks(prompt: dict | None, extra_pnginfo: dict | None) -> dict[str, str]:
-    """ComfyUI's metadata: the API workflow under "prompt", one chunk per extra_pnginfo key
-    (the UI graph travels as "workflow")."""
-    chunks = {}
-    if prompt is not None:
-        chunks["prompt"] = json.dumps(prompt)
-    for key, value in (extra_pnginfo or {}).items():
-        chunks[key] = json.dumps(value)
-    return chunks
 
 
 def split_prefix(prefix: str, folder: Path) -> tuple[Path, str, str]:

@@ -1,0 +1,81 @@
+"""How a farm worker's images and events leave it without holding up the GPU thread."""
+from __future__ import annotations
+
+import threading
+import time
+from typing import Callable
+
+from farm.records.events import FarmEvent
+from farm.records.images import ImageBatch, ImageRef
+
+
+class RemoteImageSink:
+    """The engine's image sink on a farm worker: `save` hands the pixels to a writer (on the
+    head, through `send`) and returns the names at once; encoding happens there. `flush`
+    does not wait: the dispatcher waits for a batch's files before it reports the jobs
+    done, so the thread that feeds the GPU is free for the next batch meanwhile."""
+
+    def __init__(self, send: Callable[[ImageBatch], list[ImageRef]]):
+        self._send = send
+        self._saved: list[ImageRef] = []
+        self._lock = threading.Lock()
+
+    def save(self, batch: ImageBatch) -> list[ImageRef]:
+        refs = list(self._send(batch))
+        with self._lock:
+            self._saved.extend(refs)
+        return refs
+
+    def flush(self) -> None:
+        pass
+
+    def take(self) -> list[ImageRef]:
+        with self._lock:
+            refs, self._saved = self._saved, []
+        return refs
+
+
+class EventForwarder:
+    """Collects a worker's events and sends them in small batches from its own thread, so
+    a sampler step never waits for the network."""
+
+    def __init__(self, send: Callable[[list[FarmEvent]], None], interval_s: float = 0.05):
+        self._send = send
+        self.interval_s = interval_s
+        self._buffer: list[FarmEvent] = []
+        self._cond = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._loop, name="events", daemon=True)
+        self._thread.start()
+
+    def emit(self, event: FarmEvent) -> None:
+        with self._cond:
+            self._buffer.append(event)
+            self._cond.notify()
+
+    def flush(self) -> None:
+        """Send what is buffered now (from the calling thread), so that a job's events
+        precede the report that it finished."""
+        with self._cond:
+            events, self._buffer = self._buffer, []
+        if events:
+            self._send(events)
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._buffer and not self._closed:
+                    self._cond.wait()
+                if self._closed:
+                    return
+            time.sleep(self.interval_s)  # gather a step's worth of progress from every job
+            try:
+                self.flush()
+            except Exception:  # the hub restarting must not kill the worker; events are best effort
+                pass
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        self.flush()
