@@ -13,12 +13,13 @@ import logging
 from typing import AsyncIterator
 
 from actors.cluster import FarmCluster
-from farm.client import job_record
+from farm.models.store import ModelFolders
 from farm.records.events import FarmEvent
 from farm.records.history import HistoryItem
 from farm.records.paths import FarmPaths
 from farm.records.queue import QueueSnapshot, SubmitResult
 from farm.records.workers import DeviceInfo, WorkerStatus
+from farm.scheduler.jobs import Job
 from farm.service import SubmitRequest
 
 log = logging.getLogger(__name__)
@@ -33,8 +34,9 @@ class RayFarmService:
         self.paths = paths
 
     async def submit(self, req: SubmitRequest) -> SubmitResult:
-        job = job_record(req.prepared, self.paths, req.extra_data, req.client_id, req.number, req.front,
-                         outputs_to_execute=req.outputs_to_execute)
+        job = Job.from_prepared(req.prepared, ModelFolders(self.paths.models), extra_data=req.extra_data,
+                                client_id=req.client_id, number=req.number, front=req.front,
+                                outputs_to_execute=req.outputs_to_execute)
         (result,) = await self.cluster.call_async("submit", [job])
         return result
 

@@ -54,7 +54,7 @@ def _jobs(renderer: LocalRenderer, ckpt: str, seeds: range, size: int, steps: in
     jobs = []
     for seed in seeds:
         p = renderer.prepare(workflow(ckpt, seed, size, steps, sampler))
-        jobs.append(PlannedJob(JobContext(p.prompt_id, p.prompt), p.workflow, p.plan))
+        jobs.append(PlannedJob(JobContext(p.prompt_id, p.prompt), p.plan))
     return jobs
 
 

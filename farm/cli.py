@@ -45,7 +45,8 @@ def cmd_run(args) -> int:
         from farm.client import Farm
 
         with Farm.local(models=_models(args), output=args.output, root=DEFAULT_ROOT) as farm:
-            files = farm.submit(workflow, overrides).result().files
+            (future,) = farm.submit_prepared([prepared])
+            files = future.result().files
     for path in files:
         print(path)
     print(f"done in {time.perf_counter() - started:.2f} s")

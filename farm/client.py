@@ -27,11 +27,13 @@ from typing import Callable, Iterable, Sequence
 
 from actors import cluster as ray_cluster
 from farm.errors import FarmError, UnknownJobError
+from farm.models.store import ModelFolders
 from farm.models.tiers import TierConfig
 from farm.nodes.registry import default_registry
 from farm.nodes.spec import NodeContext
 from farm.records.events import EventType, FarmEvent
 from farm.records.history import HistoryItem, HistoryStatus, JobTimings
+from farm.records.images import ImageRef
 from farm.records.paths import FarmPaths
 from farm.records.queue import QueueSnapshot
 from farm.records.workers import WorkerStatus
@@ -43,7 +45,7 @@ from farm.workflow.prepare import (
     prepare,
 )
 
-__all__ = ["Farm", "JobFuture", "JobResult", "JobFailed", "Progress", "ValidationFailed", "job_record"]
+__all__ = ["Farm", "JobFuture", "JobResult", "JobFailed", "Progress", "ValidationFailed"]
 
 log = logging.getLogger(__name__)
 WAIT_SLICE_S = 5.0  # one long-poll to the dispatcher; futures re-ask until done
@@ -54,7 +56,8 @@ class JobResult:
     prompt_id: str
     status: HistoryStatus
     outputs: dict[str, dict]  # output node id -> ComfyUI ui dict ({"images": [...]})
-    files: tuple[Path, ...]  # the images written, on the head's output folder
+    images: tuple[ImageRef, ...]  # the images written, as ComfyUI names them
+    files: tuple[Path, ...]  # the same images as paths in the head's output folder
     timings: JobTimings  # submitted / started / finished (unix seconds)
     worker_id: str | None
     attempts: int
@@ -82,25 +85,6 @@ class Progress:
     node: str | None
     value: int
     max: int
-
-
-def job_record(prepared: PreparedPrompt, paths: FarmPaths, extra_data: dict | None = None,
-               client_id: str | None = None, number: float | None = None, front: bool = False,
-               outputs_to_execute: Sequence[str] | None = None) -> Job:
-    """The scheduler's record of a validated prompt: what placement and batching read.
-    number None: the dispatcher gives the next one; outputs_to_execute None: the plan's."""
-    checkpoints = prepared.plan.checkpoints
-    checkpoint = checkpoints[0] if checkpoints else None
-    size = 0
-    if checkpoint is not None:
-        path = paths.models / "checkpoints" / checkpoint
-        size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
-    return Job(job_id=prepared.prompt_id, number=number, workflow=prepared.prompt,
-               outputs_to_execute=list(outputs_to_execute if outputs_to_execute is not None else prepared.plan.outputs),
-               # create_time (ms): when ComfyUI's jobs API says the prompt was created
-               extra_data={"create_time": int(time.time() * 1000), **(extra_data or {})},
-               client_id=client_id, front=front, checkpoint=checkpoint, checkpoint_bytes=size,
-               batch_key=prepared.plan.batch_key)
 
 
 def _error_of(item: HistoryItem) -> str | None:
@@ -247,9 +231,17 @@ class Farm:
         if isinstance(workflow, (str, Path)):
             workflow = load_json_file(Path(workflow))
         ids = list(prompt_ids) if prompt_ids else [str(uuid.uuid4()) for _ in overrides]
+        prepared = [self.prepare(workflow, o, pid) for o, pid in zip(overrides, ids)]
+        return self.submit_prepared(prepared, on_progress=on_progress, extra_pnginfo=extra_pnginfo, front=front)
+
+    def submit_prepared(self, prepared: Sequence[PreparedPrompt], *,
+                        on_progress: Callable[[Progress], None] | None = None, extra_pnginfo: dict | None = None,
+                        front: bool = False) -> list[JobFuture]:
+        """Queue prompts already validated by `prepare` (the CLI validates before it starts
+        Ray); each job carries its plan to the worker, so nothing is planned twice."""
         extra = {"extra_pnginfo": extra_pnginfo} if extra_pnginfo else {}
-        jobs = [job_record(self.prepare(workflow, o, pid), self.paths, extra, front=front)
-                for o, pid in zip(overrides, ids)]
+        folders = ModelFolders(self.paths.models)
+        jobs = [Job.from_prepared(p, folders, extra_data=extra, front=front) for p in prepared]
         futures = [JobFuture(self, job.job_id) for job in jobs]
         if on_progress is not None:
             for future in futures:
@@ -331,13 +323,14 @@ class Farm:
         return self.cluster.call("history", max_items, -max_items if max_items else 0)
 
     def result_of(self, item: HistoryItem) -> JobResult:
-        files = []
-        for ui in item.outputs.values():
-            for image in ui.get("images", []):
-                folder = self.paths.output if image.get("type") == "output" else self.paths.temp
-                files.append(folder / image.get("subfolder", "") / image["filename"])
-        return JobResult(item.prompt_id, item.status, item.outputs, tuple(files), item.timings, item.worker_id,
+        files = tuple(self.path_of(ref) for ref in item.images)
+        return JobResult(item.prompt_id, item.status, item.outputs, item.images, files, item.timings, item.worker_id,
                          item.attempts, _error_of(item))
+
+    def path_of(self, image: ImageRef) -> Path:
+        """Where an image is on the head (the farm's output or temp folder)."""
+        folder = self.paths.output if image.type == "output" else self.paths.temp
+        return folder / image.subfolder / image.filename
 
     # -- background threads -------------------------------------------------------------------------
 

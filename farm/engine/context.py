@@ -8,12 +8,13 @@ from typing import Callable, Protocol
 import torch
 
 from farm.errors import Interrupted
+from farm.records.events import EventType, FarmEvent
 
-# (event type, payload) -> None; payloads are ComfyUI's websocket shapes.
-EventSink = Callable[[str, dict], None]
+# Where a job's events go; each payload is ComfyUI's websocket shape for its type.
+EventSink = Callable[[FarmEvent], None]
 
 
-def no_events(event_type: str, data: dict) -> None:
+def no_events(event: FarmEvent) -> None:
     pass
 
 
@@ -26,6 +27,10 @@ class JobContext:
     extra_pnginfo: dict | None = None  # e.g. {"workflow": <UI graph>}
     client_id: str | None = None
     events: EventSink = no_events
+
+    def emit(self, event_type: EventType, data: dict) -> None:
+        """Tell whoever listens to this job (its websocket client, history, a future)."""
+        self.events(FarmEvent(event_type, {**data, "prompt_id": self.prompt_id}, self.client_id))
 
 
 class ModelProvider(Protocol):
@@ -61,6 +66,6 @@ class RunContext:
     def progress(self, value: int, total: int) -> None:
         """A sampler step finished: tell every job in the call, then honour an interrupt."""
         for job in self.jobs:
-            job.events("progress", {"value": value, "max": total, "prompt_id": job.prompt_id,
-                                    "node": self.node_id})
+            job.emit(EventType.PROGRESS, {"value": value, "max": total, "prompt_id": job.prompt_id,
+                                          "node": self.node_id})
         self.check_interrupt()

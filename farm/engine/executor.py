@@ -19,17 +19,22 @@ from farm.engine.context import JobContext, ModelProvider, RunContext
 from farm.errors import Interrupted, NodeExecutionError
 from farm.nodes.registry import NodeRegistry
 from farm.nodes.spec import NodeResult
+from farm.records.events import EventType
+from farm.records.images import ImageRef
 from farm.workflow.graph import Link, Workflow
 from farm.workflow.plan import Plan
 
 
 @dataclass
 class PlannedJob:
-    """A validated job ready to run: its workflow, its plan, and who hears about it."""
+    """A validated job ready to run: its plan (made once, at submission) and who hears about it."""
 
     context: JobContext
-    workflow: Workflow
     plan: Plan
+
+    @property
+    def workflow(self) -> Workflow:
+        return self.plan.workflow  # normalized: constants of their declared types
 
 
 @dataclass
@@ -38,6 +43,7 @@ class JobOutcome:
     outputs: dict[str, dict] = field(default_factory=dict)  # output node id -> ui, e.g. {"images": [...]}
     cached_nodes: list[str] = field(default_factory=list)
     executed_nodes: list[str] = field(default_factory=list)
+    images: list[ImageRef] = field(default_factory=list)  # files its output nodes handed to the sink
     error: Exception | None = None  # NodeExecutionError or Interrupted
     run_s: float = 0.0
 
@@ -79,10 +85,10 @@ class Engine:
         self.interrupt.clear()
         states = [_JobState(j, JobOutcome(j.context.prompt_id)) for j in jobs]
         for state in states:
-            self._emit(state, "execution_start", {})
+            self._emit(state, EventType.EXECUTION_START, {})
             cached = [n for n in state.job.plan.order if self.cache.get(state.job.plan.signatures[n]) is not None]
             state.outcome.cached_nodes = cached
-            self._emit(state, "execution_cached", {"nodes": cached})
+            self._emit(state, EventType.EXECUTION_CACHED, {"nodes": cached})
         for node_id in jobs[0].plan.order:
             live = [s for s in states if s.outcome.error is None]
             if not live:
@@ -119,7 +125,7 @@ class Engine:
             self._check_interrupt()  # ComfyUI checks before every node
             for group in groups:
                 for state in group:
-                    self._emit(state, "executing", {"node": node_id, "display_node": node_id})
+                    self._emit(state, EventType.EXECUTING, {"node": node_id, "display_node": node_id})
             inputs = [self._inputs(group[0], node_id) for group in groups]
             if len(groups) > 1 and hasattr(node, "run_batch"):
                 rc = self._context(node_id, [s for g in groups for s in g])
@@ -150,7 +156,9 @@ class Engine:
             if outputs.ui is not None:
                 state.outcome.outputs[node_id] = outputs.ui
                 if not cached:
-                    self._emit(state, "executed", {"node": node_id, "display_node": node_id,
+                    state.outcome.images.extend(outputs.images)
+                if not cached:
+                    self._emit(state, EventType.EXECUTED, {"node": node_id, "display_node": node_id,
                                                    "output": outputs.ui})
         else:
             state.values[node_id] = outputs
@@ -173,19 +181,18 @@ class Engine:
     # -- events --------------------------------------------------------------------------
 
     @staticmethod
-    def _emit(state: _JobState, event_type: str, data: dict) -> None:
-        ctx = state.job.context
-        ctx.events(event_type, {**data, "prompt_id": ctx.prompt_id})
+    def _emit(state: _JobState, event_type: EventType, data: dict) -> None:
+        state.job.context.emit(event_type, data)
 
     def _finish(self, state: _JobState) -> None:
         error = state.outcome.error
         if error is None:
-            self._emit(state, "execution_success", {})
+            self._emit(state, EventType.EXECUTION_SUCCESS, {})
         elif isinstance(error, Interrupted):
-            self._emit(state, "execution_interrupted", {"node_id": None, "executed": state.outcome.executed_nodes})
+            self._emit(state, EventType.EXECUTION_INTERRUPTED, {"node_id": None, "executed": state.outcome.executed_nodes})
         else:
-            self._emit(state, "execution_error", execution_error_payload(error, state.outcome.executed_nodes))
-        self._emit(state, "executing", {"node": None, "display_node": None})
+            self._emit(state, EventType.EXECUTION_ERROR, execution_error_payload(error, state.outcome.executed_nodes))
+        self._emit(state, EventType.EXECUTING, {"node": None, "display_node": None})
 
 
 def execution_error_payload(error: NodeExecutionError, executed: list[str]) -> dict:

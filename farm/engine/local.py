@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from farm.engine import Engine, JobContext, JobOutcome, PlannedJob
+from farm.engine.context import no_events
 from farm.engine.images import LocalImageWriter
 from farm.engine.local_models import LocalModelProvider
 from farm.models.device import choose_device, choose_dtype
@@ -32,8 +33,8 @@ class LocalRenderer:
 
     def run(self, prepared: PreparedPrompt, events=None, extra_pnginfo: dict | None = None) -> JobOutcome:
         context = JobContext(prepared.prompt_id, prepared.prompt, extra_pnginfo, None,
-                             events or (lambda *_: None))
-        return self.engine.run(PlannedJob(context, prepared.workflow, prepared.plan))
+                             events or no_events)
+        return self.engine.run(PlannedJob(context, prepared.plan))
 
     def close(self) -> None:
         self.writer.close()

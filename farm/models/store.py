@@ -50,3 +50,11 @@ class ModelFolders:
         if not path.exists():
             raise CheckpointError(f"{name!r} not found in {base}")
         return path
+
+    def size_bytes(self, kind: str, name: str) -> int:
+        """Bytes on disk of a model (a diffusers folder: all its files); placement weighs
+        load costs with it."""
+        path = self.resolve(kind, name)
+        if path.is_dir():
+            return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+        return path.stat().st_size

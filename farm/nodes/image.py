@@ -98,7 +98,7 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
 def save_images(rc, images: torch.Tensor, prefix: str, kind: str) -> NodeResult:
     chunks = png_text_chunks(rc.job.prompt, rc.job.extra_pnginfo)
     refs = rc.images.save(ImageBatch(to_uint8(images), prefix, kind, chunks))
-    return NodeResult(ui={"images": [ref.as_ui() for ref in refs]})
+    return NodeResult(ui={"images": [ref.as_ui() for ref in refs]}, images=tuple(refs))
 
 
 class SaveImage(Node):

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Callable, ClassVar, Mapping, Sequence, Union
 
 from farm.models.store import ModelFolders
+from farm.records.images import ImageRef
 from farm.records.paths import FarmPaths
 
 # Types whose value is written in the workflow (a widget in ComfyUI's UI). Any other type
@@ -168,6 +169,7 @@ class NodeResult:
 
     outputs: tuple = ()
     ui: dict | None = None
+    images: tuple[ImageRef, ...] = ()  # the files behind ui["images"], typed, for whoever waits on them
 
 
 class Node:

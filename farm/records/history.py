@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from farm.records.events import EventType
+from farm.records.images import ImageRef
 
 
 class HistoryStatus(str, Enum):
@@ -56,3 +57,8 @@ class HistoryItem:
     timings: JobTimings
     worker_id: str | None = None  # the worker that ran it (the last one, after a retry)
     attempts: int = 1  # how many workers tried it (a retry follows a dead worker)
+
+    @property
+    def images(self) -> tuple[ImageRef, ...]:
+        """The files its output nodes wrote, typed."""
+        return ImageRef.all_in(self.outputs)

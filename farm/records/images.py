@@ -19,6 +19,16 @@ class ImageRef:
     def as_ui(self) -> dict:
         return {"filename": self.filename, "subfolder": self.subfolder, "type": self.type}
 
+    @classmethod
+    def from_ui(cls, image: dict) -> "ImageRef":
+        """From the ComfyUI JSON that history stores (the one place refs become dicts)."""
+        return cls(image["filename"], image.get("subfolder", ""), image.get("type", "output"))
+
+    @staticmethod
+    def all_in(outputs: dict[str, dict]) -> tuple["ImageRef", ...]:
+        """Every image of a prompt's outputs (output node id -> ui dict), in node order."""
+        return tuple(ImageRef.from_ui(image) for ui in outputs.values() for image in ui.get("images", []))
+
 
 @dataclass(frozen=True)
 class ImageBatch:

@@ -113,8 +113,11 @@ class DispatcherCore:
     # --- jobs -----------------------------------------------------------------------------
 
     def submit(self, job: Job) -> Placement:
-        """Store the job (durably), then queue it. Raises DuplicatePromptError for a reused id."""
+        """Store the job (durably), then queue it. Raises DuplicatePromptError for a reused id.
+        The one place a job's creation time is set: created_s, and extra_data's create_time
+        (ms) that ComfyUI's jobs API sorts by, from the same reading of the clock."""
         job.created_s = self.clock()
+        job.extra_data["create_time"] = int(job.created_s * 1000)
         self.store.add(job)
         self._jobs[job.job_id] = job
         return self._place(job)

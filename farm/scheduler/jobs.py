@@ -1,14 +1,20 @@
 """The job record: one ComfyUI prompt on its way through the farm's queue.
 
-A job is identified by its ComfyUI prompt_id. Everything the scheduler needs to place it
-(checkpoint, batch_key, run-time estimates) is computed upstream from the validated plan;
-the scheduler never looks inside the workflow.
+A job is identified by its ComfyUI prompt_id. It is made once, at submission, from the
+validated prompt (`Job.from_prepared`) and carries that prompt's plan to the worker, which
+runs it without planning again. Everything the scheduler needs to place it (checkpoint,
+batch_key, run-time estimates) is read off the plan here; the scheduler never looks inside
+the workflow.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
+from typing import Any, Sequence
+
+from farm.models.store import ModelFolders
+from farm.workflow.plan import Plan
+from farm.workflow.prepare import PreparedPrompt
 
 
 class JobState(str, Enum):
@@ -52,6 +58,22 @@ class Job:
     error: str | None = None  # why it failed or was cancelled
     outputs: dict[str, dict[str, Any]] = field(default_factory=dict)  # node_id -> ComfyUI "ui" dict
     seq: int = 0  # submission order, assigned by the store; breaks priority ties
+    plan: Plan | None = None  # what the worker runs, validated at submission; None only in simulated traces
+
+    @classmethod
+    def from_prepared(cls, prepared: PreparedPrompt, folders: ModelFolders | None = None, *, extra_data: dict | None = None,
+                      client_id: str | None = None, number: float | None = None, front: bool = False,
+                      outputs_to_execute: Sequence[str] | None = None) -> "Job":
+        """The job for a prompt that passed validation. number None: the dispatcher gives the
+        next one; outputs_to_execute None: the plan's outputs. create_time is stamped when
+        the queue stores the job (DispatcherCore.submit), nowhere else."""
+        plan = prepared.plan
+        checkpoint = plan.checkpoints[0] if plan.checkpoints else None
+        checkpoint_bytes = folders.size_bytes("checkpoints", checkpoint) if folders and checkpoint else 0
+        return cls(job_id=prepared.prompt_id, number=number, workflow=prepared.prompt,
+                   outputs_to_execute=list(outputs_to_execute if outputs_to_execute is not None else plan.outputs),
+                   extra_data=dict(extra_data or {}), client_id=client_id, front=front,
+                   checkpoint=checkpoint, checkpoint_bytes=checkpoint_bytes, batch_key=plan.batch_key, plan=plan)
 
     @property
     def priority(self) -> Priority:

@@ -9,21 +9,22 @@ from farm.models.tiers import TierMove
 from farm.records.events import EventType
 from farm.records.images import ImageRef
 from farm.records.residency import ResidencyReport
+from farm.workflow.plan import Plan
 
 # Lifecycle events that history keeps under status.messages (ComfyUI's set).
 HISTORY_EVENTS = frozenset({EventType.EXECUTION_START, EventType.EXECUTION_CACHED, EventType.EXECUTION_SUCCESS,
                             EventType.EXECUTION_ERROR, EventType.EXECUTION_INTERRUPTED})
 
 
-
 @dataclass(frozen=True)
 class WorkItem:
-    """One queued prompt as a worker receives it. The worker plans it again (cheap, and it
-    checks the files exist on this node) rather than trusting a plan made elsewhere."""
+    """One queued prompt as a worker receives it, with the plan it was validated with at
+    submission. The worker runs that plan; it only checks that the model files the plan
+    names exist on its node."""
 
     prompt_id: str
-    prompt: dict  # API format, overrides applied
-    outputs_to_execute: tuple[str, ...]  # output node ids that passed validation; () = all
+    prompt: dict  # API format, overrides applied: what SaveImage writes into the PNG
+    plan: Plan | None  # None only for a job stored by a farm that kept no plans: it cannot run
     client_id: str | None  # who hears its events; None: everyone
     extra_pnginfo: dict | None = None  # e.g. {"workflow": <UI graph>}, written into the PNGs
 
@@ -32,7 +33,7 @@ class FailureKind(str, Enum):
     NODE = "node"  # a node raised: the prompt's own fault, not retried
     INTERRUPTED = "interrupted"
     OUT_OF_MEMORY = "out_of_memory"  # the device ran out; the worker freed memory and goes on
-    INVALID = "invalid"  # it did not plan on this node (a checkpoint missing here)
+    INVALID = "invalid"  # it cannot run on this node (a checkpoint missing here): retried elsewhere
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from typing import Any, Iterable, Iterator
 
 from farm.errors import DuplicatePromptError, UnknownJobError
 from farm.scheduler.jobs import Job, JobState
+from farm.workflow.plan import Plan
 
 SCHEMA_VERSION = 1
 
@@ -52,13 +53,21 @@ _PENDING_ORDER = "ORDER BY front DESC, number, seq"
 _FINISHED = tuple(s.value for s in JobState if s.finished)
 
 
+def _spec_json(job: Job) -> str:
+    spec = {name: getattr(job, name) for name in _SPEC_FIELDS}
+    spec["plan"] = job.plan.to_json() if job.plan is not None else None
+    return json.dumps(spec)
+
+
 def _job_from_row(row: tuple) -> Job:
     (seq, job_id, number, front, state, attempts, worker_id, created_s, started_s,
      finished_s, error, spec, outputs) = row
+    fields = json.loads(spec)
+    plan = fields.pop("plan", None)
     return Job(job_id=job_id, number=number, front=bool(front), state=JobState(state),
                attempts=attempts, worker_id=worker_id, created_s=created_s, started_s=started_s,
                finished_s=finished_s, error=error, outputs=json.loads(outputs), seq=seq,
-               **json.loads(spec))
+               plan=Plan.from_json(plan) if plan is not None else None, **fields)
 
 
 class JobStore:
@@ -103,7 +112,7 @@ class JobStore:
 
     def add(self, job: Job) -> Job:
         """Store a new queued job and set its seq; refuses a prompt_id seen before."""
-        spec = json.dumps({name: getattr(job, name) for name in _SPEC_FIELDS})
+        spec = _spec_json(job)
         try:
             with self._lock:  # one statement: atomic on its own
                 cur = self._db.execute(

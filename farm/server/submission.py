@@ -3,7 +3,6 @@ with its error shapes. Validation itself is farm.workflow.prepare's (the CLI and
 same), run off the event loop because it reads folders and hashes input files."""
 from __future__ import annotations
 
-import time
 import uuid
 from dataclasses import dataclass
 
@@ -55,13 +54,12 @@ def check_prompt_id(value: object) -> str:
     return value
 
 
-def clean_extra_data(extra_data: dict, client_id: str | None, now_s: float | None = None) -> dict:
-    """extra_data as the queue stores it: the client's keys minus secrets, plus client_id
-    and create_time (ms), which the jobs API sorts by."""
+def clean_extra_data(extra_data: dict, client_id: str | None) -> dict:
+    """extra_data as the queue stores it: the client's keys minus secrets, plus client_id.
+    (create_time is stamped by the queue when it stores the job.)"""
     out = {k: v for k, v in extra_data.items() if k not in SENSITIVE_EXTRA_DATA_KEYS}
     if client_id is not None:
         out["client_id"] = client_id
-    out["create_time"] = int((time.time() if now_s is None else now_s) * 1000)
     return out
 
 

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Callable
 
 import torch
 
 from farm.engine import Engine, JobContext, JobOutcome, PlannedJob
-from farm.errors import Interrupted, NodeExecutionError
+from farm.errors import FarmError, Interrupted, NodeExecutionError, WorkflowFormatError
 from farm.models.store import ModelFolders
 from farm.models.tiers import (
     TierConfig,
@@ -23,7 +24,6 @@ from farm.models.tiers import (
 from farm.nodes.registry import default_registry
 from farm.nodes.spec import NodeContext
 from farm.records.events import EventType, FarmEvent
-from farm.records.images import ImageRef
 from farm.records.paths import FarmPaths
 from farm.records.residency import Residency
 from farm.scheduler.messages import (
@@ -36,7 +36,6 @@ from farm.scheduler.messages import (
     WorkItem,
 )
 from farm.worker.channels import EventForwarder, RemoteImageSink
-from farm.workflow.prepare import prepare
 
 
 def is_out_of_memory(error: BaseException | None) -> bool:
@@ -80,7 +79,7 @@ class WorkerCore:
         with self._run_lock:
             reports = {item.prompt_id: JobReport(item.prompt_id, self.worker_id, batch_size=len(items))
                        for item in items}
-            planned = [p for p in (self._plan(item, reports[item.prompt_id]) for item in items) if p is not None]
+            planned = [p for p in (self._admit(item, reports[item.prompt_id]) for item in items) if p is not None]
             self._run_planned(planned, reports)
             self.events.flush()
             loads = self.models.moves[self._loads_seen:]
@@ -108,7 +107,7 @@ class WorkerCore:
                 elif oom and is_out_of_memory(outcome.error) and len(planned) > 1:
                     retry.append(job)  # a batch may not fit where one prompt does: try alone
                 else:
-                    report.images.extend(self._images_of(outcome))
+                    report.images.extend(outcome.images)
                     self._finish(report, outcome)
                     continue
                 report.messages.clear()  # history keeps the run that counts
@@ -131,36 +130,32 @@ class WorkerCore:
         finally:
             self.models.release()
 
-    def _plan(self, item: WorkItem, report: JobReport) -> PlannedJob | None:
+    def _admit(self, item: WorkItem, report: JobReport) -> PlannedJob | None:
+        """The job as the engine runs it, from the plan made at submission. What can differ
+        on this node is only whether the model files exist here."""
         context = JobContext(item.prompt_id, item.prompt, item.extra_pnginfo, item.client_id,
-                             self._job_events(item, report))
+                             self._job_events(report))
         try:
-            prepared = prepare(item.prompt, self.registry, self.node_ctx, prompt_id=item.prompt_id,
-                               partial_execution_targets=list(item.outputs_to_execute) or None)
-        except Exception as exc:  # validated before queueing; here only a node-local fault remains
+            if item.plan is None:
+                raise WorkflowFormatError("the job was stored without a plan (by an older farm); submit it again")
+            for name in item.plan.checkpoints:
+                self.models.folders.resolve("checkpoints", name)
+        except FarmError as exc:
             report.failure, report.error = FailureKind.INVALID, f"cannot run on worker {self.worker_id}: {exc}"
             report.finished_at_s = time.time()
             return None
-        return PlannedJob(context, prepared.workflow, prepared.plan)
+        return PlannedJob(context, item.plan)
 
-    def _job_events(self, item: WorkItem, report: JobReport):
-        def events(event_type: str, data: dict) -> None:
-            event = FarmEvent.from_engine(event_type, data, item.client_id)
+    def _job_events(self, report: JobReport) -> Callable[[FarmEvent], None]:
+        def events(event: FarmEvent) -> None:
             if event.type is EventType.EXECUTION_START and report.started_at_s is None:
                 report.started_at_s = time.time()
             if event.type in HISTORY_EVENTS:
-                report.messages.append(Message(event.type, {**data, "timestamp": int(time.time() * 1000)}))
-            if event.type is EventType.EXECUTING and data.get("node") is None:
+                report.messages.append(Message(event.type, {**event.data, "timestamp": int(time.time() * 1000)}))
+            if event.type is EventType.EXECUTING and event.data.get("node") is None:
                 return  # the end marker: the dispatcher sends it once history holds the prompt
             self.events.emit(event)
         return events
-
-    def _images_of(self, outcome: JobOutcome) -> list[ImageRef]:
-        refs = []
-        for ui in outcome.outputs.values():
-            for image in ui.get("images", []):
-                refs.append(ImageRef(image["filename"], image["subfolder"], image["type"]))
-        return refs
 
     def _finish(self, report: JobReport, outcome: JobOutcome) -> None:
         from farm.engine.executor import execution_error_payload

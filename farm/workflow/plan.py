@@ -16,7 +16,7 @@ from typing import Any, Sequence
 from farm.errors import NodeExecutionError, WorkflowFormatError
 from farm.nodes.registry import NodeRegistry
 from farm.nodes.spec import NodeContext, hook_arguments
-from farm.workflow.graph import Link, Workflow
+from farm.workflow.graph import Link, Workflow, parse_workflow
 from farm.workflow.validate import normalize
 
 # Stands in for a batchable constant in batch signatures.
@@ -34,6 +34,19 @@ class Plan:
     batch_signatures: dict[str, str]  # node id -> signature with batchable constants blanked
     batch_key: str  # equal for two plans that differ only in batchable constants
     checkpoints: tuple[str, ...]  # ckpt_name values used, first use first (for placement)
+
+    def to_json(self) -> dict:
+        """The plan as JSON, for the durable queue: a job keeps the plan it was validated
+        with across a dispatcher restart instead of being planned again."""
+        return {"workflow": self.workflow.to_api(), "outputs": list(self.outputs), "order": list(self.order),
+                "signatures": self.signatures, "batch_signatures": self.batch_signatures,
+                "batch_key": self.batch_key, "checkpoints": list(self.checkpoints)}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Plan":
+        return cls(parse_workflow(data["workflow"]), tuple(data["outputs"]), tuple(data["order"]),
+                   dict(data["signatures"]), dict(data["batch_signatures"]), data["batch_key"],
+                   tuple(data["checkpoints"]))
 
 
 def make_plan(workflow: Workflow, outputs_to_execute: Sequence[str], registry: NodeRegistry,

@@ -10,6 +10,7 @@ from PIL import Image
 from farm.engine import JobContext, PlannedJob
 from farm.engine.local import LocalRenderer
 from farm.errors import Interrupted, NodeExecutionError
+from farm.records.events import EventType
 from farm.records.paths import FarmPaths
 
 
@@ -39,7 +40,7 @@ def renderer(tiny_models, tmp_path):
 def planned(renderer, workflow, events=None, prompt_id=None):
     prepared = renderer.prepare(workflow)
     ctx = JobContext(prompt_id or prepared.prompt_id, prepared.prompt, None, None, events or (lambda *a: None))
-    return prepared, PlannedJob(ctx, prepared.workflow, prepared.plan)
+    return prepared, PlannedJob(ctx, prepared.plan)
 
 
 def latent_of(renderer, prepared):
@@ -74,7 +75,7 @@ def test_identical_subgraph_under_other_ids_is_a_cache_hit(renderer):
 
 def test_events_follow_comfyui_order(renderer):
     seen = []
-    prepared, job = planned(renderer, txt2img(seed=3, steps=3), events=lambda t, d: seen.append((t, d)))
+    prepared, job = planned(renderer, txt2img(seed=3, steps=3), events=lambda e: seen.append((e.type.value, e.data)))
     outcome = renderer.engine.run(job)
     assert outcome.ok
     types = [t for t, _ in seen]
@@ -87,6 +88,8 @@ def test_events_follow_comfyui_order(renderer):
     image = executed[0]["output"]["images"][0]
     assert image["type"] == "output" and image["filename"].endswith("_.png")
     assert all(d["prompt_id"] == job.context.prompt_id for _, d in seen)
+    # the engine hands the same file to its caller typed, as it named it in the event
+    assert [ref.as_ui() for ref in outcome.images] == [image]
 
 
 def test_saved_png_carries_prompt_and_workflow(renderer, tmp_path):
@@ -113,9 +116,9 @@ def test_prefix_escaping_output_folder_fails_the_job_not_the_engine(renderer, tm
 def test_interrupt_stops_at_a_sampler_step(renderer):
     seen = []
 
-    def events(event_type, data):
-        seen.append(event_type)
-        if event_type == "progress" and data["value"] == 2:
+    def events(event):
+        seen.append(event.type.value)
+        if event.type is EventType.PROGRESS and event.data["value"] == 2:
             renderer.engine.interrupt.set()
 
     prepared, job = planned(renderer, txt2img(seed=7, steps=6), events=events)

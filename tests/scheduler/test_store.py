@@ -139,3 +139,28 @@ def test_delete_and_clear_touch_only_their_side():
     assert store.history() == []
     assert store.clear_pending() == 2
     assert store.pending() == []
+
+
+def test_a_job_keeps_the_plan_it_was_validated_with_across_a_reopen(tmp_path, tiny_models):
+    """Prepared once at submission: after a restart the worker gets the same plan (order,
+    signatures, typed constants), not a new planning of the stored prompt."""
+    import json
+    from importlib.resources import files
+
+    from farm.nodes.registry import default_registry
+    from farm.nodes.spec import NodeContext
+    from farm.records.paths import FarmPaths
+    from farm.workflow.prepare import prepare
+
+    workflow = json.loads(files("farm").joinpath("workflows/txt2img.json").read_text())
+    ctx = NodeContext.for_paths(FarmPaths.under(tmp_path, tiny_models))
+    prepared = prepare(workflow, default_registry(), ctx, {"3.seed": "42"}, prompt_id="p-plan")
+    path = tmp_path / "queue.db"
+    store = JobStore(path)
+    store.add(Job.from_prepared(prepared, ctx.models, number=1))
+    store.close()
+
+    back = JobStore(path).get("p-plan")
+    assert back.plan == prepared.plan
+    assert back.plan.workflow.nodes["3"].inputs["seed"] == 42  # the INT the plan made of "42"
+    assert back.checkpoint == "tiny-sd15.safetensors" and back.checkpoint_bytes > 0

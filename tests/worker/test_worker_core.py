@@ -12,15 +12,18 @@ import torch
 from farm.engine.images import LocalImageWriter
 from farm.errors import NodeExecutionError
 from farm.models.tiers import TierConfig
+from farm.nodes.registry import default_registry
+from farm.nodes.spec import NodeContext
 from farm.records.events import EventType
 from farm.records.paths import FarmPaths
 from farm.records.residency import Tier
 from farm.scheduler.messages import FailureKind, WorkItem
 from farm.worker.channels import EventForwarder, RemoteImageSink
 from farm.worker.core import WorkerCore, is_out_of_memory
-from farm.workflow.prepare import apply_overrides
+from farm.workflow.prepare import prepare
 
 TINY = {"5.width": 64, "5.height": 64, "3.steps": 2}
+PATHS: list[FarmPaths] = []  # the rig's folders, for item()
 
 
 @pytest.fixture(scope="module")
@@ -39,14 +42,19 @@ def rig(tiny_models, tmp_path_factory):
     forwarder = EventForwarder(send, interval_s=0.01)
     core = WorkerCore("w0", paths, torch.device("cpu"), torch.float32, RemoteImageSink(writer.save), forwarder,
                       TierConfig(vram_bytes=1 << 30, pinned_bytes=1 << 30))
+    PATHS[:] = [paths]
     yield core, writer, events, listeners, paths
     forwarder.close()
     writer.close()
 
 
-def item(prompt_id: str, **overrides) -> WorkItem:
+def item(prompt_id: str, node_ctx: NodeContext | None = None, **overrides) -> WorkItem:
+    """A job as the dispatcher hands it out: prepared once (here, against the tiny models
+    unless another node's folders are given), carrying its plan."""
     workflow = json.loads(files("farm").joinpath("workflows/txt2img.json").read_text())
-    return WorkItem(prompt_id, apply_overrides(workflow, {**TINY, **overrides}), ("9",), "client-1")
+    prepared = prepare(workflow, default_registry(), node_ctx or NodeContext.for_paths(PATHS[0]),
+                       {**TINY, **overrides}, prompt_id=prompt_id)
+    return WorkItem(prompt_id, prepared.prompt, prepared.plan, "client-1")
 
 
 def test_a_batch_reports_each_job_with_its_files_messages_and_events(rig):
@@ -90,11 +98,16 @@ def test_interrupting_one_job_of_a_batch_spares_the_other(rig):
     assert core.interrupt({"stop-me"}) is False  # nothing runs now
 
 
-def test_a_checkpoint_missing_on_this_node_is_an_invalid_job_not_a_crash(rig):
+def test_a_checkpoint_missing_on_this_node_is_an_invalid_job_not_a_crash(rig, tiny_models, tmp_path):
     core, *_ = rig
-    result = core.run_batch([item("p3", **{"4.ckpt_name": "elsewhere.safetensors"})])
+    # validated on a node (the head) that has the file; this worker's folder does not
+    head = tmp_path / "head-models" / "checkpoints"
+    head.mkdir(parents=True)
+    (head / "elsewhere.safetensors").symlink_to(tiny_models / "checkpoints" / "tiny-sd15.safetensors")
+    head_ctx = NodeContext.for_paths(FarmPaths.under(tmp_path, tmp_path / "head-models"))
+    result = core.run_batch([item("p3", head_ctx, **{"4.ckpt_name": "elsewhere.safetensors"})])
     (report,) = result.reports
-    assert report.failure is FailureKind.INVALID and "w0" in report.error
+    assert report.failure is FailureKind.INVALID and "w0" in report.error and "elsewhere" in report.error
 
 
 def test_out_of_memory_is_recognised_through_the_node_error():
