@@ -9,6 +9,7 @@ restart (the restarted one finds them by name).
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,8 +67,35 @@ def init_local(num_gpus: int | None = None, num_cpus: int | None = None) -> None
 
 
 def init_connect(address: str = "auto") -> None:
+    """Join a running cluster ("auto": the one on this machine, or $RAY_ADDRESS)."""
     if not ray.is_initialized():
-        ray.init(address=address, namespace=ACTOR_NAMESPACE, log_to_driver=False, configure_logging=False)
+        _token_auth_like_ray_start()
+        try:
+            ray.init(address=address, namespace=ACTOR_NAMESPACE, log_to_driver=False, configure_logging=False)
+        except ConnectionError as exc:
+            raise FarmUnavailable(f"no Ray cluster answers at {address!r} ({exc}): start one with "
+                                  "`ray start --head`, or check the address and RAY_AUTH_MODE") from None
+
+
+AUTH_TOKEN_FILE = Path.home() / ".ray" / "auth_token"
+
+
+def _token_auth_like_ray_start() -> None:
+    """`ray start --head` turns token auth on when a token exists (~/.ray/auth_token, which
+    any local ray.init() writes, RAY_AUTH_TOKEN_PATH or RAY_AUTH_TOKEN) and RAY_AUTH_MODE is
+    unset; a process that only connects does not, and is refused ("Authentication token is
+    missing or incorrect"). Do what `ray start` does, so farm start/serve/stop and jobs
+    reach such a head; an explicit RAY_AUTH_MODE wins."""
+    if os.environ.get("RAY_AUTH_MODE"):
+        return
+    if os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH") or AUTH_TOKEN_FILE.exists():
+        os.environ["RAY_AUTH_MODE"] = "token"
+        try:  # Ray caches its config at import: re-read it (what ray start does too)
+            from ray._raylet import Config
+
+            Config.initialize("")
+        except Exception as exc:  # an older Ray without token auth: nothing to turn on
+            log.debug("token auth: %s", exc)
 
 
 def shutdown() -> None:
@@ -137,8 +165,9 @@ class FarmCluster:
     def find(cls) -> "FarmCluster":
         handles = [_named(n) for n in (DISPATCHER_NAME, EVENT_HUB_NAME, OUTPUT_WRITER_NAME)]
         if any(h is None for h in handles):
-            raise FarmUnavailable("this Ray cluster runs no farm: start one with `farm serve` on the head "
-                                  "(or Farm.local(...) in one process)")
+            raise FarmUnavailable("this Ray cluster runs no farm: start one on the head with "
+                                  "`farm start --address auto --models DIR --output DIR` (or `farm serve "
+                                  "--address auto`; Farm.local(...) in one process)")
         return cls(*handles)
 
     def stop(self) -> None:

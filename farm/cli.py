@@ -3,6 +3,7 @@ non-zero exit code; a traceback means a bug in farm."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -44,6 +45,7 @@ def cmd_run(args) -> int:
     else:
         from farm.client import Farm
 
+        _embedded_ray_only()
         with Farm.local(models=_models(args), output=args.output, root=DEFAULT_ROOT) as farm:
             (future,) = farm.submit_prepared([prepared])
             files = future.result().files
@@ -55,6 +57,14 @@ def cmd_run(args) -> int:
 
 def _models(args) -> Path:
     return args.models or DEFAULT_ROOT / "models"
+
+
+def _embedded_ray_only() -> None:
+    """run and demo start their own Ray; ray.init() would join $RAY_ADDRESS instead and
+    refuse the embedded cluster's settings (a ValueError about num_cpus/num_gpus)."""
+    if os.environ.pop("RAY_ADDRESS", None):
+        print("note: RAY_ADDRESS is set; this command starts its own embedded Ray anyway "
+              "(use `farm start --address ...` and Farm.connect for a cluster)", file=sys.stderr)
 
 
 def _run_local(prepared, paths) -> list[Path]:
@@ -90,6 +100,7 @@ def cmd_demo(args) -> int:
         make_checkpoint("tiny-sd15", ckpt, seed=0)
     workflow = json.loads(files("farm").joinpath("workflows/txt2img.json").read_text())
     started = time.perf_counter()
+    _embedded_ray_only()
     with Farm.local(models=models, output=args.output, root=DEFAULT_ROOT) as farm:
         ready = time.perf_counter()
         print(f"farm started in {ready - started:.1f} s ({len(farm.status().workers)} worker(s)); "
@@ -105,19 +116,19 @@ def cmd_demo(args) -> int:
 
 
 def cmd_serve(args) -> int:
-    """The ComfyUI-compatible server over the farm: an embedded Ray unless --address."""
+    """The ComfyUI-compatible server over the farm: an embedded Ray unless --address (or
+    $RAY_ADDRESS), where it joins the farm running there or starts one."""
     from actors import cluster
     from actors.service import RayFarmService
     from farm.nodes.spec import Limits
-    from farm.records.paths import FarmPaths
     from farm.server.app import serve
     from farm.server.config import ServerConfig
 
-    paths = FarmPaths.under(DEFAULT_ROOT, args.models, args.output)
-    if args.address:
-        cluster.init_connect(args.address)
-        farm_cluster = cluster.FarmCluster.find()
+    address = _address(args)
+    if address:
+        farm_cluster, paths, _ = _start_or_join(args, address)
     else:
+        paths = _paths(args)
         cluster.init_local()
         farm_cluster = cluster.FarmCluster.start(cluster.FarmConfig(paths=paths, db=args.db))
     limits = Limits(max_width=args.max_size, max_height=args.max_size, max_batch_size=args.max_batch,
@@ -126,6 +137,70 @@ def cmd_serve(args) -> int:
                           temp_dir=paths.temp, limits=limits, host=args.host, port=args.port, token=args.token)
     print(f"serving the farm on http://{args.host}:{args.port} (models: {paths.models}, output: {paths.output})")
     serve(RayFarmService(farm_cluster, paths), config)
+    return 0
+
+
+def _address(args) -> str | None:
+    return args.address or os.environ.get("RAY_ADDRESS") or None
+
+
+def _paths(args):
+    from farm.records.paths import FarmPaths
+
+    return FarmPaths.under(DEFAULT_ROOT, args.models, args.output)
+
+
+def _start_or_join(args, address: str):
+    """Join the farm on the cluster at `address`, or start its actors there (detached: they
+    outlive this process). Returns (FarmCluster, the farm's paths, True if started here)."""
+    from actors import cluster
+
+    cluster.init_connect(address)
+    try:
+        found = cluster.FarmCluster.find()
+        return found, found.call("paths"), False
+    except cluster.FarmUnavailable:
+        pass
+    # absolute: the actors do not run in this folder
+    paths = _absolute_paths(args)
+    db = Path(args.db).expanduser().resolve()
+    db.parent.mkdir(parents=True, exist_ok=True)
+    config = cluster.FarmConfig(paths=paths, db=db, num_workers=getattr(args, "workers", None))
+    return cluster.FarmCluster.start(config), paths, True
+
+
+def _absolute_paths(args):
+    from farm.records.paths import FarmPaths
+
+    p = _paths(args)
+    return FarmPaths(*(Path(x).expanduser().resolve() for x in (p.models, p.output, p.input, p.temp)))
+
+
+def cmd_start(args) -> int:
+    """A headless farm on a running Ray cluster: start its actors and exit, leaving them running."""
+    address = _address(args) or "auto"
+    farm_cluster, paths, started = _start_or_join(args, address)
+    workers = farm_cluster.call("worker_ids")
+    verb = "started a farm" if started else "a farm already runs"
+    print(f"{verb} on the Ray cluster at {address}: {len(workers)} worker(s), models: {paths.models}, "
+          f"output: {paths.output}; stop it with `farm stop --address {address}`")
+    return 0
+
+
+def cmd_stop(args) -> int:
+    """End the farm's actors on a cluster (its queue database stays for the next start)."""
+    from actors import cluster
+
+    address = _address(args) or "auto"
+    cluster.init_connect(address)
+    try:
+        found = cluster.FarmCluster.find()
+    except cluster.FarmUnavailable:
+        print(f"no farm runs on the Ray cluster at {address}: nothing to stop")
+        return 0
+    workers = found.call("worker_ids", timeout_s=60)
+    found.stop()
+    print(f"stopped the farm on the Ray cluster at {address} ({len(workers)} worker(s))")
     return 0
 
 
@@ -156,13 +231,27 @@ def build_parser() -> argparse.ArgumentParser:
     _add_paths(p)
     p.add_argument("--host", default="127.0.0.1", help="loopback by default; anything else wants --token")
     p.add_argument("--port", type=int, default=8188)
-    p.add_argument("--address", help="join this Ray cluster (a farm must run there) instead of starting one")
+    p.add_argument("--address", help="a running Ray cluster (auto, HOST:PORT; default $RAY_ADDRESS): join its "
+                   "farm, or start one there, instead of an embedded Ray")
     p.add_argument("--db", type=Path, default=DEFAULT_ROOT / "queue.sqlite", help="the durable queue (SQLite)")
     p.add_argument("--token", help="require this bearer token on every route (default: $FARM_TOKEN)")
     p.add_argument("--max-size", type=int, default=4096, help="largest width/height a prompt may ask for")
     p.add_argument("--max-batch", type=int, default=64, help="largest batch_size a prompt may ask for")
     p.add_argument("--max-steps", type=int, default=200, help="most sampler steps a prompt may ask for")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("start", help="start a headless farm on a running Ray cluster and exit (it keeps running)")
+    _add_paths(p)
+    p.add_argument("--address", help="the Ray cluster: auto (this machine's), HOST:PORT (default: $RAY_ADDRESS, "
+                   "else auto)")
+    p.add_argument("--db", type=Path, default=DEFAULT_ROOT / "queue.sqlite",
+                   help="the durable queue (SQLite) on the head")
+    p.add_argument("--workers", type=int, help="GPU workers to start (default: one per GPU of the cluster)")
+    p.set_defaults(func=cmd_start)
+
+    p = sub.add_parser("stop", help="stop the farm's actors on a Ray cluster (the queue database stays)")
+    p.add_argument("--address", help="the Ray cluster (default: $RAY_ADDRESS, else auto)")
+    p.set_defaults(func=cmd_stop)
 
     p = sub.add_parser("demo", help="render a few images of the sample workflow (makes a tiny checkpoint if needed)")
     _add_paths(p)
