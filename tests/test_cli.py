@@ -109,3 +109,41 @@ def test_make_checkpoint_single_file_and_folder(tmp_path):
 
 def test_sample_workflow_is_valid_api_format():
     assert set(parse_workflow(SAMPLE).nodes) == {"3", "4", "5", "6", "7", "8", "9"}
+
+
+FARM_BIN = Path(sys.executable).parent / "farm"  # the installed command, as a user runs it
+
+
+def farm_command(*args, cwd, env=None, timeout=300):
+    import os
+
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("FARM_")}
+    full_env.update(env or {})
+    return subprocess.run([str(FARM_BIN), *map(str, args)], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env=full_env)
+
+
+@pytest.mark.parametrize("args, env, expected", [
+    (["--set", "3.cfg=NaN"], {}, "overrides.3.cfg is NaN"),  # the override is JSON: NaN parses
+    (["--set", "6.text=" + "x" * 20_001], {}, "20,001 characters"),
+    (["--set", "9.filename_prefix=../../x"], {}, "points outside the output folder"),
+    (["--set", "3.steps=6", "--max-steps", "5"], {"FARM_MAX_STEPS": "50"}, "bigger than max of 5"),
+    (["--set", "3.steps=201"], {}, "bigger than max of 200"),  # the one default of API, CLI and server
+    ([], {"FARM_MAX_STEPS": "many"}, "max_steps"),
+])
+def test_caps_on_the_cli_are_one_line_and_exit_2(tiny_models, tmp_path, write, args, env, expected):
+    result = farm_command("run", write(small(SAMPLE)), "--models", tiny_models, "--output", tmp_path / "out",
+                          *args, cwd=tmp_path, env=env)
+    assert result.returncode == 2, result.stderr
+    assert expected in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_caps_from_a_settings_file_and_the_environment(tiny_models, tmp_path, write):
+    (tmp_path / "farm.toml").write_text("max_steps = 3\nmax_width = 32\n")
+    result = farm_command("run", write(small(SAMPLE)), "--models", tiny_models, "--output", tmp_path / "out",
+                          "--set", "3.steps=4", cwd=tmp_path,
+                          env={"FARM_CONFIG": str(tmp_path / "farm.toml"), "FARM_MAX_WIDTH": "64"})
+    assert result.returncode == 2 and "Value 4 bigger than max of 3" in result.stderr  # the file's
+    assert "width" not in result.stderr  # 64 wide: the environment's 64 beats the file's 32
