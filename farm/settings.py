@@ -55,6 +55,14 @@ class Limits(BaseSettings):
         return (init_settings, env_settings, *file)
 
     @classmethod
+    def uncapped(cls) -> "Limits":
+        """No farm caps, only ComfyUI's own maxima: for a worker re-validating a prompt that
+        passed the farm's caps at submission (its own environment must not refuse it)."""
+        big = 2**62
+        return cls.model_construct(max_width=16384, max_height=16384, max_batch_size=4096, max_steps=10000,
+                                   max_prompt_chars=big, max_prompt_bytes=big, max_json_depth=big)
+
+    @classmethod
     def load(cls, config_file: str | Path | None = None, **overrides: int | None) -> "Limits":
         """The caps in force: `overrides` (None values are not given), then FARM_* variables,
         then the TOML file (`config_file`, else $FARM_CONFIG), then the defaults."""

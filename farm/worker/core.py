@@ -6,13 +6,14 @@ actors/gpu_worker.py wraps this in a Ray actor; tests build it directly.
 """
 from __future__ import annotations
 
+import logging
 import threading
 import time
 
 import torch
 
 from farm.engine import Engine, JobContext, JobOutcome, PlannedJob
-from farm.errors import Interrupted, NodeExecutionError
+from farm.errors import Interrupted, NodeExecutionError, one_line
 from farm.models.store import ModelFolders
 from farm.models.tiers import (
     TierConfig,
@@ -35,8 +36,11 @@ from farm.scheduler.messages import (
     WorkerState,
     WorkItem,
 )
+from farm.settings import Limits
 from farm.worker.channels import EventForwarder, RemoteImageSink
 from farm.workflow.prepare import prepare
+
+log = logging.getLogger(__name__)
 
 
 def is_out_of_memory(error: BaseException | None) -> bool:
@@ -55,7 +59,8 @@ class WorkerCore:
         self.node = node
         self.paths = paths
         self.registry = default_registry()
-        self.node_ctx = NodeContext.for_paths(paths)
+        # caps were checked at submission, on the head: a worker's own settings must not refuse a job
+        self.node_ctx = NodeContext.for_paths(paths, Limits.uncapped())
         self.images = images
         self.events = events
         budgets = derive_budgets(tiers, device, workers_on_host)
@@ -138,7 +143,7 @@ class WorkerCore:
             prepared = prepare(item.prompt, self.registry, self.node_ctx, prompt_id=item.prompt_id,
                                partial_execution_targets=list(item.outputs_to_execute) or None)
         except Exception as exc:  # validated before queueing; here only a node-local fault remains
-            report.failure, report.error = FailureKind.INVALID, f"cannot run on worker {self.worker_id}: {exc}"
+            report.failure, report.error = FailureKind.INVALID, f"cannot run on worker {self.worker_id}: {one_line(exc)}"
             report.finished_at_s = time.time()
             return None
         return PlannedJob(context, prepared.workflow, prepared.plan)
@@ -178,7 +183,9 @@ class WorkerCore:
             report.error = (f"out of memory on worker {self.worker_id} ({self.device}) in {where}: lower the "
                             f"resolution or batch_size, or run it on a GPU with more memory")
         else:
-            report.failure, report.error = FailureKind.NODE, str(error)
+            # one line for history and the user; the traceback goes to the worker's log
+            log.warning("prompt %s failed: %s", report.prompt_id, one_line(error, 2000), exc_info=error)
+            report.failure, report.error = FailureKind.NODE, one_line(error)
         if isinstance(error, NodeExecutionError):
             report.error_event = execution_error_payload(error, outcome.executed_nodes)
 
