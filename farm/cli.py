@@ -9,6 +9,9 @@ from pathlib import Path
 
 from farm.errors import FarmError
 
+# The state folder: the queue database, input/, temp/, and models/ and output/ unless given.
+# Under the current folder, as ComfyUI keeps its folders beside itself: one project's farm
+# state stays with the project, and two projects never share a queue by accident.
 DEFAULT_ROOT = Path(".farm")
 EXIT_BAD_INPUT = 2
 
@@ -133,12 +136,15 @@ def cmd_serve(args) -> int:
 
     paths = FarmPaths.under(DEFAULT_ROOT, args.models, args.output)
     limits = _limits(args)  # before Ray starts: a bad setting is answered at once
+    db = args.db.absolute()
     if args.address:
         cluster.init_connect(args.address)
         farm_cluster = cluster.FarmCluster.find()
     else:
         cluster.init_local()
-        farm_cluster = cluster.FarmCluster.start(cluster.FarmConfig(paths=paths, db=args.db))
+        paths.create()
+        db.parent.mkdir(parents=True, exist_ok=True)
+        farm_cluster = cluster.FarmCluster.start(cluster.FarmConfig(paths=paths, db=db))
     config = ServerConfig(models_dir=paths.models, input_dir=paths.input, output_dir=paths.output,
                           temp_dir=paths.temp, limits=limits, host=args.host, port=args.port, token=args.token)
     print(f"serving the farm on http://{args.host}:{args.port} (models: {paths.models}, output: {paths.output})")

@@ -27,6 +27,7 @@ from typing import Callable, Iterable, Sequence
 
 from actors import cluster as ray_cluster
 from farm.errors import FarmError, UnknownJobError
+from farm.models.store import ModelFolders
 from farm.models.tiers import TierConfig
 from farm.nodes.registry import default_registry
 from farm.nodes.spec import NodeContext
@@ -94,7 +95,7 @@ def job_record(prepared: PreparedPrompt, paths: FarmPaths, extra_data: dict | No
     checkpoint = checkpoints[0] if checkpoints else None
     size = 0
     if checkpoint is not None:
-        path = paths.models / "checkpoints" / checkpoint
+        path = ModelFolders(paths.models).resolve("checkpoints", checkpoint)  # extra roots and subfolders too
         size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
     return Job(job_id=prepared.prompt_id, number=number, workflow=prepared.prompt,
                outputs_to_execute=list(outputs_to_execute if outputs_to_execute is not None else prepared.plan.outputs),
@@ -107,7 +108,11 @@ def job_record(prepared: PreparedPrompt, paths: FarmPaths, extra_data: dict | No
 def _error_of(item: HistoryItem) -> str | None:
     for message in reversed(item.messages):
         if message.event is EventType.EXECUTION_ERROR:
-            return message.data.get("exception_message") or "failed"
+            text = message.data.get("exception_message") or "failed"
+            node = message.data.get("node_id")
+            if node is not None and not text.startswith("node "):  # say where, as history's consumers see it
+                text = f"node {node} ({message.data.get('node_type')}): {text}"
+            return text
         if message.event is EventType.EXECUTION_INTERRUPTED:
             return "interrupted"
     return None if item.status is HistoryStatus.SUCCESS else "failed"
@@ -191,11 +196,11 @@ class Farm:
         """A farm in an embedded Ray on this machine: one worker per GPU; on a machine
         without GPUs, `num_gpus` logical ones (default 1) whose workers run on the CPU.
         If this process already runs Ray (and a farm), that one is used."""
-        root = Path(root)
-        paths = FarmPaths.under(root, Path(models), Path(output) if output else None)
+        root = Path(root).absolute()
+        paths = FarmPaths.under(root, Path(models), Path(output) if output else None).create()
         owns = not ray_cluster.is_initialized()
         ray_cluster.init_local(num_gpus=num_gpus, num_cpus=num_cpus)
-        config = ray_cluster.FarmConfig(paths=paths, db=Path(db) if db else root / "queue.sqlite",
+        config = ray_cluster.FarmConfig(paths=paths, db=Path(db).absolute() if db else root / "queue.sqlite",
                                         num_workers=num_workers, tiers=tiers, max_batch=max_batch,
                                         max_attempts=max_attempts)
         Path(config.db).parent.mkdir(parents=True, exist_ok=True)

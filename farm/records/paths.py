@@ -16,8 +16,16 @@ class FarmPaths:
 
     @classmethod
     def under(cls, root: Path, models: Path | None = None, output: Path | None = None) -> "FarmPaths":
-        root = Path(root)
-        return cls(Path(models or root / "models"), Path(output or root / "output"), root / "input", root / "temp")
+        """Absolute paths: they are handed to actors, whose working folder is not ours."""
+        root = Path(root).absolute()
+        return cls(Path(models or root / "models").absolute(), Path(output or root / "output").absolute(),
+                   root / "input", root / "temp")
+
+    def create(self) -> "FarmPaths":
+        """Make the folders the farm writes to (not models/: that one is the user's)."""
+        for folder in (self.output, self.input, self.temp):
+            folder.mkdir(parents=True, exist_ok=True)
+        return self
 
 
 def prefix_problem(prefix: str, folder: Path) -> str | None:
