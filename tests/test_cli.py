@@ -147,3 +147,60 @@ def test_caps_from_a_settings_file_and_the_environment(tiny_models, tmp_path, wr
                           env={"FARM_CONFIG": str(tmp_path / "farm.toml"), "FARM_MAX_WIDTH": "64"})
     assert result.returncode == 2 and "Value 4 bigger than max of 3" in result.stderr  # the file's
     assert "width" not in result.stderr  # 64 wide: the environment's 64 beats the file's 32
+
+
+def test_serve_from_a_fresh_folder_answers_and_a_sigkill_takes_ray_along(tiny_models, tmp_path):
+    """The README's command from an empty folder, then SIGKILL: the embedded Ray's processes
+    (raylet, agents, actors) must not outlive it for long. Cleans up its own session."""
+    import os
+    import signal
+    import socket
+    import time
+    import urllib.request
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    (tmp_path / "M").symlink_to(tiny_models)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FARM_")}
+    env["RAY_ADDRESS"] = "127.0.0.1:1"  # a stranger's cluster that must not be joined
+    proc = subprocess.Popen([str(FARM_BIN), "serve", "--models", "M", "--output", "O", "--port", str(port)],
+                            cwd=tmp_path, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=open(tmp_path / "serve.log", "w"))
+
+    def session() -> list[int]:
+        pids = []
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    if os.getsid(int(entry)) == proc.pid and int(entry) != proc.pid:
+                        pids.append(int(entry))
+                except OSError:
+                    pass
+        return pids
+
+    try:
+        deadline = time.monotonic() + 400
+        while True:
+            assert proc.poll() is None, (tmp_path / "serve.log").read_text()[-2000:]
+            try:
+                stats = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/system_stats", timeout=5).read())
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "farm serve did not answer"
+                time.sleep(1)
+        assert "system" in stats
+        assert (tmp_path / ".farm" / "queue.sqlite").is_file()
+        assert session(), "the embedded Ray runs in the server's session"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        deadline = time.monotonic() + 120
+        while session() and time.monotonic() < deadline:
+            time.sleep(1)
+        assert not session(), f"Ray processes outlived farm serve: {session()}"
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
