@@ -24,7 +24,7 @@ from ray.exceptions import (
 )
 
 from actors import ACTOR_NAMESPACE, DISPATCHER_NAME, EVENT_HUB_NAME, OUTPUT_WRITER_NAME
-from farm.errors import FarmError
+from farm.errors import FarmError, one_line
 from farm.models.tiers import TierConfig
 from farm.records.paths import FarmPaths
 
@@ -62,8 +62,10 @@ def init_local(num_gpus: int | None = None, num_cpus: int | None = None) -> None
         return
     if num_gpus is None:
         num_gpus = _local_gpu_count() or 1
-    ray.init(num_cpus=num_cpus, num_gpus=num_gpus, namespace=ACTOR_NAMESPACE, include_dashboard=False,
-             log_to_driver=False, configure_logging=False)
+    # address="local": always a new cluster of our own, never one named by $RAY_ADDRESS or a
+    # stale /tmp/ray/ray_current_cluster (joining a stranger's cluster with num_gpus fails)
+    ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, namespace=ACTOR_NAMESPACE,
+             include_dashboard=False, log_to_driver=False, configure_logging=False)
 
 
 def init_connect(address: str = "auto") -> None:
@@ -196,7 +198,7 @@ class FarmCluster:
                 raise TimeoutError(f"the dispatcher did not answer {method} within {timeout_s} s") from None
             except (ActorDiedError, ActorUnavailableError, RayActorError) as exc:
                 if time.monotonic() > deadline:
-                    raise FarmUnavailable(f"the dispatcher is gone and did not come back: {exc}") from exc
+                    raise FarmUnavailable(f"the dispatcher is gone and did not come back: {one_line(exc)}") from exc
                 time.sleep(0.5)
                 self._refresh_dispatcher()
 
@@ -209,7 +211,7 @@ class FarmCluster:
                 return await getattr(self.dispatcher, method).remote(*args, **kwargs)
             except (ActorDiedError, ActorUnavailableError, RayActorError) as exc:
                 if time.monotonic() > deadline:
-                    raise FarmUnavailable(f"the dispatcher is gone and did not come back: {exc}") from exc
+                    raise FarmUnavailable(f"the dispatcher is gone and did not come back: {one_line(exc)}") from exc
                 await asyncio.sleep(0.5)
                 self._refresh_dispatcher()
 

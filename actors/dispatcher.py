@@ -25,7 +25,7 @@ import ray
 from ray.exceptions import RayActorError
 
 from actors import ACTOR_NAMESPACE, EVENT_HUB_NAME, OUTPUT_WRITER_NAME, WORKER_PREFIX
-from farm.errors import UnknownJobError
+from farm.errors import UnknownJobError, one_line
 from farm.records.events import EventType, FarmEvent, status_event
 from farm.records.history import HistoryItem
 from farm.records.queue import QueueSnapshot, SubmitResult
@@ -449,5 +449,5 @@ class Dispatcher:
 
 
 def _short(exc: BaseException, limit: int = 300) -> str:
-    text = " ".join(str(exc).split())
-    return text if len(text) <= limit else text[:limit] + " ..."
+    log.warning("%s", one_line(exc, 2000), exc_info=exc)  # the (remote) traceback: to the log only
+    return one_line(exc, limit)

@@ -10,6 +10,9 @@ from pathlib import Path
 
 from farm.errors import FarmError
 
+# The state folder: the queue database, input/, temp/, and models/ and output/ unless given.
+# Under the current folder, as ComfyUI keeps its folders beside itself: one project's farm
+# state stays with the project, and two projects never share a queue by accident.
 DEFAULT_ROOT = Path(".farm")
 EXIT_BAD_INPUT = 2
 
@@ -17,6 +20,24 @@ EXIT_BAD_INPUT = 2
 def _add_paths(p: argparse.ArgumentParser) -> None:
     p.add_argument("--models", type=Path, help="a ComfyUI-style models folder (default: .farm/models)")
     p.add_argument("--output", type=Path, help="where images are written (default: .farm/output)")
+
+
+def _add_limits(p: argparse.ArgumentParser) -> None:
+    """The caps of farm.settings.Limits; a flag not given leaves FARM_<NAME>, the settings
+    file, then the default in force."""
+    p.add_argument("--config", type=Path, help="a TOML file of settings, e.g. max_steps = 100 (default: $FARM_CONFIG)")
+    p.add_argument("--max-size", type=int, help="largest width/height a prompt may ask for (default 4096)")
+    p.add_argument("--max-batch", type=int, help="largest batch_size a prompt may ask for (default 64)")
+    p.add_argument("--max-steps", type=int, help="most sampler steps a prompt may ask for (default 200)")
+    p.add_argument("--max-prompt-chars", type=int, help="longest string in a prompt (default 20000)")
+
+
+def _limits(args):
+    from farm.settings import Limits
+
+    return Limits.load(args.config, max_width=args.max_size, max_height=args.max_size,
+                       max_batch_size=args.max_batch, max_steps=args.max_steps,
+                       max_prompt_chars=args.max_prompt_chars)
 
 
 def cmd_make_checkpoint(args) -> int:
@@ -37,8 +58,9 @@ def cmd_run(args) -> int:
     overrides = {f"{n}.{i}": v for n, i, v in map(parse_override, args.set or [])}
     workflow = load_json_file(args.workflow)
     paths = FarmPaths.under(DEFAULT_ROOT, args.models, args.output)
+    limits = _limits(args)
     # Validate before starting anything: a bad workflow is answered in a second, not after Ray starts.
-    prepared = prepare(workflow, default_registry(), NodeContext.for_paths(paths), overrides)
+    prepared = prepare(workflow, default_registry(), NodeContext.for_paths(paths, limits), overrides)
     started = time.perf_counter()
     if args.local:
         files = _run_local(prepared, paths)
@@ -46,7 +68,7 @@ def cmd_run(args) -> int:
         from farm.client import Farm
 
         _embedded_ray_only()
-        with Farm.local(models=_models(args), output=args.output, root=DEFAULT_ROOT) as farm:
+        with Farm.local(models=_models(args), output=args.output, root=DEFAULT_ROOT, limits=limits) as farm:
             (future,) = farm.submit_prepared([prepared])
             files = future.result().files
     for path in files:
@@ -94,6 +116,7 @@ def cmd_demo(args) -> int:
     from farm.models.make import make_checkpoint
 
     models = _models(args)
+    limits = _limits(args)
     ckpt = models / "checkpoints" / "tiny-sd15.safetensors"
     if not ckpt.exists():
         print(f"no checkpoint yet: making a tiny random one at {ckpt}")
@@ -101,7 +124,7 @@ def cmd_demo(args) -> int:
     workflow = json.loads(files("farm").joinpath("workflows/txt2img.json").read_text())
     started = time.perf_counter()
     _embedded_ray_only()
-    with Farm.local(models=models, output=args.output, root=DEFAULT_ROOT) as farm:
+    with Farm.local(models=models, output=args.output, root=DEFAULT_ROOT, limits=limits) as farm:
         ready = time.perf_counter()
         print(f"farm started in {ready - started:.1f} s ({len(farm.status().workers)} worker(s)); "
               f"rendering {args.count} images")
@@ -120,19 +143,20 @@ def cmd_serve(args) -> int:
     $RAY_ADDRESS), where it joins the farm running there or starts one."""
     from actors import cluster
     from actors.service import RayFarmService
-    from farm.nodes.spec import Limits
     from farm.server.app import serve
     from farm.server.config import ServerConfig
 
+    limits = _limits(args)  # before Ray starts: a bad setting is answered at once
     address = _address(args)
     if address:
         farm_cluster, paths, _ = _start_or_join(args, address)
     else:
         paths = _paths(args)
+        db = args.db.absolute()
         cluster.init_local()
-        farm_cluster = cluster.FarmCluster.start(cluster.FarmConfig(paths=paths, db=args.db))
-    limits = Limits(max_width=args.max_size, max_height=args.max_size, max_batch_size=args.max_batch,
-                    max_steps=args.max_steps)
+        paths.create()
+        db.parent.mkdir(parents=True, exist_ok=True)
+        farm_cluster = cluster.FarmCluster.start(cluster.FarmConfig(paths=paths, db=db))
     config = ServerConfig(models_dir=paths.models, input_dir=paths.input, output_dir=paths.output,
                           temp_dir=paths.temp, limits=limits, host=args.host, port=args.port, token=args.token)
     print(f"serving the farm on http://{args.host}:{args.port} (models: {paths.models}, output: {paths.output})")
@@ -225,6 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_paths(p)
     p.add_argument("--set", action="append", metavar="NODE.INPUT=VALUE", help="override an input; repeatable")
     p.add_argument("--local", action="store_true", help="run in this process, without Ray")
+    _add_limits(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("serve", help="the ComfyUI-compatible HTTP/WebSocket API over the farm")
@@ -235,9 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "farm, or start one there, instead of an embedded Ray")
     p.add_argument("--db", type=Path, default=DEFAULT_ROOT / "queue.sqlite", help="the durable queue (SQLite)")
     p.add_argument("--token", help="require this bearer token on every route (default: $FARM_TOKEN)")
-    p.add_argument("--max-size", type=int, default=4096, help="largest width/height a prompt may ask for")
-    p.add_argument("--max-batch", type=int, default=64, help="largest batch_size a prompt may ask for")
-    p.add_argument("--max-steps", type=int, default=200, help="most sampler steps a prompt may ask for")
+    _add_limits(p)
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("start", help="start a headless farm on a running Ray cluster and exit (it keeps running)")
@@ -256,6 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="render a few images of the sample workflow (makes a tiny checkpoint if needed)")
     _add_paths(p)
     p.add_argument("--count", type=int, default=4)
+    _add_limits(p)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_demo)
 

@@ -38,6 +38,7 @@ from farm.records.paths import FarmPaths
 from farm.records.queue import QueueSnapshot
 from farm.records.workers import WorkerStatus
 from farm.scheduler.jobs import Job
+from farm.settings import Limits
 from farm.workflow.prepare import (
     PreparedPrompt,
     ValidationFailed,
@@ -90,7 +91,11 @@ class Progress:
 def _error_of(item: HistoryItem) -> str | None:
     for message in reversed(item.messages):
         if message.event is EventType.EXECUTION_ERROR:
-            return message.data.get("exception_message") or "failed"
+            text = message.data.get("exception_message") or "failed"
+            node = message.data.get("node_id")
+            if node is not None and not text.startswith("node "):  # say where, as history's consumers see it
+                text = f"node {node} ({message.data.get('node_type')}): {text}"
+            return text
         if message.event is EventType.EXECUTION_INTERRUPTED:
             return "interrupted"
     return None if item.status is HistoryStatus.SUCCESS else "failed"
@@ -148,11 +153,13 @@ class JobFuture:
 class Farm:
     """A connection to one farm (its dispatcher, event hub and writer on Ray)."""
 
-    def __init__(self, cluster: "ray_cluster.FarmCluster", paths: FarmPaths, owns_ray: bool = False):
+    def __init__(self, cluster: "ray_cluster.FarmCluster", paths: FarmPaths, owns_ray: bool = False,
+                 limits: Limits | None = None):
         self.cluster = cluster
         self.paths = paths
         self.registry = default_registry()
-        self.node_ctx = NodeContext.for_paths(paths)
+        # the caps prompts are validated against (None: FARM_* variables, $FARM_CONFIG, defaults)
+        self.node_ctx = NodeContext.for_paths(paths, limits)
         self._owns_ray = owns_ray
         self._pending: dict[str, JobFuture] = {}  # prompt_id -> future not yet resolved
         self._listeners: dict[str, JobFuture] = {}  # prompt_id -> future with progress callbacks
@@ -168,22 +175,23 @@ class Farm:
     def local(cls, models: str | Path, output: str | Path | None = None, num_gpus: int | None = None,
               db: str | Path | None = None, *, root: str | Path = ".farm", num_workers: int | None = None,
               tiers: TierConfig = TierConfig(), max_batch: int = 8, max_attempts: int = 3,
-              num_cpus: int | None = None) -> "Farm":
+              num_cpus: int | None = None, limits: Limits | None = None) -> "Farm":
         """A farm in an embedded Ray on this machine: one worker per GPU; on a machine
         without GPUs, `num_gpus` logical ones (default 1) whose workers run on the CPU.
         If this process already runs Ray (and a farm), that one is used."""
-        root = Path(root)
-        paths = FarmPaths.under(root, Path(models), Path(output) if output else None)
+        root = Path(root).absolute()
+        paths = FarmPaths.under(root, Path(models), Path(output) if output else None).create()
         owns = not ray_cluster.is_initialized()
         ray_cluster.init_local(num_gpus=num_gpus, num_cpus=num_cpus)
-        config = ray_cluster.FarmConfig(paths=paths, db=Path(db) if db else root / "queue.sqlite",
+        config = ray_cluster.FarmConfig(paths=paths, db=Path(db).absolute() if db else root / "queue.sqlite",
                                         num_workers=num_workers, tiers=tiers, max_batch=max_batch,
                                         max_attempts=max_attempts)
         Path(config.db).parent.mkdir(parents=True, exist_ok=True)
-        return cls(ray_cluster.FarmCluster.start(config), paths, owns_ray=owns)
+        return cls(ray_cluster.FarmCluster.start(config), paths, owns_ray=owns, limits=limits)
 
     @classmethod
-    def connect(cls, address: str = "auto", models: str | Path | None = None) -> "Farm":
+    def connect(cls, address: str = "auto", models: str | Path | None = None,
+                limits: Limits | None = None) -> "Farm":
         """Join a cluster that runs a farm. Validation needs the models folder: by default
         the farm's own (right on the head or with a shared folder)."""
         ray_cluster.init_connect(address)
@@ -191,7 +199,7 @@ class Farm:
         paths: FarmPaths = found.call("paths")
         if models is not None:
             paths = FarmPaths(Path(models), paths.output, paths.input, paths.temp)
-        return cls(found, paths)
+        return cls(found, paths, limits=limits)
 
     def close(self, stop: bool | None = None) -> None:
         """Stop waiting for results. `stop` (default: when this Farm started Ray) also stops

@@ -109,3 +109,98 @@ def test_make_checkpoint_single_file_and_folder(tmp_path):
 
 def test_sample_workflow_is_valid_api_format():
     assert set(parse_workflow(SAMPLE).nodes) == {"3", "4", "5", "6", "7", "8", "9"}
+
+
+FARM_BIN = Path(sys.executable).parent / "farm"  # the installed command, as a user runs it
+
+
+def farm_command(*args, cwd, env=None, timeout=300):
+    import os
+
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("FARM_")}
+    full_env.update(env or {})
+    return subprocess.run([str(FARM_BIN), *map(str, args)], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env=full_env)
+
+
+@pytest.mark.parametrize("args, env, expected", [
+    (["--set", "3.cfg=NaN"], {}, "overrides.3.cfg is NaN"),  # the override is JSON: NaN parses
+    (["--set", "6.text=" + "x" * 20_001], {}, "20,001 characters"),
+    (["--set", "9.filename_prefix=../../x"], {}, "points outside the output folder"),
+    (["--set", "3.steps=6", "--max-steps", "5"], {"FARM_MAX_STEPS": "50"}, "bigger than max of 5"),
+    (["--set", "3.steps=201"], {}, "bigger than max of 200"),  # the one default of API, CLI and server
+    ([], {"FARM_MAX_STEPS": "many"}, "max_steps"),
+])
+def test_caps_on_the_cli_are_one_line_and_exit_2(tiny_models, tmp_path, write, args, env, expected):
+    result = farm_command("run", write(small(SAMPLE)), "--models", tiny_models, "--output", tmp_path / "out",
+                          *args, cwd=tmp_path, env=env)
+    assert result.returncode == 2, result.stderr
+    assert expected in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_caps_from_a_settings_file_and_the_environment(tiny_models, tmp_path, write):
+    (tmp_path / "farm.toml").write_text("max_steps = 3\nmax_width = 32\n")
+    result = farm_command("run", write(small(SAMPLE)), "--models", tiny_models, "--output", tmp_path / "out",
+                          "--set", "3.steps=4", cwd=tmp_path,
+                          env={"FARM_CONFIG": str(tmp_path / "farm.toml"), "FARM_MAX_WIDTH": "64"})
+    assert result.returncode == 2 and "Value 4 bigger than max of 3" in result.stderr  # the file's
+    assert "width" not in result.stderr  # 64 wide: the environment's 64 beats the file's 32
+
+
+def test_serve_from_a_fresh_folder_answers_and_a_sigkill_takes_ray_along(tiny_models, tmp_path):
+    """The README's command from an empty folder, then SIGKILL: the embedded Ray's processes
+    (raylet, agents, actors) must not outlive it for long. Cleans up its own session."""
+    import os
+    import signal
+    import socket
+    import time
+    import urllib.request
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    (tmp_path / "M").symlink_to(tiny_models)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FARM_")}
+    env["RAY_ADDRESS"] = "127.0.0.1:1"  # a stranger's cluster that must not be joined
+    proc = subprocess.Popen([str(FARM_BIN), "serve", "--models", "M", "--output", "O", "--port", str(port)],
+                            cwd=tmp_path, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=open(tmp_path / "serve.log", "w"))
+
+    def session() -> list[int]:
+        pids = []
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    if os.getsid(int(entry)) == proc.pid and int(entry) != proc.pid:
+                        pids.append(int(entry))
+                except OSError:
+                    pass
+        return pids
+
+    try:
+        deadline = time.monotonic() + 400
+        while True:
+            assert proc.poll() is None, (tmp_path / "serve.log").read_text()[-2000:]
+            try:
+                stats = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/system_stats", timeout=5).read())
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "farm serve did not answer"
+                time.sleep(1)
+        assert "system" in stats
+        assert (tmp_path / ".farm" / "queue.sqlite").is_file()
+        assert session(), "the embedded Ray runs in the server's session"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        deadline = time.monotonic() + 120
+        while session() and time.monotonic() < deadline:
+            time.sleep(1)
+        assert not session(), f"Ray processes outlived farm serve: {session()}"
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass

@@ -16,7 +16,7 @@ import torch
 
 from farm.engine.cache import OutputCache
 from farm.engine.context import JobContext, ModelProvider, RunContext
-from farm.errors import Interrupted, NodeExecutionError
+from farm.errors import Interrupted, NodeExecutionError, one_line
 from farm.nodes.registry import NodeRegistry
 from farm.nodes.spec import NodeResult
 from farm.records.events import EventType
@@ -200,5 +200,5 @@ def execution_error_payload(error: NodeExecutionError, executed: list[str]) -> d
     stack from inside torch."""
     cause = error.cause
     return {"node_id": error.node_id, "node_type": error.class_type, "executed": executed,
-            "exception_message": str(cause), "exception_type": f"{type(cause).__module__}.{type(cause).__name__}",
+            "exception_message": one_line(cause, with_type=False), "exception_type": f"{type(cause).__module__}.{type(cause).__name__}",
             "traceback": [], "current_inputs": {}, "current_outputs": {}}

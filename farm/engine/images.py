@@ -19,6 +19,7 @@ from PIL.PngImagePlugin import PngInfo
 
 from farm.errors import FarmError
 from farm.records.images import ImageBatch, ImageRef
+from farm.records.paths import prefix_problem
 
 PNG_COMPRESS_LEVEL = 4  # ComfyUI's default: a fair size/speed trade at 512-1024 px
 
@@ -38,14 +39,11 @@ class ImageSink(Protocol):
 def split_prefix(prefix: str, folder: Path) -> tuple[Path, str, str]:
     """(directory, file stem, subfolder) for a prefix such as "renders/shot1"; refuses
     prefixes that climb out of `folder` (absolute paths, "..")."""
-    prefix = prefix.replace("\\", "/")
-    subfolder, _, stem = prefix.rpartition("/")
-    root = folder.resolve()
-    directory = (root / subfolder).resolve()
-    if directory != root and root not in directory.parents:
-        raise OutputPathError(f"filename_prefix {prefix!r} points outside the output folder")
-    if not stem or stem in (".", ".."):
-        raise OutputPathError(f"filename_prefix {prefix!r} has no file name part")
+    problem = prefix_problem(prefix, folder)
+    if problem is not None:
+        raise OutputPathError(problem)
+    subfolder, _, stem = prefix.replace("\\", "/").rpartition("/")
+    directory = (folder.resolve() / subfolder).resolve()
     return directory, stem, subfolder
 
 

@@ -1,55 +1,81 @@
-"""A ComfyUI-style models folder: models/checkpoints, models/loras, models/vae, ...
+"""ComfyUI-style model folders: models/checkpoints, models/loras, models/vae, ... and the
+extra roots of ComfyUI's extra_model_paths.yaml.
 
 Names are paths relative to their folder with forward slashes ("sdxl/base.safetensors"),
-exactly as ComfyUI lists them, so a workflow saved on a ComfyUI box resolves here.
+exactly as ComfyUI lists them, so a workflow saved on a ComfyUI box resolves here. As in
+ComfyUI, symlinked files and folders are followed: confinement is on the name the user
+gives (no "..", no absolute path), not on where a link points.
+
+extra_model_paths.yaml (ComfyUI's format): top-level groups, each with an optional
+`base_path` (~ and $VARS expanded, relative to the file's folder), an optional
+`is_default` (its folders are searched first), and `<kind>: <path>` entries whose value
+holds one path per line, relative to base_path. The file is read from $FARM_EXTRA_MODEL_PATHS,
+else `extra_model_paths.yaml` beside the models folder (ComfyUI keeps it beside models/)
+or inside it.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
+import os
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
 
 from farm.errors import CheckpointError
 
 SAFE_EXTENSIONS = (".safetensors", ".sft")
 PICKLE_EXTENSIONS = (".ckpt", ".pt", ".pth", ".bin", ".pkl")
 FOLDER_KINDS = ("checkpoints", "loras", "vae", "embeddings", "controlnet", "upscale_models")
+EXTRA_PATHS_ENV = "FARM_EXTRA_MODEL_PATHS"
+EXTRA_PATHS_FILE = "extra_model_paths.yaml"
 
 
 @dataclass(frozen=True)
 class ModelFolders:
     root: Path  # the "models" folder itself
+    # (kind, folder) pairs from extra_model_paths.yaml; None: found and read at construction
+    extra: tuple[tuple[str, Path, bool], ...] | None = field(default=None)
+
+    def __post_init__(self) -> None:
+        if self.extra is None:
+            object.__setattr__(self, "extra", tuple(read_extra_paths(find_extra_paths_file(Path(self.root)))))
 
     def folder(self, kind: str) -> Path:
+        """The folder of `kind` below the models root (where new files go)."""
         if kind not in FOLDER_KINDS:
             raise CheckpointError(f"unknown model folder {kind!r}; known: {', '.join(FOLDER_KINDS)}")
-        return self.root / kind
+        return Path(self.root) / kind
+
+    def folders(self, kind: str) -> list[Path]:
+        """Every folder searched for `kind`, in order: is_default extras, models/<kind>, the other extras."""
+        main = self.folder(kind)
+        first = [p for k, p, default in self.extra if k == kind and default]
+        rest = [p for k, p, default in self.extra if k == kind and not default]
+        seen, out = set(), []
+        for path in (*first, main, *rest):
+            if path not in seen:
+                seen.add(path)
+                out.append(path)
+        return out
 
     def names(self, kind: str) -> list[str]:
-        """Loadable entries: safetensors files and diffusers folders (a model_index.json or
-        config.json inside), sorted. Pickle files are listed too so that choosing one gets
-        the clear refusal, not a confusing 'not in list'."""
-        base = self.folder(kind)
-        if not base.is_dir():
-            return []
-        found: list[str] = []
-        for path in sorted(base.rglob("*")):
-            rel = path.relative_to(base).as_posix()
-            if path.is_file() and path.suffix.lower() in SAFE_EXTENSIONS + PICKLE_EXTENSIONS:
-                if not any(p.name.endswith(".safetensors") for p in path.parents if p != base):
-                    found.append(rel)
-            elif path.is_dir() and (path / "model_index.json").is_file():
-                found.append(rel)
-        return found
+        """Loadable entries of every folder of `kind`: safetensors files and diffusers folders
+        (a model_index.json inside), sorted, a name found twice listed once. Pickle files
+        are listed too so that choosing one gets the clear refusal, not a confusing 'not in
+        list'."""
+        found: set[str] = set()
+        for base in self.folders(kind):
+            found.update(_entries(base))
+        return sorted(found)
 
     def resolve(self, kind: str, name: str) -> Path:
-        """The path of a listed name; refuses names that climb out of the folder."""
-        base = self.folder(kind).resolve()
-        path = (base / name).resolve()
-        if base != path and base not in path.parents:
-            raise CheckpointError(f"{name!r} is outside the {kind} folder")
-        if not path.exists():
-            raise CheckpointError(f"{name!r} not found in {base}")
-        return path
+        """The path of a listed name (symlinks kept: the loader follows them). Names that
+        climb out ("..", absolute) are refused whatever exists there."""
+        parts = _name_parts(kind, name)
+        for base in self.folders(kind):
+            path = base.joinpath(*parts)
+            if path.exists():
+                return path
+        where = ", ".join(str(p) for p in self.folders(kind))
+        raise CheckpointError(f"{name!r} not found in {where}")
 
     def size_bytes(self, kind: str, name: str) -> int:
         """Bytes on disk of a model (a diffusers folder: all its files); placement weighs
@@ -58,3 +84,89 @@ class ModelFolders:
         if path.is_dir():
             return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
         return path.stat().st_size
+
+
+def _name_parts(kind: str, name: str) -> tuple[str, ...]:
+    text = str(name).replace("\\", "/")
+    pure = PurePosixPath(text)
+    if not text or pure.is_absolute() or ".." in pure.parts or (len(text) > 1 and text[1] == ":"):
+        raise CheckpointError(f"{name!r} is outside the {kind} folder: give a name relative to it, "
+                              "e.g. 'sd15/model.safetensors'")
+    return tuple(p for p in pure.parts if p not in ("", "."))
+
+
+def _entries(base: Path) -> list[str]:
+    """Model names below one folder; symlinked folders are followed (once each: a link
+    loop ends where a folder repeats)."""
+    if not base.is_dir():
+        return []
+    out: list[str] = []
+    visited: set[tuple[int, int]] = set()
+    for dirpath, dirnames, filenames in os.walk(base, followlinks=True):
+        here = Path(dirpath)
+        stat = here.stat()
+        if (stat.st_dev, stat.st_ino) in visited:
+            dirnames[:] = []
+            continue
+        visited.add((stat.st_dev, stat.st_ino))
+        rel = here.relative_to(base)
+        if here != base and (here / "model_index.json").is_file():
+            out.append(rel.as_posix())  # a diffusers folder is one model: not walked further
+            dirnames[:] = []
+            continue
+        if here.name.endswith(".safetensors") and here != base:
+            dirnames[:] = []  # a diffusers-layout folder named like a file: its parts are not models
+            continue
+        dirnames.sort()
+        for filename in filenames:
+            if filename.lower().endswith(SAFE_EXTENSIONS + PICKLE_EXTENSIONS) and (here / filename).is_file():
+                out.append((rel / filename).as_posix())
+    return out
+
+
+def find_extra_paths_file(models_root: Path) -> Path | None:
+    configured = os.environ.get(EXTRA_PATHS_ENV)
+    if configured:
+        path = Path(configured).expanduser()
+        if not path.is_file():
+            raise CheckpointError(f"${EXTRA_PATHS_ENV} names {path}, which is not a file")
+        return path
+    for candidate in (models_root.parent / EXTRA_PATHS_FILE, models_root / EXTRA_PATHS_FILE):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def read_extra_paths(path: Path | None) -> list[tuple[str, Path, bool]]:
+    """(kind, folder, is_default) of each entry of an extra_model_paths.yaml; kinds farm
+    does not load (clip_vision, ...) are skipped."""
+    if path is None:
+        return []
+    import yaml
+
+    try:
+        config = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise CheckpointError(f"cannot read {path}: {exc}") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path}: expected groups of folder entries, as ComfyUI's extra_model_paths.yaml")
+    out: list[tuple[str, Path, bool]] = []
+    for group_name, group in config.items():
+        if group is None:
+            continue
+        if not isinstance(group, dict):
+            raise CheckpointError(f"{path}: group {group_name!r} is not a mapping of folder names to paths")
+        group = dict(group)
+        base = group.pop("base_path", None)
+        default = bool(group.pop("is_default", False))
+        base_dir = path.parent
+        if isinstance(base, str) and base.strip():
+            base_dir = path.parent / Path(os.path.expandvars(os.path.expanduser(base.strip())))
+        for kind, value in group.items():
+            if kind not in FOLDER_KINDS or not isinstance(value, str):
+                continue
+            for line in value.splitlines():
+                line = os.path.expandvars(os.path.expanduser(line.strip()))
+                if line:
+                    out.append((kind, (base_dir / line).absolute(), default))
+    return out

@@ -22,6 +22,7 @@ from farm.nodes.spec import (
     OutputSpec,
 )
 from farm.records.images import ImageBatch, png_text_chunks
+from farm.records.paths import prefix_problem
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 IMAGE_UPSCALE_METHODS = ("nearest-exact", "bilinear", "area", "bicubic", "lanczos")
@@ -115,6 +116,11 @@ class SaveImage(Node):
         output_node=True,
         description="Saves images as PNG files in the output folder, with the workflow in their metadata.",
     )
+
+    @classmethod
+    def validate_inputs(cls, ctx: NodeContext, filename_prefix: str) -> str | None:
+        # at submission: a prefix that climbs out is refused before the render, not after
+        return prefix_problem(filename_prefix, Path(ctx.output_dir))
 
     def run(self, rc, images: torch.Tensor, filename_prefix: str = "ComfyUI"):
         return save_images(rc, images, filename_prefix, "output")

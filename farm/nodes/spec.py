@@ -6,38 +6,27 @@ import and /object_info all read that one declaration, so they cannot disagree.
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Mapping, Sequence, Union
 
 from farm.models.store import ModelFolders
 from farm.records.images import ImageRef
 from farm.records.paths import FarmPaths
+from farm.settings import Limits, default_limits
 
 # Types whose value is written in the workflow (a widget in ComfyUI's UI). Any other type
 # names a value that only a link from another node's output can supply.
 WIDGET_TYPES = frozenset({"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"})
 LINK_TYPES = frozenset({"MODEL", "CLIP", "VAE", "CONDITIONING", "LATENT", "IMAGE", "MASK"})
 
-# ComfyUI's own maxima; a server lowers them through `Limits`.
+# ComfyUI's own maxima; a farm lowers them through `Limits` (farm.settings).
 MAX_RESOLUTION = 16384
 MAX_BATCH_SIZE = 4096
 MAX_STEPS = 10000
 MAX_SEED = 2**64 - 1
 
-
-@dataclass(frozen=True)
-class Limits:
-    """Caps a server puts on work a prompt may ask for; they act as the max of the inputs
-    that name them (`InputSpec.cap`)."""
-
-    max_width: int = MAX_RESOLUTION
-    max_height: int = MAX_RESOLUTION
-    max_batch_size: int = MAX_BATCH_SIZE
-    max_steps: int = MAX_STEPS
-
-
-LIMIT_NAMES = frozenset(f.name for f in fields(Limits))
+LIMIT_NAMES = frozenset(Limits.model_fields)
 
 
 @dataclass(frozen=True)
@@ -49,17 +38,18 @@ class NodeContext:
     input_dir: Path
     output_dir: Path
     temp_dir: Path
-    limits: Limits = Limits()
+    limits: Limits = field(default_factory=default_limits)  # None given: FARM_* and $FARM_CONFIG
 
     @classmethod
-    def under(cls, root: Path, limits: Limits = Limits()) -> "NodeContext":
+    def under(cls, root: Path, limits: Limits | None = None) -> "NodeContext":
         """The ComfyUI layout below one folder: models/, input/, output/, temp/."""
         root = Path(root)
-        return cls(ModelFolders(root / "models"), root / "input", root / "output", root / "temp", limits)
+        return cls(ModelFolders(root / "models"), root / "input", root / "output", root / "temp",
+                   limits or default_limits())
 
     @classmethod
-    def for_paths(cls, paths: FarmPaths, limits: Limits = Limits()) -> "NodeContext":
-        return cls(ModelFolders(paths.models), paths.input, paths.output, paths.temp, limits)
+    def for_paths(cls, paths: FarmPaths, limits: Limits | None = None) -> "NodeContext":
+        return cls(ModelFolders(paths.models), paths.input, paths.output, paths.temp, limits or default_limits())
 
 
 Choices = Union[tuple[str, ...], Callable[[NodeContext], Sequence[str]]]

@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from farm.models.store import ModelFolders
-from farm.nodes.spec import Limits, NodeContext
+from farm.nodes.spec import NodeContext
+from farm.settings import Limits, default_limits
 
 TOKEN_ENV = "FARM_TOKEN"
 COMFYUI_API_VERSION = "0.27.0"  # the ComfyUI server whose HTTP/websocket API this one speaks
@@ -19,7 +20,7 @@ class ServerConfig:
     input_dir: Path  # uploads land here; LoadImage reads from here
     output_dir: Path  # SaveImage writes here; /view type=output
     temp_dir: Path  # PreviewImage writes here; /view type=temp
-    limits: Limits = field(default_factory=Limits)  # caps on width/height/batch_size/steps in prompts
+    limits: Limits = field(default_factory=default_limits)  # caps on prompts (farm.settings)
     host: str = "127.0.0.1"  # loopback unless the operator opens it up (then set a token)
     port: int = 8188  # ComfyUI's port, so clients work unchanged
     token: str | None = None  # required on every route and the websocket when set; None: $FARM_TOKEN

@@ -86,8 +86,10 @@ async def read_json(request: Request) -> object:
     raw = await request.body()
     try:
         return json.loads(raw) if raw.strip() else {}
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError) as exc:  # ValueError: also an int of over 4300 digits
         raise BadRequest(f"the request body is not valid JSON: {exc}") from None
+    except RecursionError:  # the decoder's own guard, far deeper than the farm's cap
+        raise BadRequest("the request body is nested too deeply to read") from None
 
 
 def describe(errors: list[dict]) -> str:

@@ -12,6 +12,8 @@ from farm.errors import FarmError, WorkflowFormatError
 from farm.server.deps import ServerState
 from farm.server.wire import error_body
 from farm.service import SubmitRequest
+from farm.workflow.bounds import check_json
+from farm.workflow.errors import ErrorType
 from farm.workflow.prepare import PreparedPrompt, ValidationFailed, prepare
 
 # Keys of extra_data that ComfyUI keeps out of the queue and history (API-node credentials).
@@ -61,6 +63,18 @@ def clean_extra_data(extra_data: dict, client_id: str | None) -> dict:
     if client_id is not None:
         out["client_id"] = client_id
     return out
+
+
+def check_request_caps(data: object, state: ServerState) -> None:
+    """The caps on the whole request (extra_data too) before pydantic or anything else reads
+    it; the prompt's own per-string cap is checked in prepare."""
+    limits = state.node_ctx.limits
+    capped = check_json(data, limits, "", per_string=False)
+    if isinstance(data, dict) and capped is not None and capped.type is not ErrorType.PROMPT_TOO_DEEP:
+        # a single huge prompt text is better named as that than as a too-large request
+        capped = check_json(data.get("prompt"), limits, "prompt") or capped
+    if capped is not None:
+        raise PromptRejected({"error": capped.to_comfy(), "node_errors": {}})
 
 
 @dataclass(frozen=True)

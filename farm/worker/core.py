@@ -6,6 +6,7 @@ actors/gpu_worker.py wraps this in a Ray actor; tests build it directly.
 """
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from typing import Callable
@@ -13,7 +14,13 @@ from typing import Callable
 import torch
 
 from farm.engine import Engine, JobContext, JobOutcome, PlannedJob
-from farm.errors import FarmError, Interrupted, NodeExecutionError, WorkflowFormatError
+from farm.errors import (
+    FarmError,
+    Interrupted,
+    NodeExecutionError,
+    WorkflowFormatError,
+    one_line,
+)
 from farm.models.store import ModelFolders
 from farm.models.tiers import (
     TierConfig,
@@ -35,7 +42,10 @@ from farm.scheduler.messages import (
     WorkerState,
     WorkItem,
 )
+from farm.settings import Limits
 from farm.worker.channels import EventForwarder, RemoteImageSink
+
+log = logging.getLogger(__name__)
 
 
 def is_out_of_memory(error: BaseException | None) -> bool:
@@ -54,7 +64,8 @@ class WorkerCore:
         self.node = node
         self.paths = paths
         self.registry = default_registry()
-        self.node_ctx = NodeContext.for_paths(paths)
+        # caps were checked at submission, on the head: a worker's own settings must not refuse a job
+        self.node_ctx = NodeContext.for_paths(paths, Limits.uncapped())
         self.images = images
         self.events = events
         budgets = derive_budgets(tiers, device, workers_on_host)
@@ -141,7 +152,7 @@ class WorkerCore:
             for name in item.plan.checkpoints:
                 self.models.folders.resolve("checkpoints", name)
         except FarmError as exc:
-            report.failure, report.error = FailureKind.INVALID, f"cannot run on worker {self.worker_id}: {exc}"
+            report.failure, report.error = FailureKind.INVALID, f"cannot run on worker {self.worker_id}: {one_line(exc)}"
             report.finished_at_s = time.time()
             return None
         return PlannedJob(context, item.plan)
@@ -173,7 +184,9 @@ class WorkerCore:
             report.error = (f"out of memory on worker {self.worker_id} ({self.device}) in {where}: lower the "
                             f"resolution or batch_size, or run it on a GPU with more memory")
         else:
-            report.failure, report.error = FailureKind.NODE, str(error)
+            # one line for history and the user; the traceback goes to the worker's log
+            log.warning("prompt %s failed: %s", report.prompt_id, one_line(error, 2000), exc_info=error)
+            report.failure, report.error = FailureKind.NODE, one_line(error)
         if isinstance(error, NodeExecutionError):
             report.error_event = execution_error_payload(error, outcome.executed_nodes)
 

@@ -29,6 +29,11 @@ class ErrorType(str, Enum):
     PROMPT_OUTPUTS_FAILED_VALIDATION = "prompt_outputs_failed_validation"
     NO_PROMPT = "no_prompt"
     INVALID_PROMPT_ID = "invalid_prompt_id"
+    # caps on the request's JSON (farm.settings.Limits; ComfyUI has none of these)
+    PROMPT_TOO_DEEP = "prompt_too_deep"
+    PROMPT_TEXT_TOO_LONG = "prompt_text_too_long"
+    PROMPT_TOO_LARGE = "prompt_too_large"
+    PROMPT_VALUE_NOT_FINITE = "prompt_value_not_finite"
 
 
 @dataclass(frozen=True)
@@ -181,3 +186,15 @@ def check_prompt_id(prompt_id: Any) -> PromptError | None:
 def _type_name(exc: BaseException) -> str:
     cls = type(exc)
     return cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+
+
+# -- caps on the prompt's JSON (farm.settings.Limits; ComfyUI has none of these) ------------
+
+
+def prompt_cap_exceeded(kind: ErrorType, message: str, details: str, path: str, limit: int | None = None) -> PromptError:
+    """`path` names where in the request ("prompt.6.inputs.text"); the bad value itself is
+    never echoed (NaN is not JSON, a 64 MB string is not a message)."""
+    extra: dict[str, Any] = {"path": path}
+    if limit is not None:
+        extra["limit"] = limit
+    return PromptError(kind, message, details, extra)

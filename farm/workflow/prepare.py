@@ -11,6 +11,7 @@ from pathlib import Path
 
 from farm.errors import FarmError, WorkflowFormatError
 from farm.nodes.registry import NodeRegistry
+from farm.workflow.bounds import check_json
 from farm.workflow.graph import Workflow, parse_workflow
 from farm.workflow.plan import Plan, make_plan
 from farm.workflow.ui_format import is_ui_format, ui_to_api
@@ -89,6 +90,12 @@ def to_api_format(obj: object, registry: NodeRegistry) -> dict:
 
 def prepare(obj: object, registry: NodeRegistry, node_ctx, overrides: dict | None = None,
             prompt_id: str | None = None, partial_execution_targets: list[str] | None = None) -> PreparedPrompt:
+    # The caps first: before the UI-format import or deepcopy recurse over it, and before
+    # validation could echo a NaN into an error that JSON cannot carry.
+    for value, where in ((obj, "prompt"), (overrides or {}, "overrides")):
+        capped = check_json(value, node_ctx.limits, where)
+        if capped is not None:
+            raise ValidationFailed(ValidationResult([], {}, capped))
     prompt = apply_overrides(to_api_format(obj, registry), overrides or {})
     workflow = parse_workflow(prompt)
     result = validate(workflow, registry, node_ctx, partial_execution_targets=partial_execution_targets)

@@ -17,7 +17,8 @@ def ctx(tmp_path):
     (tmp_path / "input" / "uploads").mkdir(parents=True)
     for name in ("b.png", "a.jpg", "uploads/c.webp", "readme.txt"):
         (tmp_path / "input" / name).write_bytes(b"x")
-    return NodeContext.under(tmp_path)
+    # caps raised to ComfyUI's own maxima: /object_info then reads exactly as ComfyUI's
+    return NodeContext.under(tmp_path, Limits(max_width=16384, max_height=16384, max_batch_size=4096, max_steps=10000))
 
 
 def test_default_registry_has_the_builtins():

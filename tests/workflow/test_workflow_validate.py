@@ -142,8 +142,11 @@ def test_server_limits_act_as_max_and_name_the_cap(ctx):
     assert single_error(prompt, limited, "3")["message"] == "Value 51 bigger than max of 50"
     prompt["3"]["inputs"]["steps"] = 50
     assert run(prompt, limited).ok
-    prompt["5"]["inputs"]["width"] = 16392  # above ComfyUI's own 16384 without any server cap
-    error = single_error(prompt, ctx, "5")
+    error = single_error({**prompt, "5": {**prompt["5"], "inputs": {**prompt["5"]["inputs"], "width": 4104}}}, ctx, "5")
+    assert error["message"] == "Value 4104 bigger than max of 4096" and error["extra_info"]["limit"] == "max_width"
+    raised = NodeContext(ctx.models, ctx.input_dir, ctx.output_dir, ctx.temp_dir, Limits(max_width=20000))
+    prompt["5"]["inputs"]["width"] = 16392  # above ComfyUI's own 16384: the node's max, not the farm's cap
+    error = single_error(prompt, raised, "5")
     assert error["message"] == "Value 16392 bigger than max of 16384" and "limit" not in error["extra_info"]
 
 

@@ -3,12 +3,14 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 
 from farm.errors import DuplicatePromptError
-from farm.server.deps import Farm, State, read_body, require_farm
+from farm.server.deps import Farm, State, parse_body, read_json, require_farm
 from farm.server.submission import (
     PromptRejected,
     check_prompt_id,
+    check_request_caps,
     reject,
     submit_request,
     validate_prompt,
@@ -27,8 +29,10 @@ async def get_prompt(farm: Farm) -> dict:
 async def post_prompt(request: Request, state: State) -> JSONResponse:
     """Validation answers before the farm is asked anything, so a bad prompt costs the
     farm nothing; only a valid one needs the farm."""
-    body = await read_body(request, PromptRequest)
+    data = await read_json(request)
     try:
+        await run_in_threadpool(check_request_caps, data, state)  # a big body takes a while to walk
+        body = parse_body(PromptRequest, data)
         if body.prompt is None:
             raise reject("no_prompt", "no prompt in the request", 'send {"prompt": <API-format workflow>}')
         prompt_id = check_prompt_id(body.prompt_id)
