@@ -9,9 +9,10 @@ from PIL import Image
 
 from farm.engine import JobContext, PlannedJob
 from farm.engine.local import LocalRenderer
-from farm.errors import Interrupted, NodeExecutionError
+from farm.errors import Interrupted
 from farm.records.events import EventType
 from farm.records.paths import FarmPaths
+from farm.workflow.prepare import ValidationFailed
 
 
 def txt2img(seed=1, text="a lighthouse at dusk", cfg=6.0, sampler="euler", steps=3, size=64, batch=1,
@@ -105,10 +106,10 @@ def test_saved_png_carries_prompt_and_workflow(renderer, tmp_path):
     assert again.outputs["9"]["images"][0]["filename"] == "a_00002_.png"
 
 
-def test_prefix_escaping_output_folder_fails_the_job_not_the_engine(renderer, tmp_path):
-    outcome = renderer.run(renderer.prepare(txt2img(seed=6, prefix="../../evil")))
-    assert isinstance(outcome.error, NodeExecutionError) and outcome.error.node_id == "9"
-    assert "outside the output folder" in str(outcome.error)
+def test_prefix_escaping_output_folder_is_refused_before_anything_runs(renderer, tmp_path):
+    with pytest.raises(ValidationFailed) as refused:
+        renderer.prepare(txt2img(seed=6, prefix="../../evil"))
+    assert "9" in refused.value.result.to_comfy()["node_errors"]
     assert not list(tmp_path.parent.glob("evil*"))
     assert renderer.run(renderer.prepare(txt2img(seed=6))).ok  # the engine goes on
 
