@@ -116,7 +116,7 @@ class Dispatcher:
                     except asyncio.TimeoutError:
                         pass
                     continue
-                self._publish(dispatch.events)
+                await self._apply(dispatch)
                 result: BatchResult = await slot.handle.run_batch.remote(dispatch.items)
                 failed = await _failed_writes(result)
                 await self._apply(self.ledger.finish_batch(result, failed))
@@ -166,20 +166,16 @@ class Dispatcher:
 
     async def _apply(self, outcome: O) -> O:
         """Do what the ledger said: publish, wake workers, let long-polls look again."""
-        self._publish(outcome.events)
+        if outcome.events:
+            try:
+                self.hub.publish.remote(outcome.events)  # not awaited: a slow hub never holds up the queue
+            except Exception:
+                log.warning("event hub unavailable; %d events dropped", len(outcome.events))
         self._wake(outcome.wake)
         if outcome.finished:
             async with self._finished:
                 self._finished.notify_all()
         return outcome
-
-    def _publish(self, events: list) -> None:
-        if not events:
-            return
-        try:
-            self.hub.publish.remote(events)  # not awaited: a slow hub never holds up the queue
-        except Exception:
-            log.warning("event hub unavailable; %d events dropped", len(events))
 
     # -- the API (actors.cluster calls these) ----------------------------------------------------
 
@@ -261,7 +257,6 @@ class Dispatcher:
 
     async def _states(self) -> dict[str, object]:
         slots = list(self._slots.values())
-
         states = await asyncio.gather(*(asyncio.wait_for(s.handle.state.remote(), STATE_TIMEOUT_S) for s in slots),
                                       return_exceptions=True)
         states = [None if isinstance(state, BaseException) else state for state in states]

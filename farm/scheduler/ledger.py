@@ -61,12 +61,11 @@ class SubmitOutcome(Outcome):
 
 
 @dataclass(frozen=True)
-class Dispatch:
-    """A batch handed to a worker, as it travels."""
+class Dispatch(Outcome):
+    """A batch for a worker: the batch, and its jobs as they travel."""
 
-    batch: Batch
-    items: list[WorkItem]
-    events: list[FarmEvent]
+    batch: Batch | None = None
+    items: list[WorkItem] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -137,7 +136,7 @@ class Ledger:
         batch = self.core.worker_ready(worker_id, report)
         if batch is None:
             return None
-        return Dispatch(batch, [work_item(j) for j in batch.jobs], [self._status()])
+        return Dispatch(events=[self._status()], batch=batch, items=[work_item(j) for j in batch.jobs])
 
     def finish_batch(self, result: BatchResult, failed_writes: dict[object, BaseException] | None = None) -> Outcome:
         """A worker's reports, once the writer's futures for their files (JobReport.writes)
