@@ -1,18 +1,12 @@
-"""Dispatcher: the farm's queue as a Ray actor, a thin shell over
-farm.scheduler.core.DispatcherCore (the queue, placement and batching live there).
+"""Dispatcher: the farm's queue as a Ray actor, a thin shell over farm.scheduler.ledger.Ledger
+(prompt numbers, history messages, recording reports; queue and placement in its core).
 
-What the shell adds is what needs Ray:
-- a pull loop per GpuWorker (the worker is ready -> core.worker_ready -> run_batch on
-  the worker -> wait for its files -> core.complete / fail -> ready again). The loop
-  is where a worker's death shows: the call fails with RayActorError, the core
-  requeues its jobs, and a replacement worker is started;
-- waking idle workers when the core's placement says so;
-- long-poll waits for finished prompts (futures, `farm run`), and events for the hub.
-
-Async actor: every method runs on one event loop, so the core (plain Python, not
-thread-safe by itself) is only ever called from one thread and never mid-change.
-Restarted by Ray after a crash: the core reloads the queue from SQLite, and the workers,
-detached, are found again by name.
+The shell holds what needs Ray and asyncio: a pull loop per GpuWorker (ledger.next_batch
+-> run_batch on the worker -> await the writer's futures for its files -> finish_batch),
+where a worker's death shows (RayActorError: its jobs are requeued, a new worker started);
+waking idle workers, publishing to the hub, and long-polls for finished prompts. Every
+method runs on one event loop, so the ledger is only ever called from one thread. Ray
+restarts it after a crash: the ledger reloads SQLite, and detached workers are found by name.
 """
 from __future__ import annotations
 
@@ -20,89 +14,61 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import ray
 from ray.exceptions import RayActorError
 
 from actors import ACTOR_NAMESPACE, EVENT_HUB_NAME, OUTPUT_WRITER_NAME, WORKER_PREFIX
-from farm.errors import UnknownJobError, one_line
-from farm.records.events import EventType, FarmEvent, status_event
+from farm.errors import one_line
 from farm.records.history import HistoryItem
 from farm.records.queue import QueueSnapshot, SubmitResult
-from farm.records.residency import ResidencyReport
 from farm.records.workers import DeviceInfo, WorkerStatus
-from farm.scheduler.batching import Batch
-from farm.scheduler.core import CoreConfig, DispatcherCore
+from farm.scheduler.core import CoreConfig
 from farm.scheduler.jobs import Job, JobState
-from farm.scheduler.messages import BatchResult, FailureKind, JobReport, Message
+from farm.scheduler.ledger import Finished, Ledger, Outcome
+from farm.scheduler.messages import BatchResult
 from farm.scheduler.placement import FarmPolicy
 from farm.scheduler.store import JobStore
-from farm.scheduler.views import (
-    device_info,
-    error_payload,
-    history_item,
-    queue_item,
-    work_item,
-    worker_status,
-)
+from farm.scheduler.views import device_info
 
 log = logging.getLogger(__name__)
+O = TypeVar("O", bound=Outcome)
 
 TICK_S = 0.5  # how often the core's timers (wait bounds, replanning) are given a chance to wake a worker
 IDLE_RECHECK_S = 10.0  # an idle worker asks again this often even unwoken: a safety net, not the policy
 STATE_TIMEOUT_S = 5.0  # a worker that cannot say its state in this long is shown as not alive
-MAX_KEPT_MESSAGES = 10_000  # lifecycle messages kept in memory for history, newest prompts
-
-
-@dataclass(frozen=True)
-class Finished:
-    """wait_finished's answer."""
-
-    items: list[HistoryItem]  # finished prompts, as history shows them
-    unknown: list[str]  # prompt ids the queue does not know
 
 
 @dataclass
 class _Slot:
-    """One worker the dispatcher drives."""
-
     worker_id: str
     handle: object  # ray ActorHandle of actors.gpu_worker.GpuWorker
-    wake: asyncio.Event = field(default_factory=asyncio.Event)
-    task: asyncio.Task | None = None
-    alive: bool = True
+    wake: asyncio.Event = field(default_factory=asyncio.Event)  # set: ask the ledger for work now
+    task: asyncio.Task | None = None  # its pull loop
 
 
 @ray.remote(num_cpus=0)
 class Dispatcher:
     def __init__(self, config):
         self.config = config  # actors.cluster.FarmConfig
-        self.core = DispatcherCore(JobStore(config.db), FarmPolicy(**config.dispatcher_options), time.time,
-                                   CoreConfig(max_batch=config.max_batch, max_attempts=config.max_attempts))
+        self.ledger = Ledger(JobStore(config.db), FarmPolicy(**config.dispatcher_options), time.time,
+                             CoreConfig(max_batch=config.max_batch, max_attempts=config.max_attempts))
         self.hub = ray.get_actor(EVENT_HUB_NAME, namespace=ACTOR_NAMESPACE)
         self.writer = ray.get_actor(OUTPUT_WRITER_NAME, namespace=ACTOR_NAMESPACE)
         self._slots: dict[str, _Slot] = {}  # worker_id -> slot
-        self._messages: dict[str, list[Message]] = {}  # prompt_id -> lifecycle messages (insertion order)
         self._finished = asyncio.Condition()
-        self._counter = self._last_number() + 1  # ComfyUI's prompt number for the next submit
         self._stopping = False
         self._failed_starts = 0  # workers in a row that died before their first report
         loop = asyncio.get_event_loop()
         self._started = loop.create_task(self._start_workers())
         self._ticker = loop.create_task(self._tick())
 
-    def _last_number(self) -> float:
-        numbers = [j.number for j in self.core.store.pending()] + [j.number for j in self.core.store.history(1, -1)]
-        numbers += [j.number for j in self.core.store.running()]
-        return max([0.0, *(abs(n) for n in numbers)])
-
     # -- workers ------------------------------------------------------------------------------
 
     async def _start_workers(self) -> None:
         """Adopt the farm's live workers (after a restart), then start as many new ones as
         the target asks for."""
-        from actors.gpu_worker import GpuWorker
-
         for entry in ray.util.list_named_actors(all_namespaces=True):
             if entry["namespace"] == ACTOR_NAMESPACE and entry["name"].startswith(WORKER_PREFIX):
                 try:
@@ -111,17 +77,20 @@ class Dispatcher:
                     continue
                 self._adopt(entry["name"], handle)
         target = self.config.num_workers or max(1, int(ray.cluster_resources().get("GPU", 0)))
-        per_host = max(1, max((int(n["Resources"].get("GPU", 0)) for n in ray.nodes() if n["Alive"]), default=1))
         while len(self._slots) < target:
-            self._spawn(GpuWorker, per_host)
+            self._spawn()
 
-    def _spawn(self, worker_class, per_host: int) -> None:
+    def _spawn(self) -> None:
+        """A new worker; Ray places it once a GPU is free (now, or when a node joins)."""
+        from actors.gpu_worker import GpuWorker
+
+        per_host = max(1, max((int(n["Resources"].get("GPU", 0)) for n in ray.nodes() if n["Alive"]), default=1))
         index = 0
         while f"{WORKER_PREFIX}{index}" in self._slots:
             index += 1
         worker_id = f"{WORKER_PREFIX}{index}"
-        handle = worker_class.options(name=worker_id, namespace=ACTOR_NAMESPACE, lifetime="detached",
-                                      max_restarts=0).remote(
+        handle = GpuWorker.options(name=worker_id, namespace=ACTOR_NAMESPACE, lifetime="detached",
+                                   max_restarts=0).remote(
             worker_id, self.config.paths, self.writer, self.hub, self.config.tiers, per_host, self.config.dtype)
         self._adopt(worker_id, handle)
 
@@ -135,22 +104,25 @@ class Dispatcher:
         registered = False
         try:
             state = await slot.handle.state.remote()  # waits until the actor is built
-            self.core.register_worker(slot.worker_id, state.residency)
+            self.ledger.register_worker(slot.worker_id, state.residency)
             registered = True
             self._failed_starts = 0
-            report: ResidencyReport = state.residency
+            report = state.residency
             while not self._stopping:
-                batch = self.core.worker_ready(slot.worker_id, report)
-                if batch is None:
+                dispatch = self.ledger.next_batch(slot.worker_id, report)
+                if dispatch is None:
                     slot.wake.clear()
                     try:
                         await asyncio.wait_for(slot.wake.wait(), IDLE_RECHECK_S)
                     except asyncio.TimeoutError:
                         pass
                     continue
-                await self._publish([status_event(self._remaining())])
-                result: BatchResult = await slot.handle.run_batch.remote([work_item(j) for j in batch.jobs])
-                await self._finish(batch, result)
+                await self._apply(dispatch)
+                result: BatchResult = await slot.handle.run_batch.remote(dispatch.items)
+                failed = await _failed_writes(result)
+                await self._apply(self.ledger.finish_batch(result, failed))
+                if failed:  # its cached SaveImage outputs name files that are not there: render them anew
+                    await slot.handle.free.remote(False, True)
                 report = result.residency
         except RayActorError as exc:
             await self._lost(slot, registered, f"worker {slot.worker_id} died: {_short(exc)}")
@@ -161,128 +133,50 @@ class Dispatcher:
             await self._lost(slot, registered, f"worker {slot.worker_id} failed: {_short(exc)}")
 
     async def _lost(self, slot: _Slot, registered: bool, reason: str) -> None:
-        slot.alive = False
         self._slots.pop(slot.worker_id, None)
-        if registered:
-            lost = self.core.requeue_worker(slot.worker_id)
-            log.warning("%s; requeued %s", reason, lost)
-            await self._announce_failures(lost)
-            await self._publish(self._end_markers(lost))
+        log.warning("%s", reason)
+        await self._apply(self.ledger.worker_lost(slot.worker_id, registered))
         try:
             ray.kill(slot.handle)  # a worker that raised but lives would hold its GPU
         except Exception:
             pass
-        self._wake_all()
-        async with self._finished:
-            self._finished.notify_all()  # some of its jobs may have used up their attempts
-        if not self._stopping:
-            from actors.gpu_worker import GpuWorker
-
-            if not registered:  # it died before it could work: do not spin on a broken setup
-                self._failed_starts += 1
-                delay = min(60.0, 2.0 ** self._failed_starts)
-                log.error("%s before it registered; starting another in %.0f s", reason, delay)
-                await asyncio.sleep(delay)
-                if self._stopping:
-                    return
-
-            per_host = max(1, max((int(n["Resources"].get("GPU", 0)) for n in ray.nodes() if n["Alive"]), default=1))
-            self._spawn(GpuWorker, per_host)  # Ray places it once a GPU is free (now, or when a node joins)
+        if self._stopping:
+            return
+        if not registered:  # it died before it could work: do not spin on a broken setup
+            self._failed_starts += 1
+            delay = min(60.0, 2.0 ** self._failed_starts)
+            log.error("%s before it registered; starting another in %.0f s", reason, delay)
+            await asyncio.sleep(delay)
+            if self._stopping:
+                return
+        self._spawn()
 
     async def _tick(self) -> None:
-        """core.tick() when its next timer is due: it names idle workers to wake."""
+        """The ledger's timers, when due, name idle workers to wake."""
         while not self._stopping:
             await asyncio.sleep(TICK_S)
             try:
-                for worker_id in self.core.tick():
-                    if worker_id in self._slots:
-                        self._slots[worker_id].wake.set()
+                self._wake(self.ledger.tick())
             except Exception:
                 log.exception("dispatcher tick failed")
 
-    def _wake_all(self) -> None:
-        for slot in self._slots.values():
-            slot.wake.set()
+    def _wake(self, worker_ids: list[str]) -> None:
+        for worker_id in worker_ids:
+            if worker_id in self._slots:
+                self._slots[worker_id].wake.set()
 
-    # -- finishing a batch ------------------------------------------------------------------------
-
-    async def _finish(self, batch: Batch, result: BatchResult) -> None:
-        for load in result.loads:
-            self.core.observe_load(load.source, load.nbytes, load.seconds)
-        images = [ref for report in result.reports for ref in report.images]
-        write_error = None
-        if images:
+    async def _apply(self, outcome: O) -> O:
+        """Do what the ledger said: publish, wake workers, let long-polls look again."""
+        if outcome.events:
             try:
-                await self.writer.wait.remote(images)
-            except Exception as exc:  # disk full, permissions: the jobs' outputs are not there
-                write_error = f"writing the images failed: {_short(exc)}"
-        for report in result.reports:
-            self._keep_messages(report.prompt_id, report.messages)
-            self._record(report, write_error)
-        await self._announce_failures([r.prompt_id for r in result.reports])
-        await self._publish(self._end_markers([r.prompt_id for r in result.reports]))
-        await self._publish([status_event(self._remaining())])
-        async with self._finished:
-            self._finished.notify_all()
-
-    def _record(self, report: JobReport, write_error: str | None) -> None:
-        if report.ok and write_error is None:
-            self.core.complete(report.prompt_id, report.outputs)
-        elif report.ok:
-            self.core.fail(report.prompt_id, write_error, retryable=True)
-        elif report.failure is FailureKind.INVALID:
-            self.core.fail(report.prompt_id, report.error, retryable=True)  # another node may have the file
-        else:
-            self.core.fail(report.prompt_id, report.error)
-
-    async def _announce_failures(self, prompt_ids: list[str]) -> None:
-        """An execution_error for prompts the dispatcher failed itself (attempts used up):
-        no worker told their listeners."""
-        events = []
-        for prompt_id in prompt_ids:
-            job = self._job(prompt_id)
-            if job is None or job.state is not JobState.FAILED:
-                continue
-            if any(m.event is EventType.EXECUTION_ERROR for m in self._messages.get(prompt_id, ())):
-                continue
-            payload = {**error_payload(job), "prompt_id": prompt_id, "timestamp": int(time.time() * 1000)}
-            self._keep_messages(prompt_id, [Message(EventType.EXECUTION_ERROR, payload)])
-            events.append(FarmEvent(EventType.EXECUTION_ERROR, payload, job.client_id))
-        if events:
-            await self._publish(events)
-
-    def _end_markers(self, prompt_ids: list[str]) -> list[FarmEvent]:
-        """ComfyUI's `executing {node: null}` for prompts that just reached history. It is sent
-        after the record is stored, as ComfyUI does, because clients fetch /history/{id} the
-        moment they see it. A prompt put back in the queue gets none yet."""
-        events = []
-        for prompt_id in prompt_ids:
-            job = self._job(prompt_id)
-            if job is not None and job.state.finished:
-                events.append(FarmEvent(EventType.EXECUTING, {"node": None, "display_node": None,
-                                                              "prompt_id": prompt_id}, job.client_id))
-        return events
-
-    def _keep_messages(self, prompt_id: str, messages: list[Message]) -> None:
-        self._messages[prompt_id] = list(messages)
-        while len(self._messages) > MAX_KEPT_MESSAGES:
-            self._messages.pop(next(iter(self._messages)))
-
-    async def _publish(self, events: list[FarmEvent]) -> None:
-        try:
-            self.hub.publish.remote(events)  # not awaited: a slow hub never holds up the queue
-        except Exception:
-            log.warning("event hub unavailable; %d events dropped", len(events))
-
-    def _job(self, prompt_id: str) -> Job | None:
-        try:
-            return self.core.job(prompt_id)
-        except UnknownJobError:
-            return None
-
-    def _remaining(self) -> int:
-        snap = self.core.snapshot()
-        return len(snap.running) + len(snap.pending)
+                self.hub.publish.remote(outcome.events)  # not awaited: a slow hub never holds up the queue
+            except Exception:
+                log.warning("event hub unavailable; %d events dropped", len(outcome.events))
+        self._wake(outcome.wake)
+        if outcome.finished:
+            async with self._finished:
+                self._finished.notify_all()
+        return outcome
 
     # -- the API (actors.cluster calls these) ----------------------------------------------------
 
@@ -292,38 +186,23 @@ class Dispatcher:
         return len(self._slots)
 
     async def submit(self, jobs: list[Job]) -> list[SubmitResult]:
-        """Store each job (durably) and queue it. A job's number None takes the next counter
-        (negated with front, as ComfyUI does). Raises DuplicatePromptError on a reused id;
-        jobs before it in the list stay submitted."""
-        results = []
-        for job in jobs:
-            if job.number is None:
-                job.number = -self._counter if job.front else self._counter
-            self._counter = max(self._counter, abs(job.number)) + 1
-            placement = self.core.submit(job)
-            results.append(SubmitResult(job.job_id, job.number))
-            if placement.wake and placement.worker_id in self._slots:
-                self._slots[placement.worker_id].wake.set()
-        await self._publish([status_event(self._remaining())])
-        return results
+        """Store and queue each job. Raises DuplicatePromptError on a reused id; jobs before
+        it in the list stay submitted."""
+        outcome = await self._apply(self.ledger.submit(jobs))
+        if outcome.rejected is not None:
+            raise outcome.rejected
+        return outcome.results
 
-    async def wait_finished(self, prompt_ids: list[str], timeout_s: float = 10.0) -> "Finished":
+    async def wait_finished(self, prompt_ids: list[str], timeout_s: float = 10.0) -> Finished:
         """History items of those prompts that are finished, waiting up to timeout_s for at
-        least one. Ids the queue does not know (never submitted, or deleted) come back in
-        `unknown`: they would never finish."""
+        least one. Ids the queue does not know come back in `unknown`: they would never finish."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         while True:
-            done, unknown = [], []
-            for prompt_id in prompt_ids:
-                job = self._job(prompt_id)
-                if job is None:
-                    unknown.append(prompt_id)
-                elif job.state.finished:
-                    done.append(history_item(job, self._messages.get(prompt_id)))
+            finished = self.ledger.finished(prompt_ids)
             remaining = deadline - loop.time()
-            if done or unknown or remaining <= 0:
-                return Finished(done, unknown)
+            if finished.any or remaining <= 0:
+                return finished
             async with self._finished:
                 try:
                     await asyncio.wait_for(self._finished.wait(), remaining)
@@ -331,75 +210,47 @@ class Dispatcher:
                     pass
 
     async def job_state(self, prompt_id: str) -> JobState | None:
-        """None for a prompt the queue does not know (never submitted, or deleted)."""
-        job = self._job(prompt_id)
-        return None if job is None else job.state
+        return self.ledger.job_state(prompt_id)
 
     async def queue(self) -> QueueSnapshot:
-        snap = self.core.snapshot()
-        return QueueSnapshot([queue_item(j) for j in snap.running], [queue_item(j) for j in snap.pending])
+        return self.ledger.queue()
 
     async def queue_remaining(self) -> int:
-        return self._remaining()
+        return self.ledger.remaining()
 
     async def delete_queued(self, prompt_ids: list[str]) -> int:
-        count = self.core.delete_pending(prompt_ids)
-        await self._publish([status_event(self._remaining())])
-        return count
+        return (await self._apply(self.ledger.delete_queued(prompt_ids))).count
 
     async def clear_queue(self) -> int:
-        count = self.core.clear_pending()
-        await self._publish([status_event(self._remaining())])
-        return count
+        return (await self._apply(self.ledger.clear_queue())).count
 
     async def history(self, max_items: int | None = None, offset: int = 0) -> list[HistoryItem]:
-        return [history_item(j, self._messages.get(j.job_id)) for j in self.core.store.history(max_items, offset)]
+        return self.ledger.history(max_items, offset)
 
     async def history_item(self, prompt_id: str) -> HistoryItem | None:
-        job = self.core.store.get(prompt_id)
-        if job is None or not job.state.finished:
-            return None
-        return history_item(job, self._messages.get(prompt_id))
+        return self.ledger.history_item(prompt_id)
 
     async def delete_history(self, prompt_ids: list[str]) -> int:
-        for prompt_id in prompt_ids:
-            self._messages.pop(prompt_id, None)
-        return self.core.store.delete_history(prompt_ids)
+        return self.ledger.delete_history(prompt_ids)
 
     async def clear_history(self) -> int:
-        self._messages.clear()
-        return self.core.store.clear_history()
+        return self.ledger.clear_history()
 
     async def interrupt(self, prompt_id: str | None = None) -> list[str]:
         """Stop running prompts (all with None). Another prompt sharing a batched call with
         one that is stopped runs again at once on the same worker."""
-        chosen = self.core.interrupt(prompt_id)
-        await self._push_interrupts(chosen)
-        return chosen
+        outcome = self.ledger.interrupt(prompt_id)
+        await self._stop(outcome.interrupts)
+        return outcome.stopped
 
     async def cancel(self, prompt_id: str) -> bool:
-        job = self._job(prompt_id)
-        if job is None:
-            return False
-        running = job.state is JobState.RUNNING
-        if not self.core.cancel(prompt_id):
-            return False
-        if running:
-            await self._push_interrupts([prompt_id])
-        else:
-            async with self._finished:
-                self._finished.notify_all()
-        await self._publish([status_event(self._remaining())])
-        return True
+        outcome = self.ledger.cancel(prompt_id)
+        await self._stop(outcome.interrupts)
+        return bool((await self._apply(outcome)).stopped)
 
-    async def _push_interrupts(self, prompt_ids: list[str]) -> None:
-        by_worker: dict[str, list[str]] = {}
-        for prompt_id in prompt_ids:
-            job = self._job(prompt_id)
-            if job is not None and job.worker_id in self._slots:
-                by_worker.setdefault(job.worker_id, []).append(prompt_id)
-        await asyncio.gather(*(self._slots[w].handle.interrupt.remote(ids) for w, ids in by_worker.items()),
-                             return_exceptions=True)
+    async def _stop(self, interrupts: dict[str, list[str]]) -> None:
+        calls = [self._slots[w].handle.interrupt.remote(ids) for w, ids in interrupts.items() if w in self._slots]
+        await asyncio.gather(*calls, return_exceptions=True)
 
     async def free(self, unload_models: bool, free_memory: bool) -> None:
         await asyncio.gather(*(s.handle.free.remote(unload_models, free_memory) for s in self._slots.values()),
@@ -407,24 +258,13 @@ class Dispatcher:
 
     async def _states(self) -> dict[str, object]:
         slots = list(self._slots.values())
-
-        async def one(slot: _Slot):
-            try:
-                return await asyncio.wait_for(slot.handle.state.remote(), STATE_TIMEOUT_S)
-            except Exception:
-                return None
-
-        states = await asyncio.gather(*(one(s) for s in slots))
+        states = await asyncio.gather(*(asyncio.wait_for(s.handle.state.remote(), STATE_TIMEOUT_S) for s in slots),
+                                      return_exceptions=True)
+        states = [None if isinstance(state, BaseException) else state for state in states]
         return {s.worker_id: state for s, state in zip(slots, states)}
 
     async def workers(self) -> list[WorkerStatus]:
-        states = await self._states()
-        out = []
-        for worker_id, state in states.items():
-            view = self.core.fleet.workers.get(worker_id)
-            backlog = 0 if view is None else len(view.queue) + len(view.running)
-            out.append(worker_status(state, worker_id, backlog, state is not None))
-        return out
+        return self.ledger.worker_statuses(await self._states())
 
     async def devices(self) -> list[DeviceInfo]:
         return [device_info(state) for state in (await self._states()).values() if state is not None]
@@ -446,6 +286,14 @@ class Dispatcher:
             except Exception:
                 pass
         self._slots.clear()
+
+
+async def _failed_writes(result: BatchResult) -> dict[object, BaseException]:
+    """Await the writer's futures for the batch's images (each is done once its files are
+    on disk); those that failed, with their error."""
+    handles = list(dict.fromkeys(h for report in result.reports for h in report.writes))
+    outcomes = await asyncio.gather(*handles, return_exceptions=True)
+    return {h: o for h, o in zip(handles, outcomes) if isinstance(o, BaseException)}
 
 
 def _short(exc: BaseException, limit: int = 300) -> str:

@@ -11,6 +11,7 @@ import socket
 
 import ray
 import torch
+from ray.exceptions import RayTaskError
 
 from farm.models.device import choose_dtype
 from farm.models.tiers import TierConfig
@@ -40,7 +41,8 @@ class GpuWorker:
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, workers_on_host)))
         dtype_ = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[dtype] if dtype \
             else choose_dtype(device)
-        sink = RemoteImageSink(lambda batch: ray.get(writer.save.remote(batch)))
+        sink = RemoteImageSink(lambda prefix, kind, count: _unwrapped(writer.reserve.remote(prefix, kind, count)),
+                               lambda refs, batch: writer.write.remote(refs, batch))  # not awaited here
         events = EventForwarder(lambda batch: hub.publish.remote(batch))
         node = f"{socket.gethostname()} ({ray.get_runtime_context().get_node_id()[:8]})"
         self.core = WorkerCore(worker_id, paths, device, dtype_, sink, events, tiers, node=node,
@@ -60,3 +62,12 @@ class GpuWorker:
 
     def pid(self) -> int:
         return os.getpid()
+
+
+def _unwrapped(ref):
+    """ray.get, raising the writer's own error (a bad filename prefix) rather than Ray's
+    wrapper with the remote traceback, so the node's error reads plainly."""
+    try:
+        return ray.get(ref)
+    except RayTaskError as exc:
+        raise exc.cause from None

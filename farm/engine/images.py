@@ -3,7 +3,8 @@ thread that feeds the GPU (the engine's image sink on one machine).
 
 A node asks for names synchronously (cheap, so the `executed` event can carry them at
 once) and hands over the pixels; encoding and writing run on a small thread pool, and a
-job is reported finished only after `flush()` for its files returns.
+job is reported finished only after `flush()` for its files returns. A farm's writer uses
+`reserve` and `write` directly: each write's future says when *its* files are on disk.
 """
 from __future__ import annotations
 
@@ -26,6 +27,10 @@ PNG_COMPRESS_LEVEL = 4  # ComfyUI's default: a fair size/speed trade at 512-1024
 
 class OutputPathError(FarmError):
     """A filename prefix that would write outside its folder."""
+
+
+class OutputWriteError(FarmError):
+    """An image could not be written (disk full, permissions, a file where a folder goes)."""
 
 
 class ImageSink(Protocol):
@@ -78,25 +83,43 @@ class LocalImageWriter:
             self._next_counter[key] = first + count
             return first
 
+    def reserve(self, prefix: str, kind: str, count: int) -> list[ImageRef]:
+        """Names for `count` images under `prefix` (ComfyUI's `stem_00001_.png`, consecutive),
+        never handed out twice by this writer."""
+        directory, stem, subfolder = split_prefix(prefix, self.folders[kind])
+        first = self._reserve(directory, stem, count)
+        return [ImageRef(f"{stem.replace('%batch_num%', str(i))}_{first + i:05}_.png", subfolder, kind)
+                for i in range(count)]
+
+    def path(self, ref: ImageRef) -> Path:
+        return self.folders[ref.type] / ref.subfolder / ref.filename
+
+    def write(self, refs: list[ImageRef], batch: ImageBatch) -> Future:
+        """Encode and write the batch's images under names `reserve` gave, on the pool; the
+        future is done once they are all on disk (or holds the first error)."""
+        if len(refs) != len(batch.pixels):
+            raise ValueError(f"{len(refs)} names for {len(batch.pixels)} images")
+        return _all_of([self._pool.submit(self._write, self.path(ref), pixels, batch.text_chunks)
+                        for ref, pixels in zip(refs, batch.pixels)])
+
     def save(self, batch: ImageBatch) -> list[ImageRef]:
-        directory, stem, subfolder = split_prefix(batch.prefix, self.folders[batch.kind])
-        first = self._reserve(directory, stem, len(batch.pixels))
-        refs = []
-        for i, pixels in enumerate(batch.pixels):
-            name = f"{stem.replace('%batch_num%', str(i))}_{first + i:05}_.png"
-            refs.append(ImageRef(name, subfolder, batch.kind))
-            future = self._pool.submit(self._write, directory / name, pixels, batch.text_chunks)
-            with self._lock:
-                self._pending.append(future)
+        refs = self.reserve(batch.prefix, batch.kind, len(batch.pixels))
+        future = self.write(refs, batch)
+        with self._lock:
+            self._pending.append(future)
         return refs
 
     @staticmethod
     def _write(path: Path, pixels: np.ndarray, text_chunks: dict[str, str]) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        image, info = encode_png(pixels, text_chunks)
-        tmp = path.with_suffix(".png.part")
-        image.save(tmp, format="PNG", pnginfo=info, compress_level=PNG_COMPRESS_LEVEL)
-        tmp.replace(path)  # a reader never sees half a PNG
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            image, info = encode_png(pixels, text_chunks)
+            tmp = path.with_suffix(".png.part")
+            image.save(tmp, format="PNG", pnginfo=info, compress_level=PNG_COMPRESS_LEVEL)
+            tmp.replace(path)  # a reader never sees half a PNG
+        except OSError as exc:
+            raise OutputWriteError(f"cannot write {path}: {exc.strerror or exc}; check that its folder "
+                                   f"is a writable directory with free space") from exc
 
     def flush(self) -> None:
         with self._lock:
@@ -107,3 +130,27 @@ class LocalImageWriter:
     def close(self) -> None:
         self.flush()
         self._pool.shutdown()
+
+
+def _all_of(futures: list[Future]) -> Future:
+    """One future for several: done when all are, with the first error among them."""
+    joined: Future = Future()
+    left = [len(futures)]
+    lock = threading.Lock()
+
+    def one_done(_: Future) -> None:
+        with lock:
+            left[0] -= 1
+            if left[0]:
+                return
+        errors = [f.exception() for f in futures if f.exception() is not None]
+        if errors:
+            joined.set_exception(errors[0])
+        else:
+            joined.set_result(None)
+
+    if not futures:
+        joined.set_result(None)
+    for future in futures:
+        future.add_done_callback(one_done)
+    return joined

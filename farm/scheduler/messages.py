@@ -55,7 +55,8 @@ class JobReport:
     error: str | None = None  # for the person who submitted it
     error_event: dict | None = None  # execution_error payload, when a node failed
     messages: list[Message] = field(default_factory=list)
-    images: list[ImageRef] = field(default_factory=list)  # files handed to the writer, to wait for
+    images: list[ImageRef] = field(default_factory=list)  # files handed to the writer
+    writes: list[object] = field(default_factory=list)  # the writer's futures for them (Ray ObjectRefs), to await
     started_at_s: float | None = None  # unix seconds
     finished_at_s: float | None = None
     batch_size: int = 1  # how many prompts ran in the same engine call

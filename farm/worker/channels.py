@@ -3,36 +3,51 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import dataclass
 from typing import Callable
 
 from farm.records.events import FarmEvent
 from farm.records.images import ImageBatch, ImageRef
 
 
-class RemoteImageSink:
-    """The engine's image sink on a farm worker: `save` hands the pixels to a writer (on the
-    head, through `send`) and returns the names at once; encoding happens there. `flush`
-    does not wait: the dispatcher waits for a batch's files before it reports the jobs
-    done, so the thread that feeds the GPU is free for the next batch meanwhile."""
+@dataclass(frozen=True)
+class PendingWrite:
+    """Images handed to the writer, and its handle for them: a future that is done when
+    they are on disk (a Ray ObjectRef on a farm), opaque here."""
 
-    def __init__(self, send: Callable[[ImageBatch], list[ImageRef]]):
-        self._send = send
-        self._saved: list[ImageRef] = []
+    refs: tuple[ImageRef, ...]
+    handle: object
+
+
+class RemoteImageSink:
+    """The engine's image sink on a farm worker. `save` reserves names (a small round trip,
+    so the `executed` event can carry them at once), hands the pixels off without waiting
+    for them to be encoded, and keeps the writer's handle. `flush` does not wait: the
+    dispatcher awaits a batch's handles before it reports the jobs done, so the thread
+    that feeds the GPU is free for the next batch meanwhile."""
+
+    def __init__(self, reserve: Callable[[str, str, int], list[ImageRef]],
+                 write: Callable[[list[ImageRef], ImageBatch], object]):
+        self._reserve = reserve  # (prefix, kind, count) -> names
+        self._write = write  # (names, batch) -> handle; must not block on the encoding
+        self._pending: list[PendingWrite] = []
         self._lock = threading.Lock()
 
     def save(self, batch: ImageBatch) -> list[ImageRef]:
-        refs = list(self._send(batch))
+        refs = list(self._reserve(batch.prefix, batch.kind, len(batch.pixels)))
+        handle = self._write(refs, batch)
         with self._lock:
-            self._saved.extend(refs)
+            self._pending.append(PendingWrite(tuple(refs), handle))
         return refs
 
     def flush(self) -> None:
         pass
 
-    def take(self) -> list[ImageRef]:
+    def take(self) -> list[PendingWrite]:
+        """The writes handed off since the last take."""
         with self._lock:
-            refs, self._saved = self._saved, []
-        return refs
+            pending, self._pending = self._pending, []
+        return pending
 
 
 class EventForwarder:

@@ -92,6 +92,7 @@ class WorkerCore:
                        for item in items}
             planned = [p for p in (self._admit(item, reports[item.prompt_id]) for item in items) if p is not None]
             self._run_planned(planned, reports)
+            self._attach_writes(reports.values())
             self.events.flush()
             loads = self.models.moves[self._loads_seen:]
             self._loads_seen = len(self.models.moves)
@@ -167,6 +168,14 @@ class WorkerCore:
                 return  # the end marker: the dispatcher sends it once history holds the prompt
             self.events.emit(event)
         return events
+
+    def _attach_writes(self, reports) -> None:
+        """Each report gets the writer's handles for its images (jobs that shared a node run
+        share its files); writes from a run that was redone belong to no report."""
+        pending = self.images.take()
+        for report in reports:
+            mine = set(report.images)
+            report.writes = [w.handle for w in pending if mine.intersection(w.refs)]
 
     def _finish(self, report: JobReport, outcome: JobOutcome) -> None:
         from farm.engine.executor import execution_error_payload

@@ -88,3 +88,17 @@ def test_cancel_of_a_queued_job_removes_it(ray_farm, txt2img):
     # cancelled before it started: gone from the queue without a history entry, as in ComfyUI
     assert farm.cluster.call("job_state", target.prompt_id) is None
     assert all(f.outcome(240).ok for f in busy)
+
+
+def test_images_that_cannot_be_written_end_the_job_as_a_clear_failure(ray_farm, txt2img):
+    farm = ray_farm
+    farm.wait_for_workers(2)
+    output = farm.cluster.call("paths").output
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "blocked").write_text("a file where the subfolder should be")
+    future = farm.submit(txt2img, {"9.filename_prefix": "blocked/img", "3.seed": 9})
+    result = future.outcome(240)  # retried like any write fault, then failed: never a hang
+    assert not result.ok and result.attempts == 3
+    assert "writing the images failed: cannot write" in result.error and "blocked" in result.error
+    assert "Traceback" not in result.error
+    assert farm.submit(txt2img, {"3.seed": 10}).result(120).ok  # the writer goes on for everyone else

@@ -32,9 +32,6 @@ def test_one_line_strips_colours_and_keeps_the_node():
     assert len(one_line(ValueError("x" * 1000))) < 320
 
 
-@pytest.mark.xfail(strict=True, raises=TimeoutError,
-                   reason="known bug: when the OutputWriter fails to write a job's images the job stays "
-                          "'running' forever instead of failing (seen on this branch with its own cluster)")
 def test_a_job_whose_images_cannot_be_written_fails_in_one_line(ray_farm, txt2img):
     blocker = ray_farm.paths.output / "blocked"  # a file where the prefix wants a folder
     blocker.parent.mkdir(parents=True, exist_ok=True)

@@ -9,7 +9,7 @@ from importlib.resources import files
 import pytest
 import torch
 
-from farm.engine.images import LocalImageWriter
+from farm.engine.images import LocalImageWriter, OutputWriteError
 from farm.errors import NodeExecutionError
 from farm.models.tiers import TierConfig
 from farm.nodes.registry import default_registry
@@ -40,7 +40,7 @@ def rig(tiny_models, tmp_path_factory):
             fn(batch)
 
     forwarder = EventForwarder(send, interval_s=0.01)
-    core = WorkerCore("w0", paths, torch.device("cpu"), torch.float32, RemoteImageSink(writer.save), forwarder,
+    core = WorkerCore("w0", paths, torch.device("cpu"), torch.float32, RemoteImageSink(writer.reserve, writer.write), forwarder,
                       TierConfig(vram_bytes=1 << 30, pinned_bytes=1 << 30))
     PATHS[:] = [paths]
     yield core, writer, events, listeners, paths
@@ -60,17 +60,18 @@ def item(prompt_id: str, node_ctx: NodeContext | None = None, **overrides) -> Wo
 def test_a_batch_reports_each_job_with_its_files_messages_and_events(rig):
     core, writer, events, _, paths = rig
     result = core.run_batch([item("p1", **{"3.seed": 1}), item("p2", **{"3.seed": 2})])
-    writer.flush()
     assert [r.prompt_id for r in result.reports] == ["p1", "p2"]
     for report in result.reports:
         assert report.ok and report.batch_size == 2 and report.worker_id == "w0"
-        assert len(report.images) == 1
+        assert len(report.images) == 1 and len(report.writes) == 1
+        report.writes[0].result(30)  # the writer's future for this job's file
         assert (paths.output / report.images[0].subfolder / report.images[0].filename).is_file()
         kinds = [m.event for m in report.messages]
         assert kinds[0] is EventType.EXECUTION_START and kinds[-1] is EventType.EXECUTION_SUCCESS
         assert all("timestamp" in m.data for m in report.messages)
         assert report.started_at_s <= report.finished_at_s
     assert result.reports[0].images[0] != result.reports[1].images[0]
+    assert result.reports[0].writes[0] is not result.reports[1].writes[0]
     assert "tiny-sd15.safetensors" in result.residency.gpu
     assert [m.source for m in result.loads] == [Tier.STORE]
     progress = [e for e in events if e.type is EventType.PROGRESS]
@@ -115,3 +116,13 @@ def test_out_of_memory_is_recognised_through_the_node_error():
     assert is_out_of_memory(oom)
     assert not is_out_of_memory(NodeExecutionError("3", "KSampler", ValueError("bad cfg")))
     assert not is_out_of_memory(None)
+
+
+def test_a_failed_write_is_in_the_jobs_handle_not_a_raise_on_the_engine_thread(rig):
+    core, _, _, _, paths = rig
+    (paths.output / "blocked").write_text("a file where the subfolder should be")
+    result = core.run_batch([item("p4", **{"9.filename_prefix": "blocked/img", "3.seed": 4})])
+    (report,) = result.reports
+    assert report.ok and len(report.writes) == 1  # the job ran; only its file is missing
+    with pytest.raises(OutputWriteError, match="blocked"):
+        report.writes[0].result(30)
