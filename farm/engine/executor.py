@@ -19,6 +19,7 @@ from farm.engine.context import JobContext, ModelProvider, RunContext
 from farm.errors import Interrupted, NodeExecutionError
 from farm.nodes.registry import NodeRegistry
 from farm.nodes.spec import NodeResult
+from farm.records import comfy_errors
 from farm.workflow.graph import Link, Workflow
 from farm.workflow.plan import Plan
 
@@ -189,9 +190,5 @@ class Engine:
 
 
 def execution_error_payload(error: NodeExecutionError, executed: list[str]) -> dict:
-    """ComfyUI's execution_error body; the traceback is the cause's message only, never a
-    stack from inside torch."""
-    cause = error.cause
-    return {"node_id": error.node_id, "node_type": error.class_type, "executed": executed,
-            "exception_message": str(cause), "exception_type": f"{type(cause).__module__}.{type(cause).__name__}",
-            "traceback": [], "current_inputs": {}, "current_outputs": {}}
+    """ComfyUI's execution_error body (farm.records.comfy_errors spells it)."""
+    return comfy_errors.node_failure(error, executed)
