@@ -35,6 +35,11 @@ class NodeExecutionError(FarmError):
         super().__init__(f"node {node_id} ({class_type}) failed: {type(cause).__name__}: {cause}")
 
 
+class FarmUnavailable(FarmError):
+    """The farm's actors are not there (or not back after a restart). Raised by
+    actors.cluster; here so that code below the Ray side can name it."""
+
+
 class DuplicatePromptError(FarmError):
     """A prompt_id that is already queued or in history (POST /prompt answers 409)."""
 
