@@ -7,6 +7,16 @@ class FarmError(Exception):
     """Base class: the message is written for the person who submitted the work."""
 
 
+class InvalidInputError(FarmError, ValueError):
+    """A value handed to the farm's library (a sampler or scheduler name, steps, cfg,
+    conditioning that does not fit, a text encoder's parts) that cannot work. Also a
+    ValueError, as Python's own argument checks are, so callers catching that keep working."""
+
+
+class ConfigError(FarmError):
+    """A setting of the farm itself (its queue file, a simulator trace) that cannot work."""
+
+
 class WorkflowFormatError(FarmError):
     """The workflow is not a ComfyUI graph at all (bad JSON, wrong shape)."""
 
