@@ -24,7 +24,7 @@ from ray.exceptions import (
 )
 
 from actors import ACTOR_NAMESPACE, DISPATCHER_NAME, EVENT_HUB_NAME, OUTPUT_WRITER_NAME
-from farm.errors import FarmError, one_line
+from farm.errors import FarmUnavailable, one_line
 from farm.models.tiers import TierConfig
 from farm.records.paths import FarmPaths
 
@@ -33,10 +33,6 @@ log = logging.getLogger(__name__)
 # Ray restarts a dead dispatcher (it reloads the queue from SQLite); a call that hits the
 # gap is retried for this long before the caller sees an error.
 DISPATCHER_RETRY_S = 60.0
-
-
-class FarmUnavailable(FarmError):
-    """The farm's actors are not there (or not back after a restart)."""
 
 
 @dataclass(frozen=True)

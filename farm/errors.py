@@ -9,6 +9,16 @@ class FarmError(Exception):
     """Base class: the message is written for the person who submitted the work."""
 
 
+class InvalidInputError(FarmError, ValueError):
+    """A value handed to the farm's library (a sampler or scheduler name, steps, cfg,
+    conditioning that does not fit, a text encoder's parts) that cannot work. Also a
+    ValueError, as Python's own argument checks are, so callers catching that keep working."""
+
+
+class ConfigError(FarmError):
+    """A setting of the farm itself (its queue file, a simulator trace) that cannot work."""
+
+
 class WorkflowFormatError(FarmError):
     """The workflow is not a ComfyUI graph at all (bad JSON, wrong shape)."""
 
@@ -35,6 +45,11 @@ class NodeExecutionError(FarmError):
     def __init__(self, node_id: str, class_type: str, cause: BaseException):
         self.node_id, self.class_type, self.cause = node_id, class_type, cause
         super().__init__(f"node {node_id} ({class_type}) failed: {one_line(cause)}")
+
+
+class FarmUnavailable(FarmError):
+    """The farm's actors are not there (or not back after a restart). Raised by
+    actors.cluster; here so that code below the Ray side can name it."""
 
 
 class DuplicatePromptError(FarmError):

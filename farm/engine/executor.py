@@ -16,9 +16,10 @@ import torch
 
 from farm.engine.cache import OutputCache
 from farm.engine.context import JobContext, ModelProvider, RunContext
-from farm.errors import Interrupted, NodeExecutionError, one_line
+from farm.errors import Interrupted, NodeExecutionError
 from farm.nodes.registry import NodeRegistry
 from farm.nodes.spec import NodeResult
+from farm.records import comfy_errors
 from farm.records.events import EventType
 from farm.records.images import ImageRef
 from farm.workflow.graph import Link, Workflow
@@ -196,9 +197,5 @@ class Engine:
 
 
 def execution_error_payload(error: NodeExecutionError, executed: list[str]) -> dict:
-    """ComfyUI's execution_error body; the traceback is the cause's message only, never a
-    stack from inside torch."""
-    cause = error.cause
-    return {"node_id": error.node_id, "node_type": error.class_type, "executed": executed,
-            "exception_message": one_line(cause, with_type=False), "exception_type": f"{type(cause).__module__}.{type(cause).__name__}",
-            "traceback": [], "current_inputs": {}, "current_outputs": {}}
+    """ComfyUI's execution_error body (farm.records.comfy_errors spells it)."""
+    return comfy_errors.node_failure(error, executed)

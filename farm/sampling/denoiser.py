@@ -12,6 +12,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
+from farm.errors import InvalidInputError
 from farm.sampling.model_sampling import DiscreteSchedule
 
 
@@ -42,7 +43,7 @@ def _rows(t: Tensor, batch: int, what: str) -> Tensor:
         return t
     if t.shape[0] == 1:
         return t.expand(batch, *t.shape[1:])
-    raise ValueError(f"{what} has {t.shape[0]} rows for a latent batch of {batch}: give 1 row (shared) or {batch}")
+    raise InvalidInputError(f"{what} has {t.shape[0]} rows for a latent batch of {batch}: give 1 row (shared) or {batch}")
 
 
 def _stack(conds: list[Conditioning], batch: int) -> CondBatch:
@@ -50,11 +51,11 @@ def _stack(conds: list[Conditioning], batch: int) -> CondBatch:
     77-token chunks) are repeated up to their least common multiple, as ComfyUI does: attention
     over a key sequence repeated k times gives the same output as over the sequence once."""
     if len({c.embeds.shape[-1] for c in conds}) > 1:
-        raise ValueError("positive and negative conditioning come from different text encoders "
+        raise InvalidInputError("positive and negative conditioning come from different text encoders "
                          f"(widths {[c.embeds.shape[-1] for c in conds]}); encode both with the same CLIP")
     for field in ("pooled", "time_ids"):
         if len({getattr(c, field) is None for c in conds}) > 1:
-            raise ValueError(f"one side of the conditioning has {field} and the other has not; "
+            raise InvalidInputError(f"one side of the conditioning has {field} and the other has not; "
                              "encode positive and negative with the same model")
     tokens = math.lcm(*(c.embeds.shape[1] for c in conds))
     embeds = torch.cat([_rows(c.embeds, batch, "conditioning").repeat(1, tokens // c.embeds.shape[1], 1)
@@ -80,7 +81,8 @@ class CFGDenoiser:
         # (bit-identical to running that row alone with the negative side skipped).
         self._cfg_is_one = torch.tensor([math.isclose(float(c), 1.0) for c in self.cfg])
         if negative is None and not bool(self._cfg_is_one.all()):
-            raise ValueError("cfg other than 1.0 needs negative conditioning")
+            raise InvalidInputError(f"cfg {[round(float(c), 4) for c in self.cfg]} needs negative conditioning: "
+                                    "connect a negative prompt, or set cfg to 1.0")
         self._cond_cache: dict[tuple[int, bool], CondBatch] = {}  # (rows, both sides) -> batch
 
     def _conds(self, batch: int, guided: bool) -> CondBatch:

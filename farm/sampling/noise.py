@@ -26,6 +26,8 @@ import torch
 import torchsde
 from torch import Tensor
 
+from farm.errors import InvalidInputError
+
 # (sigma, sigma_next) -> unit-variance noise shaped like the latent batch
 NoiseFn = Callable[[Tensor, Tensor], Tensor]
 
@@ -55,7 +57,7 @@ def initial_noise(shape_per_job: Sequence[int], seeds: Sequence[int]) -> Tensor:
 
 def _rows_per_job(like: Tensor, seeds: Sequence[int]) -> int:
     if not seeds or like.shape[0] % len(seeds):
-        raise ValueError(f"a batch of {like.shape[0]} rows cannot be split evenly into {len(seeds)} "
+        raise InvalidInputError(f"a batch of {like.shape[0]} rows cannot be split evenly into {len(seeds)} "
                          "job blocks; give one seed per job and equal-sized jobs")
     return like.shape[0] // len(seeds)
 

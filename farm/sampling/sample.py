@@ -8,6 +8,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from farm.errors import InvalidInputError
 from farm.sampling.denoiser import CFGDenoiser
 from farm.sampling.noise import NoiseFn, NoiseKind, make_noise_sampler
 from farm.sampling.samplers import SAMPLER_NOISE, Callback, get_sampler
@@ -61,7 +62,7 @@ def sample(denoiser: CFGDenoiser, latent_image: Tensor, noise: Tensor, sigmas: T
     kind = SAMPLER_NOISE[sampler_name]
     if noise_sampler is None and kind is not NoiseKind.NONE:
         if seeds is None:
-            raise ValueError(f"sampler {sampler_name!r} adds noise at every step: pass seeds "
+            raise InvalidInputError(f"sampler {sampler_name!r} adds noise at every step: pass seeds "
                              "(one per job block) or a noise_sampler so the run is reproducible")
         noise_sampler = make_noise_sampler(kind, x, seeds, sigmas)
     return sampler(denoiser, x, sigmas, callback=callback, noise_sampler=noise_sampler)

@@ -6,6 +6,7 @@ returns the denoised latent, `x` starts at noise level sigmas[0], and the result
 at sigmas[-1]. SAMPLER_NOISE says which seeded noise source each one consumes."""
 from __future__ import annotations
 
+from farm.errors import InvalidInputError
 from farm.sampling.noise import NoiseKind
 from farm.sampling.samplers_ancestral import (
     sample_dpm_2_ancestral,
@@ -71,7 +72,7 @@ assert SAMPLER_NOISE.keys() == SAMPLERS.keys()
 
 def get_sampler(name: str) -> Sampler:
     if name not in SAMPLERS:
-        raise ValueError(f"unknown sampler {name!r}; use one of: {', '.join(SAMPLERS)}")
+        raise InvalidInputError(f"unknown sampler {name!r}; use one of: {', '.join(SAMPLERS)}")
     return SAMPLERS[name]
 
 

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from farm.errors import InvalidInputError
 from farm.sampling.model_sampling import DiscreteSchedule
 
 ScheduleFn = Callable[[DiscreteSchedule, int], Tensor]
@@ -141,9 +142,9 @@ def compute_sigmas(schedule: DiscreteSchedule, scheduler_name: str, steps: int, 
     int(steps / denoise) steps and keeps the last steps + 1 sigmas; denoise <= 0 gives an
     empty tensor (the sampler then returns the latent unchanged)."""
     if scheduler_name not in SCHEDULERS:
-        raise ValueError(f"unknown scheduler {scheduler_name!r}; use one of: {', '.join(SCHEDULERS)}")
+        raise InvalidInputError(f"unknown scheduler {scheduler_name!r}; use one of: {', '.join(SCHEDULERS)}")
     if steps < 1:
-        raise ValueError(f"steps must be at least 1, got {steps}")
+        raise InvalidInputError(f"steps must be at least 1, got {steps}")
     fn = SCHEDULERS[scheduler_name]
 
     def build(n: int) -> Tensor:

@@ -35,8 +35,9 @@ class CoreConfig:
 
 
 @dataclass(frozen=True)
-class QueueSnapshot:
-    """GET /queue: what runs and what waits, each in the order ComfyUI lists them."""
+class QueueState:
+    """The dispatcher's view of its queue (Jobs; GET /queue's records.queue.QueueSnapshot is built
+    from it): what runs and what waits, each in the order ComfyUI lists them."""
     running: tuple[Job, ...]  # by start time
     pending: tuple[Job, ...]  # by priority
 
@@ -195,11 +196,11 @@ class DispatcherCore:
             raise UnknownJobError(f"no job {job_id}; it was never submitted or was deleted")
         return job
 
-    def snapshot(self) -> QueueSnapshot:
+    def snapshot(self) -> QueueState:
         running = sorted((j for j in self._jobs.values() if j.state is JobState.RUNNING),
                          key=lambda j: (j.started_s or 0.0, j.seq))
         pending = sorted(self.fleet.queued(), key=lambda j: j.priority)
-        return QueueSnapshot(tuple(running), tuple(pending))
+        return QueueState(tuple(running), tuple(pending))
 
     def due_s(self) -> float | None:
         """When tick() may next have a worker to wake (None: only new work wakes workers)."""

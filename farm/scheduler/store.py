@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from farm.errors import DuplicatePromptError, UnknownJobError
+from farm.errors import ConfigError, DuplicatePromptError, UnknownJobError
 from farm.scheduler.jobs import Job, JobState
 from farm.workflow.plan import Plan
 
@@ -87,7 +87,7 @@ class JobStore:
             if found is None:
                 self._db.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
             elif found[0] != SCHEMA_VERSION:
-                raise RuntimeError(
+                raise ConfigError(
                     f"{self.path} holds queue schema v{found[0]}; this farm reads v{SCHEMA_VERSION}. "
                     "Use a new queue file or a matching farm version.")
 

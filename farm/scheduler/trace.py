@@ -19,6 +19,7 @@ import math
 import random
 from dataclasses import asdict, dataclass
 
+from farm.errors import ConfigError
 from farm.scheduler.costs import ARCHS, ArchProfile, batch_s, job_estimates
 
 STEP_CHOICES = (20, 25, 30)
@@ -90,7 +91,7 @@ def make_trace(spec: TraceSpec) -> list[TraceJob]:
     job_rate = spec.load * spec.workers / mean_image_s  # jobs per second
     burst = spec.mean_burst if spec.arrivals == "bursty" else 1.0
     if spec.arrivals not in ("bursty", "poisson"):
-        raise ValueError(f"arrivals must be 'bursty' or 'poisson', not {spec.arrivals!r}")
+        raise ConfigError(f"arrivals must be 'bursty' or 'poisson', not {spec.arrivals!r}")
     jobs: list[TraceJob] = []
     now = 0.0
     while len(jobs) < spec.jobs:

@@ -2,6 +2,7 @@
 history, workers, devices: farm.records' types). Pure functions, no Ray."""
 from __future__ import annotations
 
+from farm.records import comfy_errors
 from farm.records.events import EventType
 from farm.records.history import HistoryItem, HistoryStatus, JobTimings, StatusMessage
 from farm.records.queue import QueueItem
@@ -43,9 +44,7 @@ def synthesized_messages(job: Job) -> tuple[StatusMessage, ...]:
 
 def error_payload(job: Job) -> dict:
     """execution_error's body for a failure the dispatcher decided (no node to blame)."""
-    return {"node_id": None, "node_type": None, "executed": [], "exception_message": job.error or "",
-            "exception_type": "farm.errors.FarmError", "traceback": [], "current_inputs": {},
-            "current_outputs": {}}
+    return comfy_errors.farm_failure(job.error or "")
 
 
 def history_item(job: Job, messages: list[Message] | None) -> HistoryItem:

@@ -6,7 +6,8 @@ from fastapi import FastAPI
 
 import farm
 from farm.server.config import ServerConfig
-from farm.server.deps import ServerState, install_error_handlers
+from farm.server.deps import ServerState
+from farm.server.http_errors import install_error_handlers
 from farm.server.routes import (
     farm_routes,
     files,

@@ -1,5 +1,5 @@
-"""What route handlers are given: the server's state, the farm (or a 503 when none is
-attached), and helpers that turn a malformed request into a 400 that says what is wrong."""
+"""What route handlers are given: the server's state, the farm service (or a 503 when none
+is attached), and helpers that read a request body or raise a 400 that says what is wrong."""
 from __future__ import annotations
 
 import asyncio
@@ -8,17 +8,15 @@ import json
 from dataclasses import dataclass, field
 from typing import Annotated, AsyncIterator, TypeVar
 
-from fastapi import Depends, FastAPI, HTTPException
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi import Depends, FastAPI
 from pydantic import BaseModel, ValidationError
-from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import HTTPConnection, Request
 
 from farm.nodes.registry import NodeRegistry, default_registry
 from farm.nodes.spec import NodeContext
 from farm.server.broadcast import Broadcaster
 from farm.server.config import ServerConfig
+from farm.server.http_errors import BadRequest, NoFarmAttached, describe
 from farm.service import FarmService
 
 Body = TypeVar("Body", bound=BaseModel)
@@ -56,12 +54,6 @@ class ServerState:
             self.broadcaster.close_all()
 
 
-class FarmUnavailable(HTTPException):
-    def __init__(self) -> None:
-        super().__init__(503, "no farm is attached to this server: it can validate workflows and serve files, "
-                              "but queueing needs a running farm (start it with the farm service)")
-
-
 def get_state(conn: HTTPConnection) -> ServerState:
     return conn.app.state.farm
 
@@ -69,17 +61,12 @@ def get_state(conn: HTTPConnection) -> ServerState:
 def require_farm(conn: HTTPConnection) -> FarmService:
     service = get_state(conn).service
     if service is None:
-        raise FarmUnavailable()
+        raise NoFarmAttached()
     return service
 
 
 State = Annotated[ServerState, Depends(get_state)]
-Farm = Annotated[FarmService, Depends(require_farm)]
-
-
-class BadRequest(HTTPException):
-    def __init__(self, message: str):
-        super().__init__(400, message)
+Service = Annotated[FarmService, Depends(require_farm)]
 
 
 async def read_json(request: Request) -> object:
@@ -90,11 +77,6 @@ async def read_json(request: Request) -> object:
         raise BadRequest(f"the request body is not valid JSON: {exc}") from None
     except RecursionError:  # the decoder's own guard, far deeper than the farm's cap
         raise BadRequest("the request body is nested too deeply to read") from None
-
-
-def describe(errors: list[dict]) -> str:
-    """pydantic's error list as one line: "prompt: Input should be a valid dictionary; ..." """
-    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in errors)
 
 
 def parse_body(model: type[Body], data: object) -> Body:
@@ -108,16 +90,3 @@ def parse_body(model: type[Body], data: object) -> Body:
 
 async def read_body(request: Request, model: type[Body]) -> Body:
     return parse_body(model, await read_json(request))
-
-
-def install_error_handlers(app: FastAPI) -> None:
-    """Errors go out as {"error": message}, and a body that fails a pydantic model is a
-    400 (as ComfyUI answers bad input), not FastAPI's 422."""
-    async def http_error(request, exc: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
-
-    async def invalid_body(request, exc: RequestValidationError) -> JSONResponse:
-        return JSONResponse({"error": f"bad request body: {describe(exc.errors())}"}, status_code=400)
-
-    app.add_exception_handler(StarletteHTTPException, http_error)
-    app.add_exception_handler(RequestValidationError, invalid_body)

@@ -21,8 +21,10 @@ from urllib.parse import parse_qs, urlsplit
 
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from farm.server.http_errors import error_response
 
 log = logging.getLogger(__name__)
 
@@ -135,8 +137,8 @@ class TokenAuth:
             return await self.app(scope, receive, send)
         given = presented_token(scope)
         if given is None or not hmac.compare_digest(given.encode(), self.token.encode()):
-            body = {"error": "this farm needs a token: send 'Authorization: Bearer <token>' or add ?token=<token>"}
-            response = JSONResponse(body, status_code=401, headers={"WWW-Authenticate": "Bearer"})
+            response = error_response(401, "this farm needs a token: send 'Authorization: Bearer <token>' or "
+                                      "add ?token=<token>", {"WWW-Authenticate": "Bearer"})
             return await _reject(scope, receive, send, response)
         await self.app(scope, receive, send)
 
@@ -182,5 +184,5 @@ class BodyLimit:
             await self._too_large(scope, receive, send)
 
     async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
-        body = {"error": f"request body is larger than the server's limit of {self.max_bytes} bytes"}
-        await JSONResponse(body, status_code=413)(scope, receive, send)
+        await error_response(413, f"request body is larger than the server's limit of {self.max_bytes} bytes")(
+            scope, receive, send)

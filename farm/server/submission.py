@@ -8,29 +8,18 @@ from dataclasses import dataclass
 
 from starlette.concurrency import run_in_threadpool
 
-from farm.errors import FarmError, WorkflowFormatError
+from farm.errors import FarmError
+from farm.records import comfy_errors
 from farm.server.deps import ServerState
-from farm.server.wire import error_body
+from farm.server.http_errors import PromptRejected, reject, rejection_for
 from farm.service import SubmitRequest
 from farm.workflow.bounds import check_json
 from farm.workflow.errors import ErrorType
-from farm.workflow.prepare import PreparedPrompt, ValidationFailed, prepare
+from farm.workflow.prepare import PreparedPrompt, prepare
 
 # Keys of extra_data that ComfyUI keeps out of the queue and history (API-node credentials).
 # The farm runs no API nodes, so it drops them: they are never stored or shown.
 SENSITIVE_EXTRA_DATA_KEYS = ("auth_token_comfy_org", "api_key_comfy_org")
-
-
-class PromptRejected(Exception):
-    """The 400 answer to a prompt, in ComfyUI's {"error", "node_errors"} shape."""
-
-    def __init__(self, body: dict):
-        super().__init__(body["error"]["message"] if isinstance(body.get("error"), dict) else str(body))
-        self.body = body
-
-
-def reject(kind: str, message: str, details: str = "") -> PromptRejected:
-    return PromptRejected({"error": error_body(kind, message, details), "node_errors": {}})
 
 
 def is_canonical_uuid(value: object) -> bool:
@@ -74,7 +63,7 @@ def check_request_caps(data: object, state: ServerState) -> None:
         # a single huge prompt text is better named as that than as a too-large request
         capped = check_json(data.get("prompt"), limits, "prompt") or capped
     if capped is not None:
-        raise PromptRejected({"error": capped.to_comfy(), "node_errors": {}})
+        raise PromptRejected(comfy_errors.prompt_rejection(capped.to_comfy()))
 
 
 @dataclass(frozen=True)
@@ -88,12 +77,8 @@ def _prepare_blocking(state: ServerState, workflow: object, prompt_id: str, targ
     try:
         prepared = prepare(workflow, state.registry, state.node_ctx, overrides, prompt_id=prompt_id,
                            partial_execution_targets=targets)
-    except ValidationFailed as exc:
-        raise PromptRejected(exc.result.to_comfy()) from None
-    except WorkflowFormatError as exc:
-        raise reject("invalid_prompt", "the workflow is not in ComfyUI's API format", str(exc)) from None
     except FarmError as exc:
-        raise reject("invalid_prompt", "the workflow cannot run", str(exc)) from None
+        raise rejection_for(exc) from None
     return Validated(prepared, tuple(prepared.plan.outputs))
 
 

@@ -103,11 +103,6 @@ def number_out(number: float) -> float | int:
     return int(number) if float(number).is_integer() else number
 
 
-def error_body(kind: str, message: str, details: str = "", extra_info: dict | None = None) -> dict:
-    """ComfyUI's error object (the "error" of a 400 from POST /prompt)."""
-    return {"type": kind, "message": message, "details": details, "extra_info": extra_info or {}}
-
-
 def queue_item_out(item: QueueItem | HistoryItem) -> list:
     """[number, prompt_id, prompt, extra_data, outputs_to_execute]"""
     return [number_out(item.number), item.prompt_id, item.prompt, item.extra_data, list(item.outputs_to_execute)]

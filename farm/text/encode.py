@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
+from farm.errors import InvalidInputError
 from farm.text.conditioning import Conditioning
 from farm.text.tokenize import (
     TokenChunk,
@@ -67,12 +68,12 @@ class ClipTextEncoder:
         object.__setattr__(self, "arch", ClipArch(self.arch))
         has_g = (self.tokenizer_g is not None, self.text_model_g is not None)
         if self.arch is ClipArch.SDXL and has_g != (True, True):
-            raise ValueError("an SDXL text encoder needs tokenizer_g and text_model_g (OpenCLIP bigG); "
+            raise InvalidInputError("an SDXL text encoder needs tokenizer_g and text_model_g (OpenCLIP bigG); "
                              "use ClipTextEncoder.sdxl(...)")
         if self.arch is ClipArch.SD1 and any(has_g):
-            raise ValueError("an SD1 text encoder has a single CLIP model; drop tokenizer_g/text_model_g")
+            raise InvalidInputError("an SD1 text encoder has a single CLIP model; drop tokenizer_g/text_model_g")
         if self.layer is not None and self.layer >= 0:
-            raise ValueError(f"CLIP layer {self.layer} is not allowed: give a negative layer, "
+            raise InvalidInputError(f"CLIP layer {self.layer} is not allowed: give a negative layer, "
                              "-1 for the last, -2 for the one before it")
 
     @classmethod

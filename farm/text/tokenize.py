@@ -14,6 +14,7 @@ from pathlib import Path
 
 from transformers import CLIPTokenizer
 
+from farm.errors import InvalidInputError
 from farm.text.prompt import parse_weights, text_pieces
 
 TOKENIZER_DIR = Path(__file__).resolve().parents[1] / "models" / "tokenizer"
@@ -61,7 +62,7 @@ class _SpecialIds:
     def of(cls, tokenizer: CLIPTokenizer) -> _SpecialIds:
         ids = (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id)
         if None in ids:
-            raise ValueError("the CLIP tokenizer lacks a start, end or pad token; build it with "
+            raise InvalidInputError("the CLIP tokenizer lacks a start, end or pad token; build it with "
                              "farm.text.clip_l_tokenizer() or clip_g_tokenizer()")
         return cls(*ids)
 

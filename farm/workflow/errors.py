@@ -1,7 +1,8 @@
-"""ComfyUI's validation errors: {type, message, details, extra_info}, built in one place.
+"""ComfyUI's validation errors as typed records: which problem, with what message.
 
 The `type` strings and `message` texts are ComfyUI's wire format: clients match on them, so
-they are reproduced exactly. `details` and `extra_info` carry what names the bad input.
+they are reproduced exactly. `details` and `extra_info` carry what names the bad input. The
+JSON itself is spelled by farm.records.comfy_errors.
 """
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import uuid
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
+
+from farm.records import comfy_errors
 
 
 class ErrorType(str, Enum):
@@ -44,8 +47,7 @@ class ComfyError:
     extra_info: dict[str, Any] = field(default_factory=dict)
 
     def to_comfy(self) -> dict:
-        return {"type": self.type.value, "message": self.message, "details": self.details,
-                "extra_info": self.extra_info}
+        return comfy_errors.error_object(self.type.value, self.message, self.details, self.extra_info)
 
 
 class InputError(ComfyError):
@@ -65,8 +67,8 @@ class NodeErrors:
     dependent_outputs: list[str] = field(default_factory=list)
 
     def to_comfy(self) -> dict:
-        return {"errors": [e.to_comfy() for e in self.errors], "dependent_outputs": list(self.dependent_outputs),
-                "class_type": self.class_type}
+        return comfy_errors.node_errors_entry(self.class_type, [e.to_comfy() for e in self.errors],
+                                              self.dependent_outputs)
 
 
 # -- per-input errors; `config` is ComfyUI's [type, options] of the input -------------------

@@ -17,6 +17,7 @@ from typing import Any, Sequence
 
 from farm.nodes.registry import NodeRegistry
 from farm.nodes.spec import InputSpec, NodeContext, NodeSpec, hook_arguments
+from farm.records import comfy_errors
 from farm.workflow import errors as E
 from farm.workflow.errors import InputError, NodeErrors, PromptError
 from farm.workflow.graph import Link, MalformedLink, NodeCall, Workflow
@@ -39,10 +40,9 @@ class ValidationResult:
     def to_comfy(self) -> dict:
         """POST /prompt's 400 body {"error", "node_errors"}; when the prompt is accepted,
         only {"node_errors"} (what a 200 answer carries besides prompt_id and number)."""
-        body: dict[str, Any] = {"node_errors": self.node_errors_comfy()}
         if self.error is not None:
-            body = {"error": self.error.to_comfy(), **body}
-        return body
+            return comfy_errors.prompt_rejection(self.error.to_comfy(), self.node_errors_comfy())
+        return {"node_errors": self.node_errors_comfy()}
 
 
 @dataclass

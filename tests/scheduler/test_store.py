@@ -3,7 +3,7 @@ import sqlite3
 
 import pytest
 
-from farm.errors import DuplicatePromptError
+from farm.errors import ConfigError, DuplicatePromptError
 from farm.scheduler.jobs import Job, JobState
 from farm.scheduler.store import JobStore
 
@@ -58,7 +58,7 @@ def test_refuses_a_newer_schema(tmp_path):
     JobStore(path).close()
     with sqlite3.connect(path) as db:
         db.execute("UPDATE schema_version SET version = 99")
-    with pytest.raises(RuntimeError, match="v99"):
+    with pytest.raises(ConfigError, match="v99"):
         JobStore(path)
 
 

@@ -10,18 +10,18 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from farm.errors import FarmError
-from farm.server.deps import BadRequest, Farm, State, require_farm
-from farm.server.submission import (
+from farm.server.deps import Service, State, require_farm
+from farm.server.http_errors import (
+    BadRequest,
     PromptRejected,
-    Validated,
-    submit_request,
-    validate_prompt,
+    reject,
+    rejected_response,
 )
+from farm.server.submission import Validated, submit_request, validate_prompt
 from farm.server.wire import (
     BatchRequest,
     BatchResponse,
     WorkerOut,
-    error_body,
     number_out,
     worker_out,
 )
@@ -34,8 +34,8 @@ ERROR_400 = {400: {"description": 'a bad override key, or a variant that fails v
 
 
 @router.get("/workers", response_model=list[WorkerOut], summary="The farm's GPU workers")
-async def workers(farm: Farm) -> list[WorkerOut]:
-    return [worker_out(w) for w in await farm.workers()]
+async def workers(service: Service) -> list[WorkerOut]:
+    return [worker_out(w) for w in await service.workers()]
 
 
 def check_override_keys(prompt: dict, overrides: list[dict], registry) -> None:
@@ -67,17 +67,16 @@ async def batch(body: BatchRequest, request: Request, state: State) -> BatchResp
     try:
         prompt = await run_in_threadpool(to_api_format, body.prompt, state.registry)
     except FarmError as exc:
-        return JSONResponse({"error": error_body("invalid_prompt", "the workflow cannot be read", str(exc)),
-                             "node_errors": {}, "index": None}, status_code=400)
+        return rejected_response(reject("invalid_prompt", "the workflow cannot be read", str(exc)), index=None)
     check_override_keys(prompt, body.overrides, state.registry)
     validated: list[Validated] = []
     for index, override in enumerate(body.overrides):
         try:
             validated.append(await validate_prompt(state, prompt, str(uuid.uuid4()), overrides=override))
         except PromptRejected as rejected:
-            return JSONResponse({**rejected.body, "index": index}, status_code=400)
-    farm = require_farm(request)
-    results = [await farm.submit(submit_request(v, body.extra_data, body.client_id, None, body.front))
+            return rejected_response(rejected, index=index)
+    service = require_farm(request)
+    results = [await service.submit(submit_request(v, body.extra_data, body.client_id, None, body.front))
                for v in validated]
     return BatchResponse(prompt_ids=[r.prompt_id for r in results], numbers=[number_out(r.number) for r in results],
                          node_errors=[v.prepared.node_errors for v in validated])

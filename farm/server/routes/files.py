@@ -18,7 +18,8 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
-from farm.server.deps import BadRequest, State
+from farm.server.deps import State
+from farm.server.http_errors import BadRequest
 from farm.server.multipart import MultipartError, Part, parse_form
 
 router = APIRouter()

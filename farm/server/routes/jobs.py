@@ -18,7 +18,8 @@ from fastapi.responses import JSONResponse
 from farm.records.events import EventType
 from farm.records.history import HistoryItem, HistoryStatus
 from farm.records.queue import QueueItem
-from farm.server.deps import BadRequest, Farm, read_body
+from farm.server.deps import Service, read_body
+from farm.server.http_errors import BadRequest, error_response
 from farm.server.submission import is_canonical_uuid
 from farm.server.wire import CancelJobsRequest, history_item_out, number_out
 
@@ -138,7 +139,7 @@ def _page(query) -> tuple[int | None, int]:
 
 
 @router.get("/jobs")
-async def list_jobs(request: Request, farm: Farm) -> dict:
+async def list_jobs(request: Request, service: Service) -> dict:
     query = request.query_params
     wanted = _statuses(query.get("status"))
     sort_by = query.get("sort_by", "created_at").lower()
@@ -149,12 +150,12 @@ async def list_jobs(request: Request, farm: Farm) -> dict:
         raise BadRequest("sort_order must be asc or desc")
     limit, offset = _page(query)
 
-    snapshot = await farm.queue()
+    snapshot = await service.queue()
     jobs = [queued_job(i, JobStatus.IN_PROGRESS) for i in snapshot.running] if JobStatus.IN_PROGRESS in wanted else []
     if JobStatus.PENDING in wanted:
         jobs += [queued_job(i, JobStatus.PENDING) for i in snapshot.pending]
     if wanted & {JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED}:
-        finished = [finished_job(item) for item in await farm.history(None, 0)]
+        finished = [finished_job(item) for item in await service.history(None, 0)]
         jobs += [j for j in finished if JobStatus(j["status"]) in wanted]
     if workflow_id := query.get("workflow_id"):
         jobs = [j for j in jobs if j.get("workflow_id") == workflow_id]
@@ -166,29 +167,28 @@ async def list_jobs(request: Request, farm: Farm) -> dict:
 
 
 @router.get("/jobs/{job_id}")
-async def get_job(job_id: str, farm: Farm) -> JSONResponse:
-    item = await farm.history_item(job_id)
+async def get_job(job_id: str, service: Service) -> JSONResponse:
+    item = await service.history_item(job_id)
     if item is not None:
         return JSONResponse(finished_job(item, with_details=True))
-    snapshot = await farm.queue()
+    snapshot = await service.queue()
     for items, status in ((snapshot.running, JobStatus.IN_PROGRESS), (snapshot.pending, JobStatus.PENDING)):
         for queued in items:
             if queued.prompt_id == job_id:
                 return JSONResponse(queued_job(queued, status))
-    return JSONResponse({"error": "Job not found"}, status_code=404)
+    return error_response(404, "Job not found")
 
 
 @router.post("/jobs/cancel")
-async def cancel_jobs(request: Request, farm: Farm) -> JSONResponse:
+async def cancel_jobs(request: Request, service: Service) -> JSONResponse:
     body = await read_body(request, CancelJobsRequest)
     invalid = [j if isinstance(j, str) else repr(j) for j in body.job_ids if not is_canonical_uuid(j)]
     if invalid:
-        return JSONResponse({"error": "job_ids holds ids that are not UUIDs", "invalid_ids": invalid},
-                            status_code=400)
-    results = [await farm.cancel(job_id) for job_id in body.job_ids]
+        return error_response(400, "job_ids holds ids that are not UUIDs", invalid_ids=invalid)
+    results = [await service.cancel(job_id) for job_id in body.job_ids]
     return JSONResponse({"cancelled": any(results)})
 
 
 @router.post("/jobs/{job_id}/cancel")
-async def cancel_job(job_id: str, farm: Farm) -> dict:
-    return {"cancelled": await farm.cancel(job_id)}
+async def cancel_job(job_id: str, service: Service) -> dict:
+    return {"cancelled": await service.cancel(job_id)}

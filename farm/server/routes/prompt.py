@@ -6,12 +6,16 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from farm.errors import DuplicatePromptError
-from farm.server.deps import Farm, State, parse_body, read_json, require_farm
-from farm.server.submission import (
+from farm.server.deps import Service, State, parse_body, read_json, require_farm
+from farm.server.http_errors import (
     PromptRejected,
+    duplicate_prompt_response,
+    reject,
+    rejected_response,
+)
+from farm.server.submission import (
     check_prompt_id,
     check_request_caps,
-    reject,
     submit_request,
     validate_prompt,
 )
@@ -21,8 +25,8 @@ router = APIRouter()
 
 
 @router.get("/prompt")
-async def get_prompt(farm: Farm) -> dict:
-    return {"exec_info": {"queue_remaining": await farm.queue_remaining()}}
+async def get_prompt(service: Service) -> dict:
+    return {"exec_info": {"queue_remaining": await service.queue_remaining()}}
 
 
 @router.post("/prompt")
@@ -38,12 +42,12 @@ async def post_prompt(request: Request, state: State) -> JSONResponse:
         prompt_id = check_prompt_id(body.prompt_id)
         validated = await validate_prompt(state, body.prompt, prompt_id, body.partial_execution_targets)
     except PromptRejected as rejected:
-        return JSONResponse(rejected.body, status_code=400)
-    farm = require_farm(request)
+        return rejected_response(rejected)
+    service = require_farm(request)
     try:
-        result = await farm.submit(submit_request(validated, body.extra_data or {}, body.client_id, body.number,
+        result = await service.submit(submit_request(validated, body.extra_data or {}, body.client_id, body.number,
                                                   bool(body.front)))
     except DuplicatePromptError:
-        return JSONResponse({"error": "prompt_id already exists"}, status_code=409)
+        return duplicate_prompt_response()
     return JSONResponse({"prompt_id": result.prompt_id, "number": number_out(result.number),
                          "node_errors": validated.prepared.node_errors})
