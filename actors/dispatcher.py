@@ -25,6 +25,7 @@ import ray
 from ray.exceptions import RayActorError
 
 from actors import ACTOR_NAMESPACE, EVENT_HUB_NAME, OUTPUT_WRITER_NAME, WORKER_PREFIX
+from actors.elastic import ElasticPool, workers_per_host
 from farm.errors import UnknownJobError
 from farm.records.events import EventType, FarmEvent, status_event
 from farm.records.history import HistoryItem
@@ -87,6 +88,7 @@ class Dispatcher:
         self._counter = self._last_number() + 1  # ComfyUI's prompt number for the next submit
         self._stopping = False
         self._failed_starts = 0  # workers in a row that died before their first report
+        self.elastic = ElasticPool(config.num_workers, config.max_workers, config.autoscale)
         loop = asyncio.get_event_loop()
         self._started = loop.create_task(self._start_workers())
         self._ticker = loop.create_task(self._tick())
@@ -197,6 +199,11 @@ class Dispatcher:
                 for worker_id in self.core.tick():
                     if worker_id in self._slots:
                         self._slots[worker_id].wake.set()
+                if self._started.done():  # a node joined: a worker per new GPU; the queue: GPUs to ask for
+                    from actors.gpu_worker import GpuWorker
+                    for _ in range(self.elastic.missing_workers(len(self._slots))):
+                        self._spawn(GpuWorker, workers_per_host())
+                self.elastic.update_request(self.core.fleet)
             except Exception:
                 log.exception("dispatcher tick failed")
 
@@ -436,8 +443,14 @@ class Dispatcher:
     async def worker_ids(self) -> list[str]:
         return list(self._slots)
 
+    async def set_autoscale(self, knobs) -> None:
+        """New autoscaling knobs (farm.scheduler.autoscale.ScaleKnobs), or None to stop
+        asking the autoscaler (what was asked is withdrawn)."""
+        self.elastic.configure(knobs)
+
     async def stop_workers(self) -> None:
         self._stopping = True
+        self.elastic.configure(None)
         for slot in list(self._slots.values()):
             if slot.task is not None:
                 slot.task.cancel()

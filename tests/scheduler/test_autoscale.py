@@ -2,7 +2,12 @@
 import pytest
 
 from farm.records.residency import GB, ResidencyReport
-from farm.scheduler.autoscale import ScaleKnobs, ScaleKnobsError, ScalePolicy, fleet_backlog_s
+from farm.scheduler.autoscale import (
+    ScaleKnobs,
+    ScaleKnobsError,
+    ScalePolicy,
+    fleet_backlog_s,
+)
 from farm.scheduler.core import CoreConfig, DispatcherCore
 from farm.scheduler.jobs import Job
 from farm.scheduler.placement import FarmPolicy
