@@ -36,6 +36,7 @@ from farm.scheduler.batching import Batch
 from farm.scheduler.core import CoreConfig, DispatcherCore
 from farm.scheduler.jobs import Job, JobState
 from farm.scheduler.messages import BatchResult, FailureKind, JobReport, Message
+from farm.scheduler.metrics import FarmMeter, farm_metrics
 from farm.scheduler.placement import FarmPolicy
 from farm.scheduler.store import JobStore
 from farm.scheduler.views import (
@@ -88,7 +89,9 @@ class Dispatcher:
         self._counter = self._last_number() + 1  # ComfyUI's prompt number for the next submit
         self._stopping = False
         self._failed_starts = 0  # workers in a row that died before their first report
+        self._replacing = 0  # lost workers whose replacement is not started yet
         self.elastic = ElasticPool(config.num_workers, config.max_workers, config.autoscale)
+        self.meter = FarmMeter()  # GET /metrics: jobs that reached history since this process started
         loop = asyncio.get_event_loop()
         self._started = loop.create_task(self._start_workers())
         self._ticker = loop.create_task(self._tick())
@@ -165,6 +168,13 @@ class Dispatcher:
     async def _lost(self, slot: _Slot, registered: bool, reason: str) -> None:
         slot.alive = False
         self._slots.pop(slot.worker_id, None)
+        self._replacing += 1  # the pool check counts it: its replacement is on the way
+        try:
+            await self._replace(slot, registered, reason)
+        finally:
+            self._replacing -= 1
+
+    async def _replace(self, slot: _Slot, registered: bool, reason: str) -> None:
         if registered:
             lost = self.core.requeue_worker(slot.worker_id)
             log.warning("%s; requeued %s", reason, lost)
@@ -201,7 +211,7 @@ class Dispatcher:
                         self._slots[worker_id].wake.set()
                 if self._started.done():  # a node joined: a worker per new GPU; the queue: GPUs to ask for
                     from actors.gpu_worker import GpuWorker
-                    for _ in range(self.elastic.missing_workers(len(self._slots))):
+                    for _ in range(self.elastic.missing_workers(len(self._slots) + self._replacing)):
                         self._spawn(GpuWorker, workers_per_host())
                 self.elastic.update_request(self.core.fleet)
             except Exception:
@@ -266,6 +276,7 @@ class Dispatcher:
         for prompt_id in prompt_ids:
             job = self._job(prompt_id)
             if job is not None and job.state.finished:
+                self.meter.finished(job)
                 events.append(FarmEvent(EventType.EXECUTING, {"node": None, "display_node": None,
                                                               "prompt_id": prompt_id}, job.client_id))
         return events
@@ -435,6 +446,12 @@ class Dispatcher:
 
     async def devices(self) -> list[DeviceInfo]:
         return [device_info(state) for state in (await self._states()).values() if state is not None]
+
+    async def metrics(self):
+        """farm.records.metrics.FarmMetrics: the queue, the counters, every worker's GPU."""
+        states = await self._states()
+        return farm_metrics(self.meter, self.core.fleet, self.core.clock(), states, self.elastic.requested,
+                            self.elastic.wanted())
 
     async def paths(self):
         """The farm's folders (farm.records.paths.FarmPaths), for clients that validate against them."""
