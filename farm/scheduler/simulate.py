@@ -31,6 +31,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 
+from farm.errors import FarmError
 from farm.records.residency import GB, LoadCostModel, Residency, Tier, seed_load_s
 from farm.scheduler.core import CoreConfig, DispatcherCore
 from farm.scheduler.costs import batch_s
@@ -224,6 +225,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--processes", type=int, default=0,
                    help="policies simulated at once (default: one per core from 20,000 jobs)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    from farm.scheduler import simulate_autoscale
+
+    simulate_autoscale.add_arguments(p)
     return p.parse_args(argv)
 
 
@@ -238,6 +242,13 @@ def main(argv: list[str] | None = None) -> int:
                      zipf=args.zipf, seed=args.seed, load=args.load, arrivals=args.arrivals,
                      max_batch=args.max_batch, gpu_gb=args.gpu_gb, pinned_gb=args.pinned_gb)
     trace = make_trace(spec)
+    from farm.scheduler import simulate_autoscale as autoscale
+
+    try:
+        scaling = autoscale.scaling_of(args) if args.autoscale else None
+    except FarmError as exc:
+        print(exc)
+        return 2
     processes = args.processes or (min(len(names), os.cpu_count() or 1) if spec.jobs >= 20_000 else 1)
     if processes > 1:  # policies are independent runs: one per core
         with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("fork")) as pool:
@@ -247,9 +258,17 @@ def main(argv: list[str] | None = None) -> int:
         results = {name: run_policy(spec, trace, make_policy(name, args.max_wait_s)) for name in names}
     bound = lower_bound_loads(spec.workers, trace)
     info = {**describe(spec, trace), "ideal_makespan_s": round(ideal_makespan_s(spec.workers, trace), 3)}
+    # autoscaling: the first policy named, on a fleet that follows the queue, against its fixed run
+    costs = None if scaling is None else autoscale.compare(spec, trace, make_policy(names[0], args.max_wait_s),
+                                                          results[names[0]][0], scaling)
     if args.json:
-        print(json.dumps({"trace": info, "lower_bound_loads": bound,
-                          "policies": {n: asdict(r) for n, (r, _) in results.items()}}))
+        answer = {"trace": info, "lower_bound_loads": bound,
+                  "policies": {n: asdict(r) for n, (r, _) in results.items()}}
+        if costs is not None:
+            answer["autoscale"] = {"policy": names[0], "knobs": asdict(scaling.knobs),
+                                   "start_delay_s": scaling.start_delay_s,
+                                   **{fleet: asdict(c) for fleet, c in costs.items()}}
+        print(json.dumps(answer))
         return 0
     print(f"trace: {spec.jobs} jobs, {spec.workers} workers, {spec.checkpoints} checkpoints "
           f"(zipf {spec.zipf}), {spec.arrivals} arrivals at load {spec.load}, "
@@ -261,4 +280,6 @@ def main(argv: list[str] | None = None) -> int:
     for name, (r, s) in results.items():
         print(f"{name:<14}{r.model_loads:>8}{r.makespan_s:>12.1f}{r.gpu_busy:>10.3f}"
               f"{r.p50_wait_s:>12.2f}{r.p99_wait_s:>12.2f}{s.mean_batch:>7.2f}{s.wall_s:>8.1f}")
+    if costs is not None:
+        autoscale.print_table(names[0], scaling, costs)
     return 0
