@@ -18,7 +18,12 @@ from typing import Callable
 
 import ray
 
-from farm.scheduler.autoscale import ScaleKnobs, ScalePolicy, fleet_backlog_s
+from farm.scheduler.autoscale import (
+    ScaleKnobs,
+    ScalePolicy,
+    fleet_backlog_s,
+    fleet_busy,
+)
 from farm.scheduler.fleet import Fleet
 
 log = logging.getLogger(__name__)
@@ -65,7 +70,7 @@ class ElasticPool:
         """Ask the autoscaler for what the backlog wants, when that changed."""
         if self.scale is None:
             return
-        gpus = self.scale.update(fleet_backlog_s(fleet, self.clock()))
+        gpus = self.scale.update(fleet_backlog_s(fleet, self.clock()), fleet_busy(fleet))
         if gpus != self.requested:
             self._send(gpus)
 

@@ -4,7 +4,11 @@ The backlog is counted in GPU seconds (the jobs' own estimates: est_run_s / est_
 batched as the queues batch them, plus what is left of every running batch). The farm
 wants enough GPUs that each has at most `target_backlog_s` of it:
 
-    wanted = clamp(ceil(backlog_s / target_backlog_s), min_gpus, max_gpus)
+    wanted = clamp(max(ceil(backlog_s / target_backlog_s), busy_gpus), min_gpus, max_gpus)
+
+busy_gpus (workers in the middle of a batch) keeps a farm that keeps up from giving back
+the GPUs it keeps up with: short jobs leave little backlog, and without that floor the
+count would fall, the queue grow, and GPUs be booted again (the simulator shows the churn).
 
 A rise is asked for at once (a queue that grows is what autoscaling is for); a fall waits
 until the wanted count has stayed lower for `scale_down_delay_s`, then drops to the
@@ -47,6 +51,11 @@ class ScaleKnobs:
             raise ScaleKnobsError(f"scale_down_delay_s is {self.scale_down_delay_s}; it must be 0 or more")
 
 
+def fleet_busy(fleet: Fleet) -> int:
+    """Workers running a batch now."""
+    return sum(1 for view in fleet.workers.values() if view.running)
+
+
 def fleet_backlog_s(fleet: Fleet, now_s: float) -> float:
     """GPU seconds of work the farm holds: every queue's batched drain time plus the rest
     of every running batch. O(workers): asked once per tick, not per job."""
@@ -69,14 +78,15 @@ class ScalePolicy:
         self._lower_since: float | None = None  # when wanted fell below requested
         self._lower_peak = 0  # highest wanted since then
 
-    def wanted_for(self, backlog_s: float) -> int:
+    def wanted_for(self, backlog_s: float, busy_gpus: int = 0) -> int:
         k = self.knobs
-        return max(k.min_gpus, min(k.max_gpus, math.ceil(max(0.0, backlog_s) / k.target_backlog_s - 1e-9)))
+        by_backlog = math.ceil(max(0.0, backlog_s) / k.target_backlog_s - 1e-9)
+        return max(k.min_gpus, min(k.max_gpus, max(by_backlog, busy_gpus)))
 
-    def update(self, backlog_s: float) -> int:
-        """The count to request now, given the backlog (GPU seconds)."""
+    def update(self, backlog_s: float, busy_gpus: int = 0) -> int:
+        """The count to request now, given the backlog (GPU seconds) and the GPUs at work."""
         now = self.clock()
-        wanted = self.wanted = self.wanted_for(backlog_s)
+        wanted = self.wanted = self.wanted_for(backlog_s, busy_gpus)
         if wanted >= self.requested:
             self.requested = wanted
             self._lower_since = None

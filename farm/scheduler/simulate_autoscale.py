@@ -18,7 +18,12 @@ import time
 from dataclasses import dataclass
 
 from farm.records.residency import GB, Residency
-from farm.scheduler.autoscale import ScaleKnobs, ScalePolicy, fleet_backlog_s
+from farm.scheduler.autoscale import (
+    ScaleKnobs,
+    ScalePolicy,
+    fleet_backlog_s,
+    fleet_busy,
+)
 from farm.scheduler.placement import PlacementPolicy
 from farm.scheduler.simulate import PolicyResult, RunStats, Simulation, _percentile
 from farm.scheduler.trace import TraceJob, TraceSpec
@@ -67,8 +72,11 @@ class AutoscaledSimulation(Simulation):
     def paid_count(self) -> int:
         return len(self.booting) + len(self.paid_since)
 
+    def want(self) -> int:
+        return self.scale.update(fleet_backlog_s(self.core.fleet, self.clock.now_s), fleet_busy(self.core.fleet))
+
     def rescale(self) -> None:
-        want = self.scale.update(fleet_backlog_s(self.core.fleet, self.clock.now_s))
+        want = self.want()
         while self.paid_count() < want:
             worker_id = f"a{self._next_id:05d}"
             self._next_id += 1
@@ -102,7 +110,7 @@ class AutoscaledSimulation(Simulation):
         self.end_s = self.clock.now_s
         for job_id in self.running.pop(worker_id):
             self.core.complete(job_id, {})
-        if self.paid_count() > self.scale.update(fleet_backlog_s(self.core.fleet, self.clock.now_s)):
+        if self.paid_count() > self.want():
             self.retire(worker_id)
         else:
             self.dispatch(worker_id)

@@ -7,6 +7,7 @@ from farm.scheduler.autoscale import (
     ScaleKnobsError,
     ScalePolicy,
     fleet_backlog_s,
+    fleet_busy,
 )
 from farm.scheduler.core import CoreConfig, DispatcherCore
 from farm.scheduler.jobs import Job
@@ -35,6 +36,14 @@ def test_wanted_gpus_is_the_backlog_over_the_target_rounded_up_and_capped():
     assert [scale.wanted_for(s) for s in (0, 0.1, 10, 10.5, 35, 1e6)] == [0, 1, 1, 2, 4, 8]
     floor, _ = policy(min_gpus=2)
     assert floor.wanted_for(0) == 2 and floor.update(0) == 2
+
+
+def test_gpus_at_work_are_kept_however_small_the_backlog():
+    scale, clock = policy()
+    assert scale.update(5, busy_gpus=4) == 4  # short jobs: little backlog, but four GPUs keep up with them
+    clock.now_s = 100
+    assert scale.update(0, busy_gpus=4) == 4
+    assert scale.wanted_for(0, busy_gpus=20) == 8  # the cap still holds
 
 
 def test_a_rise_is_asked_for_at_once():
@@ -92,7 +101,9 @@ def test_the_backlog_counts_queued_batches_and_the_rest_of_running_ones():
         core.submit(Job(job_id=f"p{n}", number=n, checkpoint="a.safetensors", checkpoint_bytes=GB,
                         batch_key="k", est_run_s=2.0, est_extra_s=0.5))
     assert fleet_backlog_s(core.fleet, clock.now_s) == pytest.approx(3 * 2.0 + 7 * 0.5)
+    assert fleet_busy(core.fleet) == 0
     batch = core.worker_ready("w1", EMPTY)  # 4 jobs leave the queue and run
+    assert fleet_busy(core.fleet) == 1
     running_s = core.fleet.workers["w1"].busy_until_s - clock.now_s
     assert running_s >= 2.0 + 3 * 0.5
     queued_s = 2 * 2.0 + 4 * 0.5
