@@ -8,6 +8,7 @@ from collections import OrderedDict
 from farm.records.metrics import (
     LATENCY_BUCKETS_S,
     FarmMetrics,
+    GpuSample,
     Histogram,
     WorkerCounters,
     WorkerMetrics,
@@ -17,6 +18,7 @@ from farm.scheduler.fleet import Fleet
 from farm.scheduler.jobs import Job, JobState
 from farm.scheduler.messages import WorkerState
 
+NOT_ANSWERING = "the worker did not answer"  # why a worker that is starting or stuck has no sample
 REMEMBERED = 100_000  # job ids kept to count each finish once (a late duplicate report)
 
 
@@ -66,7 +68,8 @@ def queue_depth(fleet: Fleet) -> dict[str, int]:
 
 def worker_metrics(worker_id: str, state: WorkerState | None) -> WorkerMetrics:
     if state is None:  # it did not answer in time: shown, not measured
-        return WorkerMetrics(worker_id, "", None, "", False, counters=WorkerCounters())
+        return WorkerMetrics(worker_id, "", None, "", False, GpuSample(utilization_reason=NOT_ANSWERING),
+                             WorkerCounters())
     return WorkerMetrics(worker_id, state.node, state.gpu_index, state.gpu_name, True, state.gpu, state.counters)
 
 
