@@ -462,7 +462,8 @@ class Dispatcher:
 
     async def set_autoscale(self, knobs) -> None:
         """New autoscaling knobs (farm.scheduler.autoscale.ScaleKnobs), or None to stop
-        asking the autoscaler (what was asked is withdrawn)."""
+        asking the autoscaler (what was asked is withdrawn). Kept until the dispatcher
+        restarts, which goes back to FarmConfig.autoscale."""
         self.elastic.configure(knobs)
 
     async def stop_workers(self) -> None:
