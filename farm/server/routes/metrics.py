@@ -20,7 +20,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from farm.records.metrics import FarmMetrics, WorkerMetrics
 from farm.server.deps import Farm
 
-router = APIRouter(tags=["farm"])
+router = APIRouter()
 
 WORKER_LABELS = ("worker", "node", "gpu")
 
@@ -120,6 +120,6 @@ def render(metrics: FarmMetrics) -> bytes:
     return generate_latest(registry)
 
 
-@router.get("/metrics", summary="The farm's metrics in Prometheus' text format")
+@router.get("/metrics", include_in_schema=False)  # a text format for Prometheus, not a JSON API
 async def metrics(farm: Farm) -> Response:
     return Response(render(await farm.metrics()), media_type=CONTENT_TYPE_LATEST)
