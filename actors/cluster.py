@@ -27,6 +27,7 @@ from actors import ACTOR_NAMESPACE, DISPATCHER_NAME, EVENT_HUB_NAME, OUTPUT_WRIT
 from farm.errors import FarmUnavailable, one_line
 from farm.models.tiers import TierConfig
 from farm.records.paths import FarmPaths
+from farm.scheduler.autoscale import ScaleKnobs
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,8 @@ class FarmConfig:
     max_batch: int = 8  # prompts per engine call
     dtype: str | None = None  # "fp16" | "bf16" | "fp32"; None: the device's default
     dispatcher_options: dict[str, Any] = field(default_factory=dict)  # extra DispatcherCore settings
+    max_workers: int | None = None  # cap as nodes join (None: num_workers if set, else every GPU)
+    autoscale: ScaleKnobs | None = None  # ask the cluster autoscaler for GPUs from the queue; None: never
 
 
 def init_local(num_gpus: int | None = None, num_cpus: int | None = None) -> None:

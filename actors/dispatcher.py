@@ -20,6 +20,7 @@ import ray
 from ray.exceptions import RayActorError
 
 from actors import ACTOR_NAMESPACE, EVENT_HUB_NAME, OUTPUT_WRITER_NAME, WORKER_PREFIX
+from actors.elastic import ElasticPool, workers_per_host
 from farm.errors import one_line
 from farm.records.history import HistoryItem
 from farm.records.queue import QueueSnapshot, SubmitResult
@@ -28,6 +29,7 @@ from farm.scheduler.core import CoreConfig
 from farm.scheduler.jobs import Job, JobState
 from farm.scheduler.ledger import Finished, Ledger, Outcome
 from farm.scheduler.messages import BatchResult
+from farm.scheduler.metrics import farm_metrics
 from farm.scheduler.placement import FarmPolicy
 from farm.scheduler.store import JobStore
 from farm.scheduler.views import device_info
@@ -60,6 +62,8 @@ class Dispatcher:
         self._finished = asyncio.Condition()
         self._stopping = False
         self._failed_starts = 0  # workers in a row that died before their first report
+        self._replacing = 0  # lost workers whose replacement is not started yet
+        self.elastic = ElasticPool(config.num_workers, config.max_workers, config.autoscale)
         loop = asyncio.get_event_loop()
         self._started = loop.create_task(self._start_workers())
         self._ticker = loop.create_task(self._tick())
@@ -84,7 +88,7 @@ class Dispatcher:
         """A new worker; Ray places it once a GPU is free (now, or when a node joins)."""
         from actors.gpu_worker import GpuWorker
 
-        per_host = max(1, max((int(n["Resources"].get("GPU", 0)) for n in ray.nodes() if n["Alive"]), default=1))
+        per_host = workers_per_host()
         index = 0
         while f"{WORKER_PREFIX}{index}" in self._slots:
             index += 1
@@ -134,6 +138,13 @@ class Dispatcher:
 
     async def _lost(self, slot: _Slot, registered: bool, reason: str) -> None:
         self._slots.pop(slot.worker_id, None)
+        self._replacing += 1  # the pool check counts it: its replacement is on the way
+        try:
+            await self._replace(slot, registered, reason)
+        finally:
+            self._replacing -= 1
+
+    async def _replace(self, slot: _Slot, registered: bool, reason: str) -> None:
         log.warning("%s", reason)
         await self._apply(self.ledger.worker_lost(slot.worker_id, registered))
         try:
@@ -157,6 +168,10 @@ class Dispatcher:
             await asyncio.sleep(TICK_S)
             try:
                 self._wake(self.ledger.tick())
+                if self._started.done():  # a node joined: a worker per new GPU; the queue: GPUs to ask for
+                    for _ in range(self.elastic.missing_workers(len(self._slots) + self._replacing)):
+                        self._spawn()
+                self.elastic.update_request(self.ledger.core.fleet)
             except Exception:
                 log.exception("dispatcher tick failed")
 
@@ -273,11 +288,25 @@ class Dispatcher:
         """The farm's folders (farm.records.paths.FarmPaths), for clients that validate against them."""
         return self.config.paths
 
+    async def metrics(self):
+        """farm.records.metrics.FarmMetrics: the queue, the counters, every worker's GPU."""
+        states = await self._states()
+        core = self.ledger.core
+        return farm_metrics(self.ledger.meter, core.fleet, core.clock(), states, self.elastic.requested,
+                            self.elastic.wanted())
+
     async def worker_ids(self) -> list[str]:
         return list(self._slots)
 
+    async def set_autoscale(self, knobs) -> None:
+        """New autoscaling knobs (farm.scheduler.autoscale.ScaleKnobs), or None to stop
+        asking the autoscaler (what was asked is withdrawn). Kept until the dispatcher
+        restarts, which goes back to FarmConfig.autoscale."""
+        self.elastic.configure(knobs)
+
     async def stop_workers(self) -> None:
         self._stopping = True
+        self.elastic.configure(None)
         for slot in list(self._slots.values()):
             if slot.task is not None:
                 slot.task.cancel()

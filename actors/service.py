@@ -16,6 +16,7 @@ from actors.cluster import FarmCluster
 from farm.models.store import ModelFolders
 from farm.records.events import FarmEvent
 from farm.records.history import HistoryItem
+from farm.records.metrics import FarmMetrics
 from farm.records.paths import FarmPaths
 from farm.records.queue import QueueSnapshot, SubmitResult
 from farm.records.workers import DeviceInfo, WorkerStatus
@@ -78,6 +79,9 @@ class RayFarmService:
 
     async def devices(self) -> list[DeviceInfo]:
         return await self.cluster.call_async("devices")
+
+    async def metrics(self) -> FarmMetrics:
+        return await self.cluster.call_async("metrics")
 
     async def events(self) -> AsyncIterator[FarmEvent]:
         """Every event from now on. A reader that fell behind the hub's ring loses the

@@ -229,7 +229,7 @@ def cmd_stop(args) -> int:
 
 
 def cmd_simulate(args, rest: list[str]) -> int:
-    from farm.scheduler.simulate import main as simulate_main
+    from farm.scheduler.simulate_cli import main as simulate_main
 
     return simulate_main(rest)
 

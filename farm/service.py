@@ -15,6 +15,7 @@ from typing import AsyncIterator, Protocol
 
 from farm.records.events import FarmEvent
 from farm.records.history import HistoryItem
+from farm.records.metrics import FarmMetrics
 from farm.records.queue import QueueSnapshot, SubmitResult
 from farm.records.workers import DeviceInfo, WorkerStatus
 from farm.workflow.prepare import PreparedPrompt
@@ -86,6 +87,10 @@ class FarmService(Protocol):
 
     async def devices(self) -> list[DeviceInfo]:
         """One entry per GPU of the cluster (CPU workers report their host RAM)."""
+
+    async def metrics(self) -> FarmMetrics:
+        """Counters and gauges for GET /metrics (queue depth, jobs finished, latency, every
+        worker's GPU and model traffic, the autoscaler request)."""
 
     def events(self) -> AsyncIterator[FarmEvent]:
         """Every event of every prompt plus queue status changes, in order, for as long as

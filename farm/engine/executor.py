@@ -73,6 +73,7 @@ class Engine:
         self.cache = cache if cache is not None else OutputCache()
         self.interrupt = threading.Event()
         self.node_runs: dict[str, int] = {}  # class_type -> times run (not cached); for tests and metrics
+        self.node_cache_hits = 0  # node outputs a job took from the cache (metrics)
 
     def run(self, job: PlannedJob) -> JobOutcome:
         return self.run_batch([job])[0]
@@ -163,7 +164,9 @@ class Engine:
                                                    "output": outputs.ui})
         else:
             state.values[node_id] = outputs
-        if not cached:
+        if cached:
+            self.node_cache_hits += 1
+        else:
             state.outcome.executed_nodes.append(node_id)
 
     def _inputs(self, state: _JobState, node_id: str) -> dict:

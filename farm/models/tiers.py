@@ -25,6 +25,7 @@ import os
 import shutil
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -169,6 +170,7 @@ class TieredModelProvider:
         self.local_dir = Path(local_dir) if local_dir is not None else None
         self.moves: list[TierMove] = []  # every load into device memory, oldest first
         self.on_drop: list[Callable[[str], None]] = []  # called after a checkpoint left memory
+        self.evictions: Counter[str] = Counter()  # tier value -> checkpoints that left it (metrics)
         self._loaded: dict[str, _Loaded] = {}  # name -> in memory
         self._kept: set[str] = set()  # used by the running batch: stays on the device
         self._lock = threading.RLock()
@@ -186,7 +188,8 @@ class TieredModelProvider:
             loaded = self._loaded.get(name)
             before = self.residency.source(name)
             # recency, and what must leave to make room (what the running batch uses last)
-            self.residency.load(name, size, keep=frozenset(self._kept))
+            outcome = self.residency.load(name, size, keep=frozenset(self._kept))
+            self.evictions.update(e.tier.value for e in outcome.evicted)
             if loaded is None or not loaded.on_device:
                 self._bring(name, size, loaded, before)
             self._reconcile()

@@ -28,6 +28,7 @@ class WorkerStatus:
     utilization: float | None = None  # GPU busy fraction 0..1 over the last sampling window (NVML)
     vram_used_bytes: int | None = None
     vram_total_bytes: int | None = None
+    utilization_reason: str | None = None  # why utilization is None ("no GPU: a CPU worker", NVML's error)
 
 
 @dataclass(frozen=True)

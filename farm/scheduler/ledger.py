@@ -32,6 +32,7 @@ from farm.scheduler.messages import (
     WorkerState,
     WorkItem,
 )
+from farm.scheduler.metrics import FarmMeter
 from farm.scheduler.placement import PlacementPolicy
 from farm.scheduler.store import JobStore
 from farm.scheduler.views import (
@@ -96,6 +97,7 @@ class Ledger:
                  config: CoreConfig = CoreConfig(), max_kept_messages: int = MAX_KEPT_MESSAGES):
         self.clock = clock  # seconds; also the core's
         self.core = DispatcherCore(store, policy, clock, config)
+        self.meter = FarmMeter()  # GET /metrics: jobs that reached history since this process started
         self.max_kept_messages = max_kept_messages
         self._messages: dict[str, list[Message]] = {}  # prompt_id -> lifecycle messages (insertion order)
         self._counter = self._last_number() + 1  # ComfyUI's prompt number for the next submit
@@ -283,6 +285,7 @@ class Ledger:
         for prompt_id in prompt_ids:
             job = self.job(prompt_id)
             if job is not None and job.state.finished:
+                self.meter.finished(job)
                 events.append(FarmEvent(EventType.EXECUTING, {"node": None, "display_node": None,
                                                               "prompt_id": prompt_id}, job.client_id))
         return events

@@ -8,6 +8,7 @@ from enum import Enum
 from farm.models.tiers import TierMove
 from farm.records.events import EventType
 from farm.records.images import ImageRef
+from farm.records.metrics import GpuSample, WorkerCounters
 from farm.records.residency import ResidencyReport
 from farm.workflow.plan import Plan
 
@@ -82,6 +83,8 @@ class WorkerState:
     vram_free_bytes: int | None
     torch_vram_total: int = 0
     torch_vram_free: int = 0
+    gpu: GpuSample = field(default_factory=GpuSample)  # NVML's view (utilisation), or why there is none
+    counters: WorkerCounters = field(default_factory=WorkerCounters)  # for GET /metrics
 
 
 @dataclass

@@ -65,10 +65,11 @@ def residency_tiers(report: ResidencyReport) -> ResidencyTiers:
 
 def worker_status(state: WorkerState | None, worker_id: str, backlog: int, alive: bool) -> WorkerStatus:
     if state is None:
-        return WorkerStatus(worker_id, "", None, "", alive, backlog=backlog)
+        return WorkerStatus(worker_id, "", None, "", alive, backlog=backlog,
+                            utilization_reason="the worker did not answer")
     return WorkerStatus(worker_id, state.node, state.gpu_index, state.gpu_name, alive,
-                        residency_tiers(state.residency), backlog, state.running, None,
-                        state.vram_used_bytes, state.vram_total_bytes)
+                        residency_tiers(state.residency), backlog, state.running, state.gpu.utilization,
+                        state.vram_used_bytes, state.vram_total_bytes, state.gpu.utilization_reason)
 
 
 def device_info(state: WorkerState) -> DeviceInfo:

@@ -14,6 +14,7 @@ from farm.server.routes import (
     history,
     info,
     jobs,
+    metrics,
     prompt,
     queue,
     ws,
@@ -39,6 +40,7 @@ def create_app(service: FarmService | None, config: ServerConfig) -> FastAPI:
         app.include_router(router, prefix="/api", include_in_schema=False)
     app.include_router(jobs.router, prefix="/api", include_in_schema=False)
     app.include_router(farm_routes.router)
+    app.include_router(metrics.router)  # Prometheus scrapes /metrics only
     app.include_router(farm_routes.router, prefix="/api", include_in_schema=False)
     install_error_handlers(app)
     # Added innermost first: a request meets the origin check, then the token, then the body cap.

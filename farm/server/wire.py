@@ -82,9 +82,11 @@ class WorkerOut(BaseModel):
     tiers: ResidencyOut
     backlog: int
     running: list[str]
-    utilization: float | None
+    utilization: float | None = Field(description="GPU busy fraction 0..1 over the last ~10 s (NVML); "
+                                                  "null when not measured, utilization_reason says why")
     vram_used_bytes: int | None
     vram_total_bytes: int | None
+    utilization_reason: str | None = Field(None, description='why utilization is null, e.g. "no GPU: a CPU worker"')
 
 
 def worker_out(w: WorkerStatus) -> WorkerOut:
@@ -92,7 +94,7 @@ def worker_out(w: WorkerStatus) -> WorkerOut:
     return WorkerOut(worker_id=w.worker_id, node=w.node, gpu_index=w.gpu_index, gpu_name=w.gpu_name,
                      alive=w.alive, tiers=tiers, backlog=w.backlog, running=list(w.running),
                      utilization=w.utilization, vram_used_bytes=w.vram_used_bytes,
-                     vram_total_bytes=w.vram_total_bytes)
+                     vram_total_bytes=w.vram_total_bytes, utilization_reason=w.utilization_reason)
 
 
 # --- ComfyUI shapes ---------------------------------------------------------------------

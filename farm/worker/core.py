@@ -31,6 +31,7 @@ from farm.models.tiers import (
 from farm.nodes.registry import default_registry
 from farm.nodes.spec import NodeContext
 from farm.records.events import EventType, FarmEvent
+from farm.records.metrics import GpuSample, WorkerCounters
 from farm.records.paths import FarmPaths
 from farm.records.residency import Residency
 from farm.scheduler.messages import (
@@ -44,6 +45,7 @@ from farm.scheduler.messages import (
 )
 from farm.settings import Limits
 from farm.worker.channels import EventForwarder, RemoteImageSink
+from farm.worker.counters import gpu_monitor, worker_counters
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +83,7 @@ class WorkerCore:
         self._targets: set[str] | None = None  # prompt ids an interrupt asked for; None: all
         self._run_lock = threading.Lock()  # one engine call at a time
         self._state_lock = threading.Lock()
+        self.gpu_monitor = gpu_monitor(device)  # None on a CPU worker
 
     # -- running ---------------------------------------------------------------------------
 
@@ -247,4 +250,8 @@ class WorkerCore:
             total, free = host_memory()
             used = total - free
         return WorkerState(self.worker_id, self.node, str(self.device), index, name, self.models.report(), running,
-                           used, total, free, torch_total, torch_free)
+                           used, total, free, torch_total, torch_free,
+                           self.gpu_monitor.sample() if self.gpu_monitor else GpuSample(), self.counters())
+
+    def counters(self) -> WorkerCounters:
+        return worker_counters(self.models, self.engine)

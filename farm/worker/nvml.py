@@ -59,3 +59,70 @@ class NvmlSampler:
         if not self._values:
             return None
         return UtilSummary(sum(self._values) / len(self._values), len(self._values), self.period_s)
+
+
+class GpuMonitor:
+    """A worker's own GPU, sampled every `period_s` on a daemon thread: the busy fraction
+    averaged over the last `window` samples, and memory in use. NVML numbers GPUs
+    physically and ignores CUDA_VISIBLE_DEVICES, so the GPU is found by its UUID (what
+    torch reports for the device the worker was given), else by the first index in
+    CUDA_VISIBLE_DEVICES. Without a GPU, or without NVML, `sample()` says why instead."""
+
+    def __init__(self, uuid: str | None, visible: str | None = None, period_s: float = 1.0, window: int = 10):
+        from collections import deque
+
+        from farm.records.metrics import GpuSample
+
+        self.period_s = period_s
+        self._busy: deque[int] = deque(maxlen=window)
+        self._memory: tuple[int, int] | None = None
+        self._stop = threading.Event()
+        self._sample_type = GpuSample
+        self.reason: str | None = None  # why nothing is measured; None while sampling
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            self._nvml = pynvml
+            self._handle = self._find(pynvml, uuid, visible)
+        except Exception as exc:  # no driver, nvidia-ml-py missing, or the GPU is not found
+            self._nvml = None
+            self.reason = f"NVML unavailable: {type(exc).__name__}: {exc}"
+            return
+        self._thread = threading.Thread(target=self._loop, name="gpu-monitor", daemon=True)
+        self._thread.start()
+
+    @staticmethod
+    def _find(pynvml, uuid: str | None, visible: str | None):
+        if uuid:
+            for candidate in (uuid, f"GPU-{uuid}"):
+                try:
+                    return pynvml.nvmlDeviceGetHandleByUUID(candidate)
+                except Exception:
+                    continue
+        first = (visible or "").split(",")[0].strip()
+        if first.startswith("GPU-"):
+            return pynvml.nvmlDeviceGetHandleByUUID(first)
+        return pynvml.nvmlDeviceGetHandleByIndex(int(first) if first.isdigit() else 0)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._busy.append(self._nvml.nvmlDeviceGetUtilizationRates(self._handle).gpu)
+                memory = self._nvml.nvmlDeviceGetMemoryInfo(self._handle)
+                self._memory = (int(memory.used), int(memory.total))
+            except Exception as exc:  # the GPU fell off the bus: report it, stop sampling
+                self.reason = f"NVML stopped answering: {type(exc).__name__}: {exc}"
+                return
+            self._stop.wait(self.period_s)
+
+    def sample(self):
+        """farm.records.metrics.GpuSample of the last window."""
+        values = list(self._busy)
+        if self.reason is not None or not values:
+            return self._sample_type(None, None, None, self.reason or "no NVML sample yet")
+        used, total = self._memory if self._memory is not None else (None, None)
+        return self._sample_type(sum(values) / len(values) / 100.0, used, total, None)
+
+    def stop(self) -> None:
+        self._stop.set()

@@ -5,7 +5,8 @@ import math
 import pytest
 
 from farm.scheduler.costs import ARCHS, batch_s, interpolate, job_estimates
-from farm.scheduler.simulate import ideal_makespan_s, lower_bound_loads, main
+from farm.scheduler.simulate import ideal_makespan_s, lower_bound_loads
+from farm.scheduler.simulate_cli import main
 from farm.scheduler.trace import Template, TraceJob, TraceSpec, describe, make_trace
 
 
