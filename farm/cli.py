@@ -123,8 +123,10 @@ def cmd_serve(args) -> int:
     limits = Limits(max_width=args.max_size, max_height=args.max_size, max_batch_size=args.max_batch,
                     max_steps=args.max_steps)
     config = ServerConfig(models_dir=paths.models, input_dir=paths.input, output_dir=paths.output,
-                          temp_dir=paths.temp, limits=limits, host=args.host, port=args.port, token=args.token)
-    print(f"serving the farm on http://{args.host}:{args.port} (models: {paths.models}, output: {paths.output})")
+                          temp_dir=paths.temp, limits=limits, host=args.host, port=args.port, token=args.token,
+                          frontend_root=args.front_end_root, web_ui=not args.no_web_ui)
+    print(f"serving the farm on http://{args.host}:{args.port} (models: {paths.models}, output: {paths.output}); "
+          f"dashboard at /farm")
     serve(RayFarmService(farm_cluster, paths), config)
     return 0
 
@@ -162,6 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-size", type=int, default=4096, help="largest width/height a prompt may ask for")
     p.add_argument("--max-batch", type=int, default=64, help="largest batch_size a prompt may ask for")
     p.add_argument("--max-steps", type=int, default=200, help="most sampler steps a prompt may ask for")
+    p.add_argument("--front-end-root", type=Path, help="serve this built ComfyUI frontend at / "
+                                                       "(default: the comfyui-frontend-package's, if installed)")
+    p.add_argument("--no-web-ui", action="store_true", help="serve the API only, not ComfyUI's web UI")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("demo", help="render a few images of the sample workflow (makes a tiny checkpoint if needed)")
