@@ -45,7 +45,7 @@ def create_app(service: FarmService | None, config: ServerConfig) -> FastAPI:
     app.include_router(jobs.router, prefix="/api", include_in_schema=False)
     app.include_router(farm_routes.router)
     app.include_router(farm_routes.router, prefix="/api", include_in_schema=False)
-    app.include_router(dashboard.router)
+    app.include_router(dashboard.router, include_in_schema=False)
     install_error_handlers(app)
     # Added innermost first: a request meets the origin check, then the token, then the body cap.
     app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes)
