@@ -118,7 +118,7 @@ function renderPlot(now) {
   }
   for (const minute of [0, 1, 2, 3, 4, 5]) {
     const x = left + (1 - (minute * 60) / WINDOW_S) * (W - left);
-    const label = svg("text", { x: x - 10, y: H - 4 });
+    const label = svg("text", { x: minute === 0 ? x - 22 : x - 10, y: H - 4 });
     label.textContent = minute === 0 ? "now" : "-" + minute + "m";
     plot.append(label);
   }
