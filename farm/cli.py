@@ -158,8 +158,10 @@ def cmd_serve(args) -> int:
         db.parent.mkdir(parents=True, exist_ok=True)
         farm_cluster = cluster.FarmCluster.start(cluster.FarmConfig(paths=paths, db=db))
     config = ServerConfig(models_dir=paths.models, input_dir=paths.input, output_dir=paths.output,
-                          temp_dir=paths.temp, limits=limits, host=args.host, port=args.port, token=args.token)
-    print(f"serving the farm on http://{args.host}:{args.port} (models: {paths.models}, output: {paths.output})")
+                          temp_dir=paths.temp, limits=limits, host=args.host, port=args.port, token=args.token,
+                          frontend_root=args.front_end_root, web_ui=not args.no_web_ui)
+    print(f"serving the farm on http://{args.host}:{args.port} (models: {paths.models}, output: {paths.output}); "
+          f"dashboard at /farm")
     serve(RayFarmService(farm_cluster, paths), config)
     return 0
 
@@ -261,6 +263,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--db", type=Path, default=DEFAULT_ROOT / "queue.sqlite", help="the durable queue (SQLite)")
     p.add_argument("--token", help="require this bearer token on every route (default: $FARM_TOKEN)")
     _add_limits(p)
+    p.add_argument("--front-end-root", type=Path, help="serve this built ComfyUI frontend at / "
+                                                       "(default: the comfyui-frontend-package's, if installed)")
+    p.add_argument("--no-web-ui", action="store_true", help="serve the API only, not ComfyUI's web UI")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("start", help="start a headless farm on a running Ray cluster and exit (it keeps running)")

@@ -27,12 +27,18 @@ class ServerConfig:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES  # larger request bodies get 413
     cors_origin: str | None = None  # ComfyUI's --enable-cors-header: allow this origin instead of the loopback origin check
     ws_outbox_frames: int = 1024  # per-socket queue bound (see events.Subscriber)
+    user_dir: Path | None = None  # saved settings and workflows; None: user/ beside input/, as in ComfyUI
+    frontend_root: Path | None = None  # the web UI's static files; None: comfyui-frontend-package's, if installed
+    web_ui: bool = True  # False: the API only; / says how to get the UI
 
     @classmethod
     def under(cls, root: Path, **options) -> "ServerConfig":
         """The ComfyUI layout below one folder: models/, input/, output/, temp/."""
         root = Path(root)
         return cls(root / "models", root / "input", root / "output", root / "temp", **options)
+
+    def user_folder(self) -> Path:
+        return Path(self.user_dir) if self.user_dir is not None else Path(self.input_dir).parent / "user"
 
     def effective_token(self) -> str | None:
         return self.token or os.environ.get(TOKEN_ENV) or None

@@ -6,8 +6,11 @@
   request a browser marks `Sec-Fetch-Site: cross-site`. With `cors_origin` set it adds
   CORS headers instead (ComfyUI's --enable-cors-header).
 - TokenAuth: with a token configured, every route and the websocket need it, as
-  `Authorization: Bearer <token>` or `?token=<token>` (browsers cannot set headers on a
-  websocket).
+  `Authorization: Bearer <token>`, `?token=<token>` (browsers cannot set headers on a
+  websocket) or the cookie it sets when a page is opened with `?token=`, so that the web
+  UI's own requests and websocket carry it without the UI knowing about tokens. The
+  cookie is HttpOnly (page scripts cannot read it) and SameSite=Strict (no other site's
+  page can make the browser send it).
 - BodyLimit: a request body over the cap gets 413, whether it announces its length or not.
 """
 from __future__ import annotations
@@ -17,7 +20,8 @@ import hmac
 import ipaddress
 import logging
 import socket
-from urllib.parse import parse_qs, urlsplit
+from http.cookies import CookieError, SimpleCookie
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
@@ -117,14 +121,36 @@ class OriginPolicy:
         return send_with_cors
 
 
+TOKEN_COOKIE = "farm_token"
+
+
+def query_token(scope: Scope) -> str | None:
+    values = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("token")
+    return values[0] if values else None
+
+
+def cookie_token(headers: Headers) -> str | None:
+    cookies = SimpleCookie()
+    try:
+        cookies.load(headers.get("cookie", ""))
+    except CookieError:  # a malformed Cookie header: as if none were sent
+        return None
+    morsel = cookies.get(TOKEN_COOKIE)
+    return unquote(morsel.value) if morsel is not None and morsel.value else None
+
+
 def presented_token(scope: Scope) -> str | None:
-    auth = Headers(scope=scope).get("authorization", "")
-    scheme, _, value = auth.partition(" ")
+    headers = Headers(scope=scope)
+    scheme, _, value = headers.get("authorization", "").partition(" ")
     if scheme.lower() == "bearer" and value.strip():
         return value.strip()
-    query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
-    values = query.get("token")
-    return values[0] if values else None
+    return query_token(scope) or cookie_token(headers)
+
+
+def token_cookie(token: str) -> bytes:
+    """Set-Cookie value: the whole site, this browser session only. Percent-encoded, so a
+    token with ';' or spaces survives the cookie syntax."""
+    return f"{TOKEN_COOKIE}={quote(token, safe='')}; Path=/; HttpOnly; SameSite=Strict".encode("latin-1")
 
 
 class TokenAuth:
@@ -140,7 +166,20 @@ class TokenAuth:
             response = error_response(401, "this farm needs a token: send 'Authorization: Bearer <token>' or "
                                       "add ?token=<token>", {"WWW-Authenticate": "Bearer"})
             return await _reject(scope, receive, send, response)
+        if scope["type"] == "http" and query_token(scope) is not None and cookie_token(Headers(scope=scope)) != given:
+            send = self._setting_cookie(send)
         await self.app(scope, receive, send)
+
+    def _setting_cookie(self, send: Send) -> Send:
+        """A valid ?token= is remembered in a cookie, so a bookmark with the token opens the
+        UI once and every request the UI makes after that is authorised."""
+        async def send_with_cookie(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = [*message.get("headers", []), (b"set-cookie", token_cookie(self.token))]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        return send_with_cookie
 
 
 class BodyTooLarge(HTTPException):

@@ -120,3 +120,18 @@ def restart_farm(ray_farm, farm_server_config) -> Iterator[Callable[[], str]]:
             return f"http://127.0.0.1:{stack.enter_context(serve(app))}"
 
         yield restart
+
+
+@pytest.fixture
+def start_farm_server(ray_farm, farm_server_config) -> Iterator[Callable[..., str]]:
+    """start_farm_server(**ServerConfig options) -> base URL of a server over the session's farm."""
+    from dataclasses import replace
+
+    from actors.service import RayFarmService
+
+    with contextlib.ExitStack() as stack:
+        def start(**options) -> str:
+            app = create_app(RayFarmService(ray_farm.cluster, ray_farm.paths), replace(farm_server_config, **options))
+            return f"http://127.0.0.1:{stack.enter_context(serve(app))}"
+
+        yield start

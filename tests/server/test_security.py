@@ -27,7 +27,8 @@ def test_token_is_required_on_routes_when_set(start_server):
             assert refused.headers["www-authenticate"] == "Bearer"
         assert http.get("/object_info", headers={"Authorization": "Bearer wrong"}).status_code == 401
         assert http.get("/object_info", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
-        assert http.get(f"/object_info?token={TOKEN}").status_code == 200
+        assert http.get(f"/object_info?token={TOKEN}").status_code == 200  # (and sets the cookie: a fresh client next)
+    with srv.client() as http:
         assert http.post("/prompt", json={"prompt": {}}).status_code == 401  # refused before validation
 
 

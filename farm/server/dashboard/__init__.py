@@ -1,0 +1,1 @@
+"""The farm dashboard's static page (index.html, dashboard.js), shipped as package data."""
