@@ -110,10 +110,17 @@ class Dispatcher:
                 except ValueError:
                     continue
                 self._adopt(entry["name"], handle)
-        target = self.config.num_workers or max(1, int(ray.cluster_resources().get("GPU", 0)))
-        per_host = max(1, max((int(n["Resources"].get("GPU", 0)) for n in ray.nodes() if n["Alive"]), default=1))
+        share = getattr(self.config, "worker_gpus", 1.0) or 1.0
+        target = self.config.num_workers or max(1, int(ray.cluster_resources().get("GPU", 0) / share))
+        per_host = self._per_host()
         while len(self._slots) < target:
             self._spawn(GpuWorker, per_host)
+
+    def _per_host(self) -> int:
+        """Workers on the busiest host: they split its memory budgets."""
+        share = getattr(self.config, "worker_gpus", 1.0) or 1.0
+        gpus = max((n["Resources"].get("GPU", 0) for n in ray.nodes() if n["Alive"]), default=1)
+        return max(1, int(gpus / share))
 
     def _spawn(self, worker_class, per_host: int) -> None:
         index = 0
@@ -121,8 +128,9 @@ class Dispatcher:
             index += 1
         worker_id = f"{WORKER_PREFIX}{index}"
         handle = worker_class.options(name=worker_id, namespace=ACTOR_NAMESPACE, lifetime="detached",
-                                      max_restarts=0).remote(
-            worker_id, self.config.paths, self.writer, self.hub, self.config.tiers, per_host, self.config.dtype)
+                                      max_restarts=0, num_gpus=getattr(self.config, "worker_gpus", 1.0)).remote(
+            worker_id, self.config.paths, self.writer, self.hub, self.config.tiers, per_host, self.config.dtype,
+            getattr(self.config, "compile", None), max(1, getattr(self.config, "pipeline_depth", 1)))
         self._adopt(worker_id, handle)
 
     def _adopt(self, worker_id: str, handle) -> None:
@@ -139,19 +147,32 @@ class Dispatcher:
             registered = True
             self._failed_starts = 0
             report: ResidencyReport = state.residency
+            # Up to `depth` batches are sent before the first returns: the worker starts the
+            # next one's prompts while the GPU samples and its last one decodes, and it
+            # never waits for this loop (files, SQLite) between batches.
+            depth = max(1, getattr(self.config, "pipeline_depth", 1))
+            inflight: list[tuple[Batch, object]] = []  # (batch, run_batch ObjectRef), oldest first
+            finishing: set[str] = set()  # job ids returned but not yet recorded
             while not self._stopping:
-                batch = self.core.worker_ready(slot.worker_id, report)
-                if batch is None:
+                if len(inflight) < depth:
+                    busy = tuple(j for b, _ in inflight for j in b.job_ids)
+                    batch = self.core.worker_ready(slot.worker_id, report, busy, tuple(finishing))
+                    if batch is not None:
+                        await self._publish([status_event(self._remaining())])
+                        inflight.append((batch, slot.handle.run_batch.remote([work_item(j) for j in batch.jobs])))
+                        continue
+                if not inflight:
                     slot.wake.clear()
                     try:
                         await asyncio.wait_for(slot.wake.wait(), IDLE_RECHECK_S)
                     except asyncio.TimeoutError:
                         pass
                     continue
-                await self._publish([status_event(self._remaining())])
-                result: BatchResult = await slot.handle.run_batch.remote([work_item(j) for j in batch.jobs])
-                await self._finish(batch, result)
+                batch, ref = inflight.pop(0)
+                result: BatchResult = await ref
                 report = result.residency
+                finishing.update(batch.job_ids)
+                asyncio.get_event_loop().create_task(self._finish_then(batch, result, finishing))
         except RayActorError as exc:
             await self._lost(slot, registered, f"worker {slot.worker_id} died: {_short(exc)}")
         except asyncio.CancelledError:
@@ -186,8 +207,7 @@ class Dispatcher:
                 if self._stopping:
                     return
 
-            per_host = max(1, max((int(n["Resources"].get("GPU", 0)) for n in ray.nodes() if n["Alive"]), default=1))
-            self._spawn(GpuWorker, per_host)  # Ray places it once a GPU is free (now, or when a node joins)
+            self._spawn(GpuWorker, self._per_host())  # Ray places it once a GPU is free (now, or when a node joins)
 
     async def _tick(self) -> None:
         """core.tick() when its next timer is due: it names idle workers to wake."""
@@ -205,6 +225,14 @@ class Dispatcher:
             slot.wake.set()
 
     # -- finishing a batch ------------------------------------------------------------------------
+
+    async def _finish_then(self, batch: Batch, result: BatchResult, finishing: set[str]) -> None:
+        try:
+            await self._finish(batch, result)
+        except Exception:
+            log.exception("finishing batch %s failed", batch.job_ids)
+        finally:
+            finishing.difference_update(batch.job_ids)
 
     async def _finish(self, batch: Batch, result: BatchResult) -> None:
         for load in result.loads:

@@ -28,6 +28,7 @@ class WorkerStatus:
     utilization: float | None = None  # GPU busy fraction 0..1 over the last sampling window (NVML)
     vram_used_bytes: int | None = None
     vram_total_bytes: int | None = None
+    gpu_uuid: str | None = None  # NVML's id of the GPU (two workers may share one)
 
 
 @dataclass(frozen=True)

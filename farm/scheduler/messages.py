@@ -81,6 +81,7 @@ class WorkerState:
     vram_free_bytes: int | None
     torch_vram_total: int = 0
     torch_vram_free: int = 0
+    gpu_uuid: str | None = None  # NVML's GPU-... id: tells apart GPUs that share a name (and workers sharing one)
 
 
 @dataclass

@@ -69,7 +69,7 @@ def worker_status(state: WorkerState | None, worker_id: str, backlog: int, alive
         return WorkerStatus(worker_id, "", None, "", alive, backlog=backlog)
     return WorkerStatus(worker_id, state.node, state.gpu_index, state.gpu_name, alive,
                         residency_tiers(state.residency), backlog, state.running, None,
-                        state.vram_used_bytes, state.vram_total_bytes)
+                        state.vram_used_bytes, state.vram_total_bytes, state.gpu_uuid)
 
 
 def device_info(state: WorkerState) -> DeviceInfo:
