@@ -407,18 +407,19 @@ def main(argv: list[str] | None = None) -> int:
     report = {"device": device, "gpu_uuid": uuid, "gpus_visible": torch.cuda.device_count(),
               "date": started.isoformat(timespec="seconds"), "torch": torch.__version__,
               "compile": a.compile, "args": {**asdict(a), "buckets": list(buckets)}, "results": []}
+    stem = f"bench-{started:%Y%m%d-%H%M}-{re.sub(r'[^A-Za-z0-9]+', '-', device).strip('-').lower()}"
+    path = args.json or args.out / f"{stem}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
     try:
         for arch in args.arch or ["sd15"]:
             report["results"].append(bench_arch(arch, args.root, a))
+            path.write_text(json.dumps(report, indent=1))  # what is measured survives a later timeout
     finally:
         if "naive" in modes or "farm" in modes:
             import ray
 
             if ray.is_initialized():
                 ray.shutdown()
-    stem = f"bench-{started:%Y%m%d-%H%M}-{re.sub(r'[^A-Za-z0-9]+', '-', device).strip('-').lower()}"
-    path = args.json or args.out / f"{stem}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
     png = plot(report, path.with_suffix(".png"))
     report["plot"] = png.name if png else None
     path.write_text(json.dumps(report, indent=1))
