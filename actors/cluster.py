@@ -25,6 +25,7 @@ from ray.exceptions import (
 
 from actors import ACTOR_NAMESPACE, DISPATCHER_NAME, EVENT_HUB_NAME, OUTPUT_WRITER_NAME
 from farm.errors import FarmUnavailable, one_line
+from farm.models.compiled import CompileConfig
 from farm.models.tiers import TierConfig
 from farm.records.paths import FarmPaths
 from farm.scheduler.autoscale import ScaleKnobs
@@ -52,6 +53,9 @@ class FarmConfig:
     dispatcher_options: dict[str, Any] = field(default_factory=dict)  # extra DispatcherCore settings
     max_workers: int | None = None  # cap as nodes join (None: num_workers if set, else every GPU)
     autoscale: ScaleKnobs | None = None  # ask the cluster autoscaler for GPUs from the queue; None: never
+    compile: CompileConfig = field(default_factory=CompileConfig)  # torch.compile of the UNet (on for CUDA)
+    pipeline_depth: int = 2  # batches a worker holds at once: one sampling, one decoding or waiting
+    worker_gpus: float = 1.0  # GPUs per worker; 0.5 puts two workers on each GPU (Ray's fractional GPUs)
 
 
 def init_local(num_gpus: int | None = None, num_cpus: int | None = None) -> None:

@@ -80,7 +80,8 @@ class Dispatcher:
                 except ValueError:
                     continue
                 self._adopt(entry["name"], handle)
-        target = self.config.num_workers or max(1, int(ray.cluster_resources().get("GPU", 0)))
+        share = self.config.worker_gpus or 1.0
+        target = self.config.num_workers or max(1, int(ray.cluster_resources().get("GPU", 0) / share))
         while len(self._slots) < target:
             self._spawn()
 
@@ -88,14 +89,15 @@ class Dispatcher:
         """A new worker; Ray places it once a GPU is free (now, or when a node joins)."""
         from actors.gpu_worker import GpuWorker
 
-        per_host = workers_per_host()
+        per_host = max(1, int(workers_per_host() / (self.config.worker_gpus or 1.0)))  # they split its budgets
         index = 0
         while f"{WORKER_PREFIX}{index}" in self._slots:
             index += 1
         worker_id = f"{WORKER_PREFIX}{index}"
         handle = GpuWorker.options(name=worker_id, namespace=ACTOR_NAMESPACE, lifetime="detached",
-                                   max_restarts=0).remote(
-            worker_id, self.config.paths, self.writer, self.hub, self.config.tiers, per_host, self.config.dtype)
+                                   max_restarts=0, num_gpus=self.config.worker_gpus).remote(
+            worker_id, self.config.paths, self.writer, self.hub, self.config.tiers, per_host, self.config.dtype,
+            self.config.compile, max(1, self.config.pipeline_depth))
         self._adopt(worker_id, handle)
 
     def _adopt(self, worker_id: str, handle) -> None:
@@ -112,22 +114,32 @@ class Dispatcher:
             registered = True
             self._failed_starts = 0
             report = state.residency
+            # Up to `depth` batches are sent before the first returns: the worker starts the
+            # next one's prompts while the GPU samples and its last one decodes, and it never
+            # waits for this loop (files, SQLite) between batches.
+            depth = max(1, self.config.pipeline_depth)
+            inflight: list[tuple[tuple[str, ...], object]] = []  # (job ids, run_batch ObjectRef), oldest first
+            finishing: set[str] = set()  # job ids returned whose files are not yet on disk
             while not self._stopping:
-                dispatch = self.ledger.next_batch(slot.worker_id, report)
-                if dispatch is None:
+                if len(inflight) < depth:
+                    busy = tuple(j for ids, _ in inflight for j in ids)
+                    dispatch = self.ledger.next_batch(slot.worker_id, report, busy, tuple(finishing))
+                    if dispatch is not None:
+                        await self._apply(dispatch)
+                        inflight.append((dispatch.batch.job_ids, slot.handle.run_batch.remote(dispatch.items)))
+                        continue
+                if not inflight:
                     slot.wake.clear()
                     try:
                         await asyncio.wait_for(slot.wake.wait(), IDLE_RECHECK_S)
                     except asyncio.TimeoutError:
                         pass
                     continue
-                await self._apply(dispatch)
-                result: BatchResult = await slot.handle.run_batch.remote(dispatch.items)
-                failed = await _failed_writes(result)
-                await self._apply(self.ledger.finish_batch(result, failed))
-                if failed:  # its cached SaveImage outputs name files that are not there: render them anew
-                    await slot.handle.free.remote(False, True)
+                ids, ref = inflight.pop(0)
+                result: BatchResult = await ref
                 report = result.residency
+                finishing.update(ids)
+                asyncio.get_event_loop().create_task(self._finish(slot, ids, result, finishing))
         except RayActorError as exc:
             await self._lost(slot, registered, f"worker {slot.worker_id} died: {_short(exc)}")
         except asyncio.CancelledError:
@@ -135,6 +147,19 @@ class Dispatcher:
         except Exception as exc:  # a bug in the worker shell: treat the worker as lost, keep the farm going
             log.exception("worker %s failed", slot.worker_id)
             await self._lost(slot, registered, f"worker {slot.worker_id} failed: {_short(exc)}")
+
+    async def _finish(self, slot: _Slot, ids: tuple[str, ...], result: BatchResult, finishing: set[str]) -> None:
+        """Record a returned batch once the writer's futures for its files are done, beside
+        the pull loop, which has already handed the worker its next batch."""
+        try:
+            failed = await _failed_writes(result)
+            await self._apply(self.ledger.finish_batch(result, failed))
+            if failed:  # its cached SaveImage outputs name files that are not there: render them anew
+                await slot.handle.free.remote(False, True)
+        except Exception:
+            log.exception("finishing batch %s failed", ids)
+        finally:
+            finishing.difference_update(ids)
 
     async def _lost(self, slot: _Slot, registered: bool, reason: str) -> None:
         self._slots.pop(slot.worker_id, None)

@@ -13,6 +13,7 @@ import ray
 import torch
 from ray.exceptions import RayTaskError
 
+from farm.models.compiled import CompileConfig
 from farm.models.device import choose_dtype
 from farm.models.tiers import TierConfig
 from farm.records.paths import FarmPaths
@@ -27,13 +28,15 @@ def worker_device() -> torch.device:
     return torch.device("cpu")
 
 
-@ray.remote(num_gpus=1, max_concurrency=4)
+@ray.remote(num_gpus=1, max_concurrency=6)
 class GpuWorker:
-    """Threaded actor: `run_batch` runs on one thread while `interrupt`, `state` and
-    `free` are served on others."""
+    """Threaded actor: `run_batch` runs on up to pipeline_depth threads (one batch samples
+    while the next prepares and the last decodes) while `interrupt`, `state` and `free` are
+    served on others."""
 
     def __init__(self, worker_id: str, paths: FarmPaths, writer, hub, tiers: TierConfig = TierConfig(),
-                 workers_on_host: int = 1, dtype: str | None = None):
+                 workers_on_host: int = 1, dtype: str | None = None, compile: CompileConfig | None = None,
+                 pipeline_depth: int = 1):
         device = worker_device()
         if device.type == "cpu":
             # logical GPUs share the host's cores; without this each worker starts one
@@ -46,7 +49,8 @@ class GpuWorker:
         events = EventForwarder(lambda batch: hub.publish.remote(batch))
         node = f"{socket.gethostname()} ({ray.get_runtime_context().get_node_id()[:8]})"
         self.core = WorkerCore(worker_id, paths, device, dtype_, sink, events, tiers, node=node,
-                               workers_on_host=workers_on_host)
+                               workers_on_host=workers_on_host, compile=compile or CompileConfig(),
+                               pipeline_depth=pipeline_depth)
 
     def state(self) -> WorkerState:
         return self.core.state()
@@ -59,6 +63,9 @@ class GpuWorker:
 
     def free(self, unload_models: bool, free_memory: bool) -> None:
         self.core.free(unload_models, free_memory)
+
+    def stats(self) -> dict:
+        return self.core.stats()
 
     def pid(self) -> int:
         return os.getpid()

@@ -1,29 +1,47 @@
-"""`farm bench`: what the engine renders per second on this machine's GPU, one job at a time
-(ComfyUI's way) against queued jobs run as cross-job batches, with NVML utilisation.
+"""`farm bench`: what this machine's GPU renders per second, measured three ways in one call.
 
-Checkpoints are full-size random weights made on the spot (`farm make-checkpoint`): the
-GPU's work does not depend on the weights' values. Every job has its own seed and its own
-prompt, so text encoding, sampling, VAE decode and PNG writing all count."""
+- raw: the engine alone in this process (LocalRenderer), jobs run as cross-job batches of
+  each size in --buckets, compiled; the best size (images/s, within free memory) is the
+  farm's batch size for that architecture and resolution;
+- naive: one job at a time through the farm (Farm.local: Ray, queue, writer), eager, no
+  pipelining: ComfyUI's way;
+- farm: a queue of --jobs batch-1 jobs over --checkpoints checkpoints submitted at once,
+  everything on (compiled UNet, batches of the best size, two batches in flight per worker).
+
+Each mode reports images/s, NVML utilisation (mean and 5th percentile, sampled at 20 Hz),
+latency p50/p99 (submit to files on disk), model loads and compile time. The JSON and a PNG
+of utilisation over time go to --out, named by date and device.
+
+Checkpoints are full-size random weights made on the spot (the GPU's work does not depend on
+the weights' values); extra checkpoints are hard links of the first under other names (the
+farm loads each name separately). Every job has its own seed and prompt."""
 from __future__ import annotations
 
 import argparse
+import gc
 import json
+import os
 import platform
+import re
+import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 
 from farm.engine import JobContext, PlannedJob
 from farm.engine.local import LocalRenderer
+from farm.models.compiled import CompileConfig
 from farm.models.make import make_checkpoint
 from farm.records.paths import FarmPaths
-from farm.worker.nvml import NvmlSampler
+from farm.worker.nvml import NvmlSampler, gpu_identity, percentile
 
 DEFAULT_SIZE = {"sd15": 512, "sdxl": 1024, "tiny-sd15": 64, "tiny-sdxl": 64}
 SUBJECTS = ("a lighthouse", "a red fox", "a city at night", "a bowl of fruit", "a mountain lake",
             "an old car", "a robot", "a sailing ship")
+MODES = ("raw", "naive", "farm")
 
 
 def workflow(ckpt: str, seed: int, size: int, steps: int, sampler: str) -> dict:
@@ -43,75 +61,367 @@ def workflow(ckpt: str, seed: int, size: int, steps: int, sampler: str) -> dict:
 
 @dataclass
 class ModeResult:
-    mode: str  # "one_by_one" or "batched_N"
+    mode: str  # "raw_b8", "naive", "farm"
     jobs: int
     seconds: float
     images_per_s: float
+    batch: int  # jobs per engine call (the largest, for the farm)
     nvml_util_mean: float | None  # percent of time a kernel ran
+    nvml_util_p5: float | None
+    nvml_samples: int = 0
+    latency_p50_s: float | None = None  # submit -> result, farm modes
+    latency_p99_s: float | None = None
+    peak_vram_gib: float | None = None  # raw modes: torch's peak allocation in the batch
+    timeline: list[tuple[float, int]] = field(default_factory=list)  # (s, util %), plotted, not printed
 
 
-def _jobs(renderer: LocalRenderer, ckpt: str, seeds: range, size: int, steps: int, sampler: str) -> list[PlannedJob]:
+@dataclass(frozen=True)
+class BenchArgs:
+    jobs: int  # farm mode's queue
+    naive_jobs: int
+    raw_jobs: int  # jobs per bucket in raw mode (rounded up to whole batches)
+    buckets: tuple[int, ...]  # jobs per batch tried in raw mode
+    checkpoints: int
+    steps: int
+    sampler: str
+    compile: bool
+    compile_backend: str  # "inductor"; "aot_eager" runs the compile path without generating code (CPU tests)
+    gpus: int | None
+    worker_gpus: float
+    modes: tuple[str, ...]
+
+
+def _summary(mode: str, jobs: int, seconds: float, batch: int, nvml: NvmlSampler, **extra) -> ModeResult:
+    util = nvml.summary()
+    return ModeResult(mode, jobs, seconds, jobs / seconds if seconds > 0 else 0.0, batch,
+                      util.mean_util if util else None, util.p5_util if util else None,
+                      util.samples if util else 0, timeline=nvml.timeline(), **extra)
+
+
+def _checkpoints(arch: str, root: Path, count: int) -> list[str]:
+    folder = root / "models" / "checkpoints"
+    first = folder / f"{arch}.safetensors"
+    if not first.exists():
+        t = time.perf_counter()
+        make_checkpoint(arch, first, seed=0)
+        print(f"made {arch} in {time.perf_counter() - t:.1f} s", flush=True)
+    names = [first.name]
+    for i in range(1, count):
+        other = folder / f"{arch}-{chr(ord('a') + i)}.safetensors"
+        if not other.exists():
+            try:
+                os.link(first, other)
+            except OSError:  # another file system: a copy
+                shutil.copyfile(first, other)
+        names.append(other.name)
+    return names
+
+
+# -- raw: the engine alone ----------------------------------------------------------------------
+
+def _planned(renderer: LocalRenderer, ckpt: str, seeds: range, size: int, a: BenchArgs) -> list[PlannedJob]:
     jobs = []
     for seed in seeds:
-        p = renderer.prepare(workflow(ckpt, seed, size, steps, sampler))
+        p = renderer.prepare(workflow(ckpt, seed, size, a.steps, a.sampler))
         jobs.append(PlannedJob(JobContext(p.prompt_id, p.prompt), p.plan))
     return jobs
 
 
-def _measure(renderer: LocalRenderer, mode: str, jobs: list[PlannedJob], batch: int) -> ModeResult:
-    sampler = NvmlSampler()
-    started = time.perf_counter()
-    with sampler:
-        for i in range(0, len(jobs), batch):
-            outcomes = renderer.engine.run_batch(jobs[i:i + batch])
-            assert all(o.ok for o in outcomes), [str(o.error) for o in outcomes if not o.ok]
-    seconds = time.perf_counter() - started
-    util = sampler.summary()
-    return ModeResult(mode, len(jobs), seconds, len(jobs) / seconds, util.mean_util if util else None)
+def _run_raw(renderer: LocalRenderer, jobs: list[PlannedJob], batch: int) -> None:
+    for i in range(0, len(jobs), batch):
+        outcomes = renderer.engine.run_batch(jobs[i:i + batch])
+        failed = [str(o.error) for o in outcomes if not o.ok]
+        if failed:
+            raise RuntimeError(f"raw batch of {batch} failed: {failed[0]}")
 
 
-def bench_arch(arch: str, root: Path, jobs: int, batch: int, steps: int, sampler: str) -> dict:
-    ckpt = f"{arch}.safetensors"
-    path = root / "models" / "checkpoints" / ckpt
-    if not path.exists():
-        t = time.perf_counter()
-        make_checkpoint(arch, path, seed=0)
-        print(f"made {arch} in {time.perf_counter() - t:.1f} s", flush=True)
-    renderer = LocalRenderer(FarmPaths.under(root))
-    size = DEFAULT_SIZE[arch]
+def bench_raw(arch: str, root: Path, ckpt: str, size: int, a: BenchArgs) -> tuple[list[ModeResult], dict]:
+    device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    compile_cfg = CompileConfig(enabled=a.compile, backend=a.compile_backend)
+    renderer = LocalRenderer(FarmPaths.under(root), device, compile=compile_cfg)
+    seed = 100_000
     t = time.perf_counter()
-    renderer.engine.run_batch(_jobs(renderer, ckpt, range(10_000, 10_001), size, steps, sampler))
-    load_s = time.perf_counter() - t
-    renderer.engine.run_batch(_jobs(renderer, ckpt, range(10_001, 10_001 + batch), size, steps, sampler))  # warm b=N
-    results = [
-        _measure(renderer, "one_by_one", _jobs(renderer, ckpt, range(0, jobs), size, steps, sampler), 1),
-        _measure(renderer, f"batched_{batch}", _jobs(renderer, ckpt, range(jobs, 2 * jobs), size, steps, sampler),
-                 batch),
-    ]
+    _run_raw(renderer, _planned(renderer, ckpt, range(seed, seed + 1), size, a), 1)
+    first_s = time.perf_counter() - t
+    results = []
+    for batch in a.buckets:
+        seed += 1_000
+        warm = _planned(renderer, ckpt, range(seed, seed + batch), size, a)
+        _run_raw(renderer, warm, batch)  # records this bucket's CUDA graph
+        count = -(-a.raw_jobs // batch) * batch
+        jobs = _planned(renderer, ckpt, range(seed + batch, seed + batch + count), size, a)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        nvml = NvmlSampler(period_s=0.05)
+        started = time.perf_counter()
+        try:
+            with nvml:
+                _run_raw(renderer, jobs, batch)
+        except torch.cuda.OutOfMemoryError:
+            print(f"{arch} raw batch {batch}: out of memory; larger buckets skipped", flush=True)
+            break
+        peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
+        r = _summary(f"raw_b{batch}", count, time.perf_counter() - started, batch, nvml, peak_vram_gib=peak)
+        results.append(r)
+        _print(arch, size, a, r)
+    info = {"first_job_with_load_and_compile_s": round(first_s, 2), "compile": renderer.models.compiler.report(),
+            "device_total_gib": torch.cuda.mem_get_info()[1] / 2**30 if device.type == "cuda" else None}
+    renderer.models.unload_all()
     renderer.close()
-    for r in results:
-        util = f"{r.nvml_util_mean:.0f}%" if r.nvml_util_mean is not None else "n/a"
-        print(f"{arch} {size}px {steps} steps {sampler}: {r.mode:>11}: {r.images_per_s:.2f} images/s "
-              f"({r.jobs} jobs in {r.seconds:.1f} s), NVML util {util}", flush=True)
-    return {"arch": arch, "size": size, "steps": steps, "sampler": sampler, "first_job_with_load_s": load_s,
-            "modes": [asdict(r) for r in results]}
+    del renderer
+    torch._dynamo.reset()  # drops the compiled graphs before the farm's worker needs the memory
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return results, info
+
+
+def best_batch(results: list[ModeResult], total_gib: float | None, headroom: float = 0.85) -> int:
+    """The raw bucket with the most images/s whose peak memory fits `headroom` of the card
+    (other checkpoints and a second batch in flight need the rest); ties: the smaller."""
+    fits = [r for r in results if total_gib is None or r.peak_vram_gib is None
+            or r.peak_vram_gib <= headroom * total_gib]
+    if not fits:
+        return 1
+    best = max(r.images_per_s for r in fits)
+    return min(r.batch for r in fits if r.images_per_s >= 0.98 * best)  # within noise: less latency
+
+
+# -- through the farm ---------------------------------------------------------------------------------
+
+def _start_farm(root: Path, tag: str, a: BenchArgs, compile_on: bool, depth: int, max_batch: int):
+    from farm.client import Farm
+
+    db = root / f"queue-{tag}.sqlite"
+    if db.exists():
+        db.unlink()
+    farm = Farm.local(root / "models", root / "output", num_gpus=a.gpus, db=db, root=root, max_batch=max_batch,
+                      compile=CompileConfig(enabled=compile_on, backend=a.compile_backend), pipeline_depth=depth,
+                      worker_gpus=a.worker_gpus)
+    farm.wait_for_workers()
+    return farm
+
+
+def _stop_farm(farm) -> None:
+    import ray
+
+    from actors import ACTOR_NAMESPACE, DISPATCHER_NAME
+
+    farm.close(stop=False)
+    farm.cluster.stop()
+    deadline = time.time() + 30
+    while time.time() < deadline:  # the next farm must not find the dying actors by name
+        try:
+            ray.get_actor(DISPATCHER_NAME, namespace=ACTOR_NAMESPACE)
+            time.sleep(0.2)
+        except ValueError:
+            break
+    time.sleep(1.0)
+
+
+def _worker_stats(farm) -> list[dict]:
+    import ray
+
+    from actors import ACTOR_NAMESPACE
+
+    out = []
+    for status in farm.status().workers:
+        try:
+            stats = ray.get(ray.get_actor(status.worker_id, namespace=ACTOR_NAMESPACE).stats.remote(), timeout=30)
+        except Exception as exc:  # noqa: BLE001 - a report, never a failed bench
+            stats = {"error": str(exc)}
+        out.append({"worker_id": status.worker_id, "gpu_name": status.gpu_name, "gpu_uuid": status.gpu_uuid,
+                    "gpu_index": status.gpu_index, "node": status.node, **stats})
+    return out
+
+
+def _through_farm(farm, prepared: list, nvml: NvmlSampler, one_at_a_time: bool) -> tuple[float, list[float]]:
+    latencies: list[float] = []
+    started = time.perf_counter()
+    with nvml:
+        if one_at_a_time:
+            for p in prepared:
+                t = time.perf_counter()
+                result = farm.submit_prepared([p])[0].outcome(600)
+                if not result.ok:
+                    raise RuntimeError(f"naive job failed: {result.error}")
+                latencies.append(time.perf_counter() - t)
+        else:
+            t = time.perf_counter()
+            futures = farm.submit_prepared(prepared)
+            done: dict[str, float] = {}
+            for f in futures:
+                f.add_done_callback(lambda fut: done.setdefault(fut.prompt_id, time.perf_counter()))
+            for f in futures:
+                result = f.outcome(900)
+                if not result.ok:
+                    raise RuntimeError(f"farm job failed: {result.error}")
+            latencies = [done.get(f.prompt_id, time.perf_counter()) - t for f in futures]
+    return time.perf_counter() - started, latencies
+
+
+def bench_farm_modes(arch: str, root: Path, names: list[str], size: int, batch: int,
+                     a: BenchArgs) -> tuple[list[ModeResult], dict]:
+    results, info = [], {}
+    if "naive" in a.modes:
+        farm = _start_farm(root, f"{arch}-naive", a, compile_on=False, depth=1, max_batch=1)
+        try:
+            warm = [farm.prepare(workflow(names[0], 200_000, size, a.steps, a.sampler))]
+            _through_farm(farm, warm, NvmlSampler(), one_at_a_time=True)  # loads the checkpoint
+            prepared = [farm.prepare(workflow(names[0], 210_000 + i, size, a.steps, a.sampler))
+                        for i in range(a.naive_jobs)]
+            nvml = NvmlSampler(period_s=0.05)
+            seconds, lat = _through_farm(farm, prepared, nvml, one_at_a_time=True)
+            results.append(_summary("naive", len(prepared), seconds, 1, nvml, latency_p50_s=percentile(lat, 50),
+                                    latency_p99_s=percentile(lat, 99)))
+            _print(arch, size, a, results[-1])
+            info["naive_workers"] = _worker_stats(farm)
+        finally:
+            _stop_farm(farm)
+    if "farm" in a.modes:
+        farm = _start_farm(root, f"{arch}-farm", a, compile_on=a.compile, depth=2, max_batch=batch)
+        try:
+            t = time.perf_counter()
+            # warm-up, outside the measurement: every checkpoint loaded once, every bucket's
+            # graph compiled and recorded (a farm does this once per worker)
+            warm = [farm.prepare(workflow(n, 300_000 + 100 * k + i, size, a.steps, a.sampler))
+                    for k, n in enumerate(names) for i in range(batch)]
+            _through_farm(farm, warm, NvmlSampler(), one_at_a_time=False)
+            info["farm_warmup_s"] = round(time.perf_counter() - t, 2)
+            prepared = [farm.prepare(workflow(names[i % len(names)], 310_000 + i, size, a.steps, a.sampler))
+                        for i in range(a.jobs)]
+            nvml = NvmlSampler(period_s=0.05)
+            seconds, lat = _through_farm(farm, prepared, nvml, one_at_a_time=False)
+            results.append(_summary("farm", len(prepared), seconds, batch, nvml, latency_p50_s=percentile(lat, 50),
+                                    latency_p99_s=percentile(lat, 99)))
+            _print(arch, size, a, results[-1])
+            info["farm_workers"] = _worker_stats(farm)
+        finally:
+            _stop_farm(farm)
+    return results, info
+
+
+# -- the whole bench ---------------------------------------------------------------------------------
+
+def _print(arch: str, size: int, a: BenchArgs, r: ModeResult) -> None:
+    util = (f"NVML mean {r.nvml_util_mean:.0f}% p5 {r.nvml_util_p5:.0f}%" if r.nvml_util_mean is not None
+            else "NVML n/a")
+    lat = f", latency p50 {r.latency_p50_s:.2f} s p99 {r.latency_p99_s:.2f} s" if r.latency_p50_s is not None else ""
+    mem = f", peak {r.peak_vram_gib:.1f} GiB" if r.peak_vram_gib is not None else ""
+    print(f"{arch} {size}px {a.steps} steps {a.sampler}: {r.mode:>8}: {r.images_per_s:.2f} images/s "
+          f"({r.jobs} jobs in {r.seconds:.1f} s, batch {r.batch}), {util}{lat}{mem}", flush=True)
+
+
+def bench_arch(arch: str, root: Path, a: BenchArgs) -> dict:
+    size = DEFAULT_SIZE[arch]
+    names = _checkpoints(arch, root, a.checkpoints)
+    modes: list[ModeResult] = []
+    info: dict = {}
+    batch = max(a.buckets)
+    if "raw" in a.modes:
+        raw, info["raw"] = bench_raw(arch, root, names[0], size, a)
+        modes += raw
+        batch = best_batch(raw, info["raw"]["device_total_gib"]) if raw else 1
+        print(f"{arch} {size}px: best batch {batch}", flush=True)
+    farm_modes, info["farm"] = bench_farm_modes(arch, root, names, size, batch, a)
+    modes += farm_modes
+    by_mode = {m.mode: m for m in modes}
+    ratio = None
+    if "farm" in by_mode and f"raw_b{batch}" in by_mode:
+        ratio = by_mode["farm"].images_per_s / by_mode[f"raw_b{batch}"].images_per_s
+    return {"arch": arch, "size": size, "steps": a.steps, "sampler": a.sampler, "checkpoints": names,
+            "best_batch": batch, "farm_vs_raw_same_batch": ratio, "modes": [asdict(m) for m in modes], **info}
+
+
+def device_label() -> tuple[str, str | None]:
+    if torch.cuda.is_available():
+        identity = gpu_identity(0)
+        return torch.cuda.get_device_name(0), identity[1] if identity else None
+    return platform.processor() or platform.machine() or "cpu", None
+
+
+def plot(report: dict, path: Path) -> Path | None:
+    """Utilisation over time, naive against farm (and the raw batch the farm used), one
+    panel per architecture."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    results = report["results"]
+    fig, axes = plt.subplots(len(results), 1, figsize=(11, 3.2 * len(results)), squeeze=False)
+    for ax, res in zip(axes[:, 0], results):
+        for m in res["modes"]:
+            if m["mode"] in ("naive", "farm") or m["mode"] == f"raw_b{res['best_batch']}":
+                ts = [p[0] for p in m["timeline"]]
+                us = [p[1] for p in m["timeline"]]
+                label = (f"{m['mode']}: {m['images_per_s']:.2f} img/s, mean {m['nvml_util_mean'] or 0:.0f}% "
+                         f"p5 {m['nvml_util_p5'] or 0:.0f}%")
+                ax.plot(ts, us, label=label, linewidth=0.8)
+        ax.set_title(f"{res['arch']} {res['size']}px, {res['steps']} steps {res['sampler']} on {report['device']}")
+        ax.set_xlabel("seconds since the mode started")
+        ax.set_ylabel("NVML GPU busy %")
+        ax.set_ylim(-2, 102)
+        ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="farm bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--arch", action="append", choices=sorted(DEFAULT_SIZE), help="repeatable (default sd15)")
-    parser.add_argument("--jobs", type=int, default=16)
-    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--jobs", type=int, default=64, help="farm mode: batch-1 jobs queued at once")
+    parser.add_argument("--naive-jobs", type=int, default=16)
+    parser.add_argument("--raw-jobs", type=int, default=32, help="raw mode: jobs per batch size")
+    parser.add_argument("--buckets", default="1,8,16", help="raw mode: batch sizes (jobs) to measure")
+    parser.add_argument("--checkpoints", type=int, default=3, help="farm mode: jobs spread over this many")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--sampler", default="euler")
+    parser.add_argument("--modes", default=",".join(MODES), help="any of raw,naive,farm")
+    parser.add_argument("--no-compile", action="store_true", help="eager UNet everywhere")
+    parser.add_argument("--compile-backend", default="inductor", choices=("inductor", "aot_eager"))
+    parser.add_argument("--gpus", type=int, help="GPUs for the farm (one worker each); default: all visible")
+    parser.add_argument("--worker-gpus", type=float, default=1.0, help="GPUs per worker (0.5: two share one)")
     parser.add_argument("--root", type=Path, default=Path(".farm/bench"))
-    parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="JSON and PNG go here")
+    parser.add_argument("--json", type=Path, help="the JSON here instead")
     args = parser.parse_args(argv)
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor() or "cpu"
-    report = {"device": device, "torch": torch.__version__,
-              "results": [bench_arch(a, args.root, args.jobs, args.batch, args.steps, args.sampler)
-                          for a in (args.arch or ["sd15"])]}
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2))
+    modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
+    bad = [m for m in modes if m not in MODES]
+    if bad:
+        parser.error(f"--modes: {bad[0]!r} is not one of {', '.join(MODES)}")
+    try:
+        buckets = tuple(sorted({int(b) for b in args.buckets.split(",") if b.strip()}))
+    except ValueError:
+        parser.error(f"--buckets: {args.buckets!r} is not a comma-separated list of batch sizes, e.g. 1,8,16")
+    if not buckets or min(buckets) < 1:
+        parser.error("--buckets: give batch sizes of at least 1, e.g. 1,8,16")
+    a = BenchArgs(args.jobs, args.naive_jobs, args.raw_jobs, buckets, max(1, args.checkpoints), args.steps,
+                  args.sampler, not args.no_compile, args.compile_backend, args.gpus, args.worker_gpus, modes)
+    device, uuid = device_label()
+    started = datetime.now(timezone.utc)
+    report = {"device": device, "gpu_uuid": uuid, "gpus_visible": torch.cuda.device_count(),
+              "date": started.isoformat(timespec="seconds"), "torch": torch.__version__,
+              "compile": a.compile, "args": {**asdict(a), "buckets": list(buckets)}, "results": []}
+    stem = f"bench-{started:%Y%m%d-%H%M}-{re.sub(r'[^A-Za-z0-9]+', '-', device).strip('-').lower()}"
+    path = args.json or args.out / f"{stem}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        for arch in args.arch or ["sd15"]:
+            report["results"].append(bench_arch(arch, args.root, a))
+            path.write_text(json.dumps(report, indent=1))  # what is measured survives a later timeout
+    finally:
+        if "naive" in modes or "farm" in modes:
+            import ray
+
+            if ray.is_initialized():
+                ray.shutdown()
+    png = plot(report, path.with_suffix(".png"))
+    report["plot"] = png.name if png else None
+    path.write_text(json.dumps(report, indent=1))
+    print(f"wrote {path}" + (f" and {png}" if png else ""), flush=True)
     return 0

@@ -27,6 +27,7 @@ from typing import Callable, Iterable, Sequence
 
 from actors import cluster as ray_cluster
 from farm.errors import FarmError, UnknownJobError
+from farm.models.compiled import CompileConfig
 from farm.models.store import ModelFolders
 from farm.models.tiers import TierConfig
 from farm.nodes.registry import default_registry
@@ -175,7 +176,8 @@ class Farm:
     def local(cls, models: str | Path, output: str | Path | None = None, num_gpus: int | None = None,
               db: str | Path | None = None, *, root: str | Path = ".farm", num_workers: int | None = None,
               tiers: TierConfig = TierConfig(), max_batch: int = 8, max_attempts: int = 3,
-              num_cpus: int | None = None, limits: Limits | None = None) -> "Farm":
+              num_cpus: int | None = None, limits: Limits | None = None,
+              compile: CompileConfig = CompileConfig(), pipeline_depth: int = 2, worker_gpus: float = 1.0) -> "Farm":
         """A farm in an embedded Ray on this machine: one worker per GPU; on a machine
         without GPUs, `num_gpus` logical ones (default 1) whose workers run on the CPU.
         If this process already runs Ray (and a farm), that one is used."""
@@ -185,7 +187,8 @@ class Farm:
         ray_cluster.init_local(num_gpus=num_gpus, num_cpus=num_cpus)
         config = ray_cluster.FarmConfig(paths=paths, db=Path(db).absolute() if db else root / "queue.sqlite",
                                         num_workers=num_workers, tiers=tiers, max_batch=max_batch,
-                                        max_attempts=max_attempts)
+                                        max_attempts=max_attempts, compile=compile,
+                                        pipeline_depth=pipeline_depth, worker_gpus=worker_gpus)
         Path(config.db).parent.mkdir(parents=True, exist_ok=True)
         return cls(ray_cluster.FarmCluster.start(config), paths, owns_ray=owns, limits=limits)
 

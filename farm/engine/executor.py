@@ -78,13 +78,19 @@ class Engine:
     def run(self, job: PlannedJob) -> JobOutcome:
         return self.run_batch([job])[0]
 
-    def run_batch(self, jobs: list[PlannedJob]) -> list[JobOutcome]:
+    def run_batch(self, jobs: list[PlannedJob], interrupt: threading.Event | None = None) -> list[JobOutcome]:
         """Run jobs that share one plan shape (same node ids and order). Each job gets its
-        own events and outcome; a failing node fails the jobs it was running for."""
+        own events and outcome; a failing node fails the jobs it was running for.
+
+        `interrupt`: this call's stop flag, for a caller that runs several calls at once
+        (a farm worker overlaps one batch's decoding with the next one's sampling); without
+        it the engine's own flag, cleared here."""
         if len({tuple(j.plan.order) for j in jobs}) > 1:
-            return [self.run(j) for j in jobs]  # not one shape: no sharing to be had
+            return [self.run_batch([j], interrupt)[0] for j in jobs]  # not one shape: no sharing to be had
         started = time.perf_counter()
-        self.interrupt.clear()
+        if interrupt is None:
+            interrupt = self.interrupt
+            interrupt.clear()
         states = [_JobState(j, JobOutcome(j.context.prompt_id)) for j in jobs]
         for state in states:
             self._emit(state, EventType.EXECUTION_START, {})
@@ -95,7 +101,7 @@ class Engine:
             live = [s for s in states if s.outcome.error is None]
             if not live:
                 break
-            self._run_node(node_id, live)
+            self._run_node(node_id, live, interrupt)
         self.images.flush()  # a job is finished only when its files are on disk
         elapsed = time.perf_counter() - started
         for state in states:
@@ -105,7 +111,7 @@ class Engine:
 
     # -- one node, for every live job of the batch ---------------------------------------
 
-    def _run_node(self, node_id: str, states: list[_JobState]) -> None:
+    def _run_node(self, node_id: str, states: list[_JobState], interrupt: threading.Event) -> None:
         by_signature: dict[str, list[_JobState]] = {}
         for state in states:
             by_signature.setdefault(state.job.plan.signatures[node_id], []).append(state)
@@ -124,16 +130,17 @@ class Engine:
         node = node_cls()
         groups = [group for _, group in missing]
         try:
-            self._check_interrupt()  # ComfyUI checks before every node
+            if interrupt.is_set():  # ComfyUI checks before every node
+                raise Interrupted("interrupted by the user")
             for group in groups:
                 for state in group:
                     self._emit(state, EventType.EXECUTING, {"node": node_id, "display_node": node_id})
             inputs = [self._inputs(group[0], node_id) for group in groups]
             if len(groups) > 1 and hasattr(node, "run_batch"):
-                rc = self._context(node_id, [s for g in groups for s in g])
+                rc = self._context(node_id, [s for g in groups for s in g], interrupt)
                 results = node.run_batch(rc, inputs)
             else:
-                results = [node.run(self._context(node_id, group), **kwargs)
+                results = [node.run(self._context(node_id, group, interrupt), **kwargs)
                            for group, kwargs in zip(groups, inputs)]
         except Interrupted as exc:
             for state in states:
@@ -174,13 +181,9 @@ class Engine:
         return {name: state.values[v.node_id][v.output_index] if isinstance(v, Link) else v
                 for name, v in call.inputs.items()}
 
-    def _context(self, node_id: str, states: list[_JobState]) -> RunContext:
+    def _context(self, node_id: str, states: list[_JobState], interrupt: threading.Event) -> RunContext:
         return RunContext(self.device, self.dtype, self.models, self.images, self.node_ctx, node_id,
-                          tuple(s.job.context for s in states), self.interrupt)
-
-    def _check_interrupt(self) -> None:
-        if self.interrupt.is_set():
-            raise Interrupted("interrupted by the user")
+                          tuple(s.job.context for s in states), interrupt)
 
     # -- events --------------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ from farm.engine import Engine, JobContext, JobOutcome, PlannedJob
 from farm.engine.context import no_events
 from farm.engine.images import LocalImageWriter
 from farm.engine.local_models import LocalModelProvider
+from farm.models.compiled import CompileConfig, UNetCompiler
 from farm.models.device import choose_device, choose_dtype
 from farm.models.store import ModelFolders
 from farm.nodes.registry import default_registry
@@ -18,13 +19,17 @@ from farm.workflow.prepare import PreparedPrompt, prepare
 
 
 class LocalRenderer:
-    def __init__(self, paths: FarmPaths, device: torch.device | None = None):
+    def __init__(self, paths: FarmPaths, device: torch.device | None = None, compile: CompileConfig | None = None):
+        """`compile`: torch.compile of the UNet (farm.models.compiled); off unless given,
+        since one local run rarely repays a compile of a minute."""
         self.paths = paths
         self.registry = default_registry()
         self.node_ctx = NodeContext.for_paths(paths)
         device = device or choose_device()
         dtype = choose_dtype(device)
         self.models = LocalModelProvider(ModelFolders(paths.models), device, dtype)
+        self.models.compiler = UNetCompiler(compile or CompileConfig(enabled=False), device,
+                                            paths.temp.parent / "state")
         self.writer = LocalImageWriter(paths.output, paths.temp)
         self.engine = Engine(self.registry, self.node_ctx, self.models, self.writer, device, dtype)
 

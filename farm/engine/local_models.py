@@ -20,6 +20,7 @@ class LocalModelProvider:
         self.loads = 0
         self._loaded: OrderedDict[str, object] = OrderedDict()  # name -> LoadedCheckpoint
         self._lock = threading.Lock()
+        self.compiler = None  # farm.models.compiled.UNetCompiler; the renderer sets it
 
     def checkpoint(self, name: str):
         from farm.models.load import (

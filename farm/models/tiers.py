@@ -172,7 +172,9 @@ class TieredModelProvider:
         self.on_drop: list[Callable[[str], None]] = []  # called after a checkpoint left memory
         self.evictions: Counter[str] = Counter()  # tier value -> checkpoints that left it (metrics)
         self._loaded: dict[str, _Loaded] = {}  # name -> in memory
-        self._kept: set[str] = set()  # used by the running batch: stays on the device
+        # used by the running batches (a worker overlaps two): stays on the device; name -> batches
+        self._kept: Counter[str] = Counter()
+        self.compiler = None  # farm.models.compiled.UNetCompiler; the worker sets it
         self._lock = threading.RLock()
 
     @property
@@ -200,13 +202,18 @@ class TieredModelProvider:
         `release`, even where the accounting would move it (a batch using more models than
         fit runs over budget rather than on the CPU)."""
         with self._lock:
-            self._kept = set(names)
+            self._kept.update(set(names))
             for name in sorted(names):
                 self.checkpoint(name)
 
-    def release(self) -> None:
+    def release(self, names: set[str] | None = None) -> None:
+        """The batch that kept `names` is done with them (None: every batch is)."""
         with self._lock:
-            self._kept = set()
+            if names is None:
+                self._kept.clear()
+            else:
+                self._kept.subtract(set(names))
+                self._kept = +self._kept  # drop the names no batch keeps any more
             self._reconcile()
 
     def report(self) -> ResidencyReport:

@@ -19,6 +19,7 @@ from farm.sampling import (
     sample,
     slice_sigmas,
 )
+from farm.sampling.stage import run_sampling
 
 
 @dataclass(frozen=True, eq=False)
@@ -82,9 +83,15 @@ def _run_batch(rc, calls: list[SamplerCall]) -> list[Latent]:
     def on_step(info) -> None:
         rc.progress(info.i + 1, total)
 
-    with torch.inference_mode():
-        out = sample(denoiser, latent_in, noise.to(device), sigmas, first.sampler_name, callback=on_step, seeds=seeds)
-    out = (out / model.latent_scale).float().cpu()
+    noise = noise.to(device)
+
+    def loop() -> torch.Tensor:
+        out = sample(denoiser, latent_in, noise, sigmas, first.sampler_name, callback=on_step, seeds=seeds)
+        return (out / model.latent_scale).float()
+
+    # The loop runs on the device's sampling thread; the copy to the host waits here, so
+    # the next batch's loop can start meanwhile.
+    out = run_sampling(device, loop).cpu()
     return [Latent(block) for block in out.split(rows)]
 
 

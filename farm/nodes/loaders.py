@@ -41,8 +41,10 @@ class CheckpointLoaderSimple(Node):
     def run(self, rc, ckpt_name: str):
         loaded = rc.models.checkpoint(ckpt_name)
         is_sdxl = loaded.arch.arch is Arch.SDXL
+        compiler = getattr(rc.models, "compiler", None)  # farm.models.compiled.UNetCompiler, if any
+        runner = compiler.runner(loaded.unet, ckpt_name) if compiler is not None else None
         model = DiffusionModel(loaded.unet, DiscreteSchedule.sd(), loaded.latent_scale_factor,
-                               needs_time_ids=is_sdxl, checkpoint_name=ckpt_name)
+                               needs_time_ids=is_sdxl, checkpoint_name=ckpt_name, runner=runner)
         if is_sdxl:
             clip = ClipTextEncoder.sdxl(*loaded.text_encoders, *loaded.tokenizers)
         else:

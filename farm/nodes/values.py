@@ -4,7 +4,7 @@ farm.sampling.denoiser.Conditioning."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Callable, ClassVar
 
 import torch
 
@@ -20,6 +20,8 @@ class DiffusionModel:
     latent_scale: float  # VAE latent -> the UNet's latent space (0.18215 SD1.x, 0.13025 SDXL)
     needs_time_ids: bool  # SDXL's added conditioning (pooled text + size/crop ids)
     checkpoint_name: str
+    # farm.models.compiled.CompiledUNet (same eps, compiled and batch-padded), None: eager
+    runner: Callable[..., torch.Tensor] | None = None
 
     @property
     def device(self) -> torch.device:
@@ -36,9 +38,11 @@ class DiffusionModel:
         if self.needs_time_ids:
             added = {"text_embeds": cond.pooled.to(self.device, self.dtype),
                      "time_ids": cond.time_ids.to(self.device, self.dtype)}
-        out = self.unet(x_in.to(self.device, self.dtype), timestep.to(self.device),
-                        encoder_hidden_states=cond.embeds.to(self.device, self.dtype),
-                        added_cond_kwargs=added, return_dict=False)[0]
+        x_in, timestep = x_in.to(self.device, self.dtype), timestep.to(self.device)
+        embeds = cond.embeds.to(self.device, self.dtype)
+        if self.runner is not None:
+            return self.runner(x_in, timestep, embeds, added).float()
+        out = self.unet(x_in, timestep, encoder_hidden_states=embeds, added_cond_kwargs=added, return_dict=False)[0]
         return out.float()
 
 

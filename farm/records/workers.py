@@ -29,6 +29,7 @@ class WorkerStatus:
     vram_used_bytes: int | None = None
     vram_total_bytes: int | None = None
     utilization_reason: str | None = None  # why utilization is None ("no GPU: a CPU worker", NVML's error)
+    gpu_uuid: str | None = None  # NVML's id of the GPU (two workers may share one)
 
 
 @dataclass(frozen=True)

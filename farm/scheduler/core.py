@@ -62,20 +62,28 @@ class DispatcherCore:
         view = self.fleet.add_worker(worker_id)
         self.fleet.set_residency(view, report)
 
-    def worker_ready(self, worker_id: str, report: ResidencyReport) -> Batch | None:
+    def worker_ready(self, worker_id: str, report: ResidencyReport, busy: tuple[str, ...] = (),
+                     finishing: tuple[str, ...] = ()) -> Batch | None:
         """A worker is free and reports what it holds; returns its next batch, or None (it is
-        then idle until a Placement or tick() says to wake it)."""
+        then idle until a Placement or tick() says to wake it).
+
+        `busy`: jobs the worker is still running. A worker asks early, while its batch
+        runs, so that it holds the next one in reserve and the GPU never waits for the
+        dispatcher; it is then not idle even when nothing is left for it. `finishing`: jobs
+        it has returned whose files are still being written (complete or fail follows)."""
         now = self.clock()
         view = self.fleet.add_worker(worker_id)
-        lost = self._running_on(view.running, worker_id)
+        still = tuple(j for j in view.running if j in busy)
+        lost = [j for j in self._running_on(view.running, worker_id) if j not in still and j not in finishing]
         if lost:  # it asks for more without reporting these: they were lost with its state
             self._requeue(lost, f"worker {worker_id} restarted while it ran")
-        self.fleet.set_running(view, (), now)
+        busy_until = view.busy_until_s if still else now
+        self.fleet.set_running(view, still, busy_until)
         self.fleet.set_residency(view, report)
         pick = self.policy.pick(view, self.fleet, now)
         batch = None if pick is None else self.fleet.take_batch(pick.owner, pick.batch_key)
         if batch is None:
-            self.fleet.set_idle(view, True)
+            self.fleet.set_idle(view, not still)
             return None
         self.fleet.set_idle(view, False)
         self.store.claim(batch.job_ids, worker_id, now)
@@ -89,7 +97,7 @@ class DispatcherCore:
             self.fleet.set_residency(view, report.after_load(batch.checkpoint, batch.checkpoint_bytes,
                                                              pick.keep))
         view.last_used_s = now
-        self.fleet.set_running(view, batch.job_ids, now + load_s + batch.expected_run_s)
+        self.fleet.set_running(view, still + batch.job_ids, max(now, busy_until) + load_s + batch.expected_run_s)
         return dataclasses.replace(batch, worker_id=worker_id, source_tier=source,
                                    expected_load_s=load_s, keep=pick.keep)
 

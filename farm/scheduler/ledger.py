@@ -133,9 +133,12 @@ class Ledger:
     def register_worker(self, worker_id: str, report: ResidencyReport) -> None:
         self.core.register_worker(worker_id, report)
 
-    def next_batch(self, worker_id: str, report: ResidencyReport) -> Dispatch | None:
-        """The worker is free: its next batch, or None (it idles until woken)."""
-        batch = self.core.worker_ready(worker_id, report)
+    def next_batch(self, worker_id: str, report: ResidencyReport, busy: tuple[str, ...] = (),
+                   finishing: tuple[str, ...] = ()) -> Dispatch | None:
+        """The worker can take a batch: its next one, or None (it idles until woken).
+        `busy`/`finishing`: jobs it still runs, or returned with files still being written
+        (DispatcherCore.worker_ready: a worker asks early to hold one batch in reserve)."""
+        batch = self.core.worker_ready(worker_id, report, busy, finishing)
         if batch is None:
             return None
         return Dispatch(events=[self._status()], batch=batch, items=[work_item(j) for j in batch.jobs])

@@ -85,6 +85,7 @@ class WorkerState:
     torch_vram_free: int = 0
     gpu: GpuSample = field(default_factory=GpuSample)  # NVML's view (utilisation), or why there is none
     counters: WorkerCounters = field(default_factory=WorkerCounters)  # for GET /metrics
+    gpu_uuid: str | None = None  # NVML's GPU-... id: tells apart GPUs that share a name (and workers sharing one)
 
 
 @dataclass

@@ -69,7 +69,7 @@ def worker_status(state: WorkerState | None, worker_id: str, backlog: int, alive
                             utilization_reason="the worker did not answer")
     return WorkerStatus(worker_id, state.node, state.gpu_index, state.gpu_name, alive,
                         residency_tiers(state.residency), backlog, state.running, state.gpu.utilization,
-                        state.vram_used_bytes, state.vram_total_bytes, state.gpu.utilization_reason)
+                        state.vram_used_bytes, state.vram_total_bytes, state.gpu.utilization_reason, state.gpu_uuid)
 
 
 def device_info(state: WorkerState) -> DeviceInfo:

@@ -43,11 +43,17 @@ class RemoteImageSink:
     def flush(self) -> None:
         pass
 
-    def take(self) -> list[PendingWrite]:
-        """The writes handed off since the last take."""
+    def take(self, refs: set[ImageRef] | None = None) -> list[PendingWrite]:
+        """The writes handed off that name any of `refs` (None: all). Two batches may run on
+        a worker at once: each takes only its own, leaving the other's in place. (A write
+        that no batch claims, from a run that was redone, stays here: one small handle.)"""
         with self._lock:
-            pending, self._pending = self._pending, []
-        return pending
+            if refs is None:
+                mine, self._pending = self._pending, []
+            else:
+                mine = [w for w in self._pending if refs.intersection(w.refs)]
+                self._pending = [w for w in self._pending if not refs.intersection(w.refs)]
+        return mine
 
 
 class EventForwarder:

@@ -6,10 +6,12 @@ actors/gpu_worker.py wraps this in a Ray actor; tests build it directly.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
-from typing import Callable
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
 
 import torch
 
@@ -21,6 +23,7 @@ from farm.errors import (
     WorkflowFormatError,
     one_line,
 )
+from farm.models.compiled import CompileConfig, UNetCompiler
 from farm.models.store import ModelFolders
 from farm.models.tiers import (
     TierConfig,
@@ -46,6 +49,7 @@ from farm.scheduler.messages import (
 from farm.settings import Limits
 from farm.worker.channels import EventForwarder, RemoteImageSink
 from farm.worker.counters import gpu_monitor, worker_counters
+from farm.worker.nvml import gpu_identity
 
 log = logging.getLogger(__name__)
 
@@ -56,12 +60,22 @@ def is_out_of_memory(error: BaseException | None) -> bool:
         isinstance(cause, RuntimeError) and "out of memory" in str(cause).lower())
 
 
+@dataclass(eq=False)
+class _Call:
+    """One engine call in flight, and what an interrupt asked of it."""
+
+    prompt_ids: tuple[str, ...]
+    stop: threading.Event = field(default_factory=threading.Event)
+    targets: set[str] | None = field(default_factory=set)  # prompt ids asked to stop; None: all
+
+
 class WorkerCore:
     """The engine, its cache and its models on one device."""
 
     def __init__(self, worker_id: str, paths: FarmPaths, device: torch.device, dtype: torch.dtype,
                  images: RemoteImageSink, events: EventForwarder, tiers: TierConfig = TierConfig(),
-                 node: str = "", workers_on_host: int = 1):
+                 node: str = "", workers_on_host: int = 1, compile: CompileConfig = CompileConfig(),
+                 pipeline_depth: int = 1):
         self.worker_id = worker_id
         self.node = node
         self.paths = paths
@@ -74,43 +88,64 @@ class WorkerCore:
         residency = Residency(budgets.vram_bytes, budgets.pinned_bytes, budgets.disk_bytes)
         self.models = TieredModelProvider(ModelFolders(paths.models), device, dtype, residency,
                                           local_dir=tiers.local_dir)
+        self.models.compiler = UNetCompiler(compile, device, paths.temp.parent / "state")
         self._loads_seen = 0
         self.engine = Engine(self.registry, self.node_ctx, self.models, images, device, dtype)
         # a checkpoint that left memory must not stay reachable through cached node outputs
         self.models.on_drop.append(lambda _name: self.engine.cache.clear())
         self.device, self.dtype = device, dtype
-        self._running: tuple[str, ...] = ()
-        self._targets: set[str] | None = None  # prompt ids an interrupt asked for; None: all
-        self._run_lock = threading.Lock()  # one engine call at a time
+        # Engine calls at once: with 2, one batch samples (on the device's sampling thread)
+        # while the other prepares its inputs or decodes and hands off its images.
+        self.pipeline_depth = max(1, pipeline_depth)
+        self._calls: dict[int, _Call] = {}  # running engine calls, by id
+        self._gate = threading.Condition()  # admits up to pipeline_depth calls; free() waits for none
+        self._active = 0
+        self._freeing = False
         self._state_lock = threading.Lock()
         self.gpu_monitor = gpu_monitor(device)  # None on a CPU worker
+        self._identity: tuple[str, str] | None = None  # NVML (name, UUID), read once
 
     # -- running ---------------------------------------------------------------------------
 
     def run_batch(self, items: list[WorkItem]) -> BatchResult:
         """Run prompts that the dispatcher grouped (one engine call when their plans have
         the same shape). Never raises for a prompt's own fault: each gets a report."""
-        with self._run_lock:
+        with self._admitted():
             reports = {item.prompt_id: JobReport(item.prompt_id, self.worker_id, batch_size=len(items))
                        for item in items}
             planned = [p for p in (self._admit(item, reports[item.prompt_id]) for item in items) if p is not None]
             self._run_planned(planned, reports)
             self._attach_writes(reports.values())
             self.events.flush()
-            loads = self.models.moves[self._loads_seen:]
-            self._loads_seen = len(self.models.moves)
+            with self._state_lock:
+                loads = self.models.moves[self._loads_seen:]
+                self._loads_seen = len(self.models.moves)
             return BatchResult([reports[item.prompt_id] for item in items], self.models.report(), loads)
+
+    @contextlib.contextmanager
+    def _admitted(self) -> Iterator[None]:
+        with self._gate:
+            while self._active >= self.pipeline_depth or self._freeing:
+                self._gate.wait()
+            self._active += 1
+        try:
+            yield
+        finally:
+            with self._gate:
+                self._active -= 1
+                self._gate.notify_all()
 
     def _run_planned(self, planned: list[PlannedJob], reports: dict[str, JobReport]) -> None:
         while planned:
-            ids = tuple(p.context.prompt_id for p in planned)
+            call = _Call(tuple(p.context.prompt_id for p in planned))
             with self._state_lock:
-                self._running, self._targets = ids, set()
+                self._calls[id(call)] = call
             try:
-                outcomes = self._engine_call(planned)
+                outcomes = self._engine_call(planned, call.stop)
             finally:
                 with self._state_lock:
-                    targets, self._running, self._targets = self._targets, (), set()
+                    self._calls.pop(id(call), None)
+                    targets = call.targets
             retry: list[PlannedJob] = []
             oom = any(is_out_of_memory(o.error) for o in outcomes)
             if oom:
@@ -132,18 +167,19 @@ class WorkerCore:
                 return
             planned = retry
 
-    def _engine_call(self, planned: list[PlannedJob]) -> list[JobOutcome]:
+    def _engine_call(self, planned: list[PlannedJob], stop: threading.Event) -> list[JobOutcome]:
         names = set().union(*(set(p.plan.checkpoints) for p in planned))
         try:
             self.models.keep(names)
         except Exception as exc:  # the checkpoint itself does not load: every job of the call fails
+            self.models.release(names)
             failed = [JobOutcome(p.context.prompt_id, error=NodeExecutionError("", "CheckpointLoaderSimple", exc))
                       for p in planned]
             return failed
         try:
-            return self.engine.run_batch(planned)
+            return self.engine.run_batch(planned, stop)
         finally:
-            self.models.release()
+            self.models.release(names)
 
     def _admit(self, item: WorkItem, report: JobReport) -> PlannedJob | None:
         """The job as the engine runs it, from the plan made at submission. What can differ
@@ -175,7 +211,8 @@ class WorkerCore:
     def _attach_writes(self, reports) -> None:
         """Each report gets the writer's handles for its images (jobs that shared a node run
         share its files); writes from a run that was redone belong to no report."""
-        pending = self.images.take()
+        reports = list(reports)
+        pending = self.images.take({ref for report in reports for ref in report.images})
         for report in reports:
             mine = set(report.images)
             report.writes = [w.handle for w in pending if mine.intersection(w.refs)]
@@ -207,38 +244,48 @@ class WorkerCore:
     def interrupt(self, prompt_ids: set[str] | None = None) -> bool:
         """Stop the running call if it runs one of `prompt_ids` (None: whatever runs). Jobs
         of the same call that were not asked for run again right after."""
+        stopped = False
         with self._state_lock:
-            if not self._running:
-                return False
-            if prompt_ids is not None:
-                hit = set(prompt_ids) & set(self._running)
-                if not hit:
-                    return False
-                self._targets = (self._targets or set()) | hit
-            else:
-                self._targets = None
-            self.engine.interrupt.set()
-            return True
+            for call in self._calls.values():
+                if prompt_ids is not None:
+                    hit = set(prompt_ids) & set(call.prompt_ids)
+                    if not hit:
+                        continue
+                    if call.targets is not None:
+                        call.targets |= hit
+                else:
+                    call.targets = None
+                call.stop.set()
+                stopped = True
+        return stopped
 
     def free_after_oom(self) -> None:
         self.engine.cache.clear()
         self.models.unload()
 
     def free(self, unload_models: bool, free_memory: bool) -> None:
-        """POST /free: waits for the running call (weights in use cannot move)."""
-        with self._run_lock:
+        """POST /free: waits for the running calls (weights in use cannot move)."""
+        with self._gate:
+            self._freeing = True
+            while self._active:
+                self._gate.wait()
+        try:
             if free_memory:
                 self.engine.cache.clear()
             if unload_models:
                 self.models.unload()
+        finally:
+            with self._gate:
+                self._freeing = False
+                self._gate.notify_all()
 
     def state(self) -> WorkerState:
         with self._state_lock:
-            running = self._running
+            running = tuple(j for call in self._calls.values() for j in call.prompt_ids)
         used = total = free = None
         torch_total = torch_free = 0
         name = "cpu"
-        index = None
+        index = uuid = None
         if self.device.type == "cuda":
             free, total = torch.cuda.mem_get_info(self.device)
             used = total - free
@@ -246,12 +293,22 @@ class WorkerCore:
             torch_free = torch_total - torch.cuda.memory_allocated(self.device)
             name = torch.cuda.get_device_name(self.device)
             index = self.device.index if self.device.index is not None else torch.cuda.current_device()
+            if self._identity is None:
+                self._identity = gpu_identity(index) or ("", "")
+            uuid = self._identity[1] or None
         else:  # a CPU worker's device memory is the host's
             total, free = host_memory()
             used = total - free
         return WorkerState(self.worker_id, self.node, str(self.device), index, name, self.models.report(), running,
                            used, total, free, torch_total, torch_free,
-                           self.gpu_monitor.sample() if self.gpu_monitor else GpuSample(), self.counters())
+                           self.gpu_monitor.sample() if self.gpu_monitor else GpuSample(), self.counters(), uuid)
 
     def counters(self) -> WorkerCounters:
         return worker_counters(self.models, self.engine)
+
+    def stats(self) -> dict:
+        """For benchmarks: what compiling cost per checkpoint and shape, and every model load."""
+        return {"compile": self.models.compiler.report() if self.models.compiler else {},
+                "loads": [{"checkpoint": m.name, "source": m.source.value, "bytes": m.nbytes,
+                           "seconds": round(m.seconds, 3)} for m in self.models.moves],
+                "pipeline_depth": self.pipeline_depth}

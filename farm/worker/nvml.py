@@ -11,6 +11,34 @@ class UtilSummary:
     mean_util: float  # NVML "GPU busy" percentage averaged over the samples, 0..100
     samples: int
     period_s: float
+    p5_util: float = 0.0  # 5th percentile: what the GPU does in its worst moments (gaps show here)
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100) of a non-empty list."""
+    ordered = sorted(values)
+    rank = max(0, min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1)))))
+    return float(ordered[rank])
+
+
+def gpu_identity(index: int = 0) -> tuple[str, str] | None:
+    """(name, UUID) of the NVML device at `index` (after CUDA_VISIBLE_DEVICES, as CUDA
+    numbers them, when that names one device); None without NVML."""
+    try:
+        import os
+
+        import pynvml
+
+        pynvml.nvmlInit()
+        visible = [v for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+        if visible and index < len(visible) and visible[index].strip().isdigit():
+            index = int(visible[index])
+        handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+        name, uuid = pynvml.nvmlDeviceGetName(handle), pynvml.nvmlDeviceGetUUID(handle)
+        decode = (lambda v: v.decode() if isinstance(v, bytes) else str(v))
+        return decode(name), decode(uuid)
+    except Exception:
+        return None
 
 
 class NvmlSampler:
@@ -22,6 +50,7 @@ class NvmlSampler:
     def __init__(self, index: int = 0, period_s: float = 0.05):
         self.index, self.period_s = index, period_s
         self._values: list[int] = []
+        self._times: list[float] = []  # seconds since start, one per value
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         try:
@@ -40,11 +69,14 @@ class NvmlSampler:
     def _loop(self) -> None:
         while not self._stop.is_set():
             self._values.append(self._nvml.nvmlDeviceGetUtilizationRates(self._handle).gpu)
+            self._times.append(time.perf_counter() - self._started)
             time.sleep(self.period_s)
 
     def __enter__(self) -> "NvmlSampler":
         self._values.clear()
+        self._times.clear()
         self._stop.clear()
+        self._started = time.perf_counter()
         if self.available:
             self._thread = threading.Thread(target=self._loop, daemon=True)
             self._thread.start()
@@ -58,7 +90,12 @@ class NvmlSampler:
     def summary(self) -> UtilSummary | None:
         if not self._values:
             return None
-        return UtilSummary(sum(self._values) / len(self._values), len(self._values), self.period_s)
+        return UtilSummary(sum(self._values) / len(self._values), len(self._values), self.period_s,
+                           percentile(self._values, 5))
+
+    def timeline(self) -> list[tuple[float, int]]:
+        """(seconds since start, percent) per sample, for plots."""
+        return list(zip(self._times, self._values))
 
 
 class GpuMonitor:

@@ -1,0 +1,201 @@
+"""The UNet compiled once per worker: torch.compile per (architecture, latent size), batches
+padded to a few row buckets so that shapes repeat and CUDA graphs replay.
+
+Why buckets: with mode="reduce-overhead" every distinct input shape records its own CUDA
+graph (and memory pool). A stream of batches of 1..8 jobs would record up to 16 shapes;
+padded to 2, 4, 8, 16 and 32 UNet rows (CFG doubles the jobs) it records five, and the
+padding rows cost little next to the Python overhead the graphs save. The batch dimension is
+marked dynamic, so inductor compiles one graph per latent size for every bucket (compiling
+is the expensive part: a minute or more per graph on a GPU), and the FX graph cache on disk
+lets a restarted worker skip most of it.
+
+Rows of the UNet are independent (GroupNorm and attention work per sample), so a padded row
+changes no real row: the compiled output equals eager within float tolerance (the test in
+tests/models/test_compiled.py holds it to the oracle's tolerances)."""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import weakref
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BUCKETS = (2, 4, 8, 16, 32)  # UNet rows (jobs x 2 with CFG)
+_ATTR = "_farm_compiled"
+
+
+@dataclass(frozen=True)
+class CompileConfig:
+    """The farm's switch for compiled sampling (FarmConfig.compile, `farm bench --no-compile`)."""
+
+    enabled: bool | None = None  # None: on for CUDA devices, off on the CPU
+    mode: str | None = "reduce-overhead"  # CUDA: inductor with CUDA graphs; the CPU always uses default
+    backend: str = "inductor"  # "aot_eager" traces without generating code (tests of the code path)
+    buckets: tuple[int, ...] = DEFAULT_BUCKETS  # UNet row counts a batch is padded up to
+    cache_dir: Path | None = None  # inductor's on-disk cache; None: <farm root>/state/inductor
+
+    def active(self, device: torch.device) -> bool:
+        return self.enabled if self.enabled is not None else device.type == "cuda"
+
+    def bucket(self, rows: int) -> int:
+        """The smallest bucket holding `rows`; beyond the largest, the rows themselves."""
+        return next((b for b in sorted(self.buckets) if b >= rows), rows)
+
+
+def configure_inductor_cache(cache_dir: Path) -> Path:
+    """Point inductor's caches (FX graphs, Triton kernels, autotuning) at a folder that
+    outlives the worker. Must run before the first compile of the process; an operator's
+    own TORCHINDUCTOR_CACHE_DIR wins."""
+    cache_dir = Path(os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir)))
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("TORCHINDUCTOR_FX_GRAPH_CACHE", "1")
+    os.environ.setdefault("TORCHINDUCTOR_AUTOGRAD_CACHE", "1")
+    try:
+        import torch._inductor.config as inductor_config
+
+        inductor_config.fx_graph_cache = True
+    except Exception:  # an inductor without the switch: the environment variable stands
+        pass
+    return cache_dir
+
+
+def _raise_recompile_limit(limit: int = 64) -> None:
+    """Every (checkpoint, latent size) is one dynamo cache entry on UNet.forward; the default
+    limit of 8 would silently fall back to eager after a few checkpoints."""
+    import torch._dynamo.config as dynamo_config
+
+    for name in ("recompile_limit", "cache_size_limit"):
+        if hasattr(dynamo_config, name):
+            setattr(dynamo_config, name, max(getattr(dynamo_config, name), limit))
+    if hasattr(dynamo_config, "accumulated_recompile_limit"):
+        dynamo_config.accumulated_recompile_limit = max(dynamo_config.accumulated_recompile_limit, 4 * limit)
+
+
+@dataclass
+class ShapeStats:
+    """What one (latent size, bucket) cost: the first call (compile and graph recording) and
+    the calls after it."""
+
+    first_call_s: float = 0.0
+    calls: int = 0
+
+
+@dataclass
+class RunnerStats:
+    shapes: dict[str, ShapeStats] = field(default_factory=dict)  # "rows x C x H x W" -> stats
+    padded_rows: int = 0  # rows run only to fill a bucket
+    rows: int = 0  # real rows
+    fallback: str | None = None  # why the runner went back to eager, if it did
+
+    @property
+    def compile_s(self) -> float:
+        return sum(s.first_call_s for s in self.shapes.values())
+
+
+class CompiledUNet:
+    """Callable like the UNet's eps path: (x, timestep, embeds, added) -> eps, in the UNet's
+    dtype. Pads rows to a bucket, runs the compiled module, returns the real rows (copied
+    out of the CUDA graph's memory, which the next replay overwrites)."""
+
+    def __init__(self, unet: torch.nn.Module, config: CompileConfig, device: torch.device, label: str = ""):
+        self.unet, self.config, self.device, self.label = unet, config, device, label
+        mode = config.mode if device.type == "cuda" else None
+        _raise_recompile_limit()
+        self._compiled = torch.compile(unet, backend=config.backend, mode=mode if config.backend == "inductor"
+                                       else None, dynamic=None)
+        self._cuda_graphs = device.type == "cuda" and mode is not None and "reduce-overhead" in mode
+        self.stats = RunnerStats()
+        self._lock = threading.Lock()
+
+    def __call__(self, x: torch.Tensor, timestep: torch.Tensor, embeds: torch.Tensor,
+                 added: dict[str, torch.Tensor] | None) -> torch.Tensor:
+        if self.stats.fallback is not None:
+            return self._eager(x, timestep, embeds, added)
+        rows = x.shape[0]
+        bucket = self.config.bucket(rows)
+        args = [_pad(t, bucket) for t in (x, timestep, embeds)]
+        added_p = None if added is None else {k: _pad(v, bucket) for k, v in added.items()}
+        for t in [*args, *(added_p or {}).values()]:
+            torch._dynamo.maybe_mark_dynamic(t, 0)  # one graph for every bucket
+        key = "x".join(str(d) for d in args[0].shape) + f" ctx{embeds.shape[1]}"
+        with self._lock:
+            stats = self.stats.shapes.setdefault(key, ShapeStats())
+            first = stats.calls == 0
+            self.stats.rows += rows
+            self.stats.padded_rows += bucket - rows
+        started = time.perf_counter()
+        try:
+            if self._cuda_graphs:
+                torch.compiler.cudagraph_mark_step_begin()  # the last replay's outputs are ours already
+            out = self._compiled(args[0], args[1], encoder_hidden_states=args[2], added_cond_kwargs=added_p,
+                                 return_dict=False)[0]
+        except torch.cuda.OutOfMemoryError:
+            raise
+        except Exception as exc:  # a compiler fault must not fail jobs: eager from now on
+            self.stats.fallback = f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+            log.warning("compiled UNet %s failed (%s); running eager", self.label, self.stats.fallback)
+            return self._eager(x, timestep, embeds, added)
+        out = out[:rows].clone()
+        if first:
+            if x.device.type == "cuda":
+                torch.cuda.synchronize(x.device)
+            stats.first_call_s = time.perf_counter() - started
+            log.info("compiled UNet %s for %s in %.1f s", self.label, key, stats.first_call_s)
+        stats.calls += 1
+        return out
+
+    def _eager(self, x, timestep, embeds, added) -> torch.Tensor:
+        return self.unet(x, timestep, encoder_hidden_states=embeds, added_cond_kwargs=added, return_dict=False)[0]
+
+
+def _pad(t: torch.Tensor, rows: int) -> torch.Tensor:
+    """Rows appended by repeating the last one (a real input, so no NaN paths in padding)."""
+    if t.shape[0] == rows:
+        return t.contiguous()
+    return torch.cat([t, t[-1:].expand(rows - t.shape[0], *t.shape[1:])]).contiguous()
+
+
+class UNetCompiler:
+    """One per worker (or local renderer): hands out the compiled runner of each loaded UNet,
+    made on first use and dropped with the UNet."""
+
+    def __init__(self, config: CompileConfig, device: torch.device, state_dir: Path | None = None):
+        self.config, self.device = config, device
+        self.enabled = config.active(device)
+        # Runners live on their UNet (a plain attribute, not a submodule), so a checkpoint that
+        # leaves memory takes its compiled graphs with it; this set only lists them.
+        self._runners: "weakref.WeakSet[CompiledUNet]" = weakref.WeakSet()
+        self._lock = threading.Lock()
+        if self.enabled:
+            cache = config.cache_dir or (Path(state_dir) / "inductor" if state_dir is not None else None)
+            if cache is not None:
+                self.cache_dir = configure_inductor_cache(cache)
+
+    def runner(self, unet: torch.nn.Module, label: str = "") -> Callable[..., Any] | None:
+        """The compiled runner of this UNet, or None when compiling is off."""
+        if not self.enabled:
+            return None
+        with self._lock:
+            found = unet.__dict__.get(_ATTR)
+            if found is None:
+                found = CompiledUNet(unet, self.config, self.device, label)
+                object.__setattr__(unet, _ATTR, found)  # bypass nn.Module: not a child module
+                self._runners.add(found)
+            return found
+
+    def report(self) -> dict[str, Any]:
+        """For the bench and /workers: compile seconds and shapes per checkpoint."""
+        with self._lock:
+            runners = list(self._runners)
+        return {r.label or str(i): {"compile_s": round(r.stats.compile_s, 2), "fallback": r.stats.fallback,
+                                    "rows": r.stats.rows, "padded_rows": r.stats.padded_rows,
+                                    "shapes": {k: {"first_call_s": round(s.first_call_s, 2), "calls": s.calls}
+                                               for k, s in r.stats.shapes.items()}}
+                for i, r in enumerate(runners)}

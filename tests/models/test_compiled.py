@@ -1,0 +1,85 @@
+"""Compiled sampling equals eager sampling: the tiny SD1.5 UNet through torch.compile
+(backend aot_eager: CI has two cores and no GPU, and inductor's code generation for the
+UNet takes minutes there; aot_eager runs the same dynamo trace, guards, bucket padding and
+dynamic batch dimension) against the plain module, for one job and for three jobs padded
+from 6 to 8 UNet rows."""
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import pytest
+import torch
+
+from farm.engine.context import JobContext, RunContext
+from farm.models.compiled import CompileConfig, UNetCompiler
+from farm.models.load import load_checkpoint
+from farm.nodes.ksampling import SamplerCall, run_sampler_calls
+from farm.nodes.values import DiffusionModel, Latent
+from farm.sampling import Conditioning
+from farm.sampling.model_sampling import DiscreteSchedule
+
+# The oracle (tests/engine/test_oracle.py) holds pixels to 0.01 of full scale. Compiled
+# graphs decompose attention and GroupNorm, so float32 sums run in another order; three CFG
+# steps of a random-weight UNet amplify that to a few 1e-4 in the latents (measured: 4e-4
+# at most), far inside what moves a pixel by 0.01.
+LATENT_TOL = 2e-3
+CPU = torch.device("cpu")
+
+
+def test_buckets_and_default_switch():
+    config = CompileConfig()
+    assert [config.bucket(r) for r in (1, 2, 3, 6, 16, 17, 40)] == [2, 2, 4, 8, 16, 32, 40]
+    assert not config.active(CPU) and config.active(torch.device("cuda"))
+    assert CompileConfig(enabled=False).active(torch.device("cuda")) is False
+    assert UNetCompiler(CompileConfig(), CPU).runner(torch.nn.Linear(1, 1)) is None  # off on the CPU
+
+
+def _calls(model: DiffusionModel, dim: int, seeds: list[int]) -> list[SamplerCall]:
+    g = torch.Generator().manual_seed(3)
+    negative = Conditioning(torch.randn(1, 77, dim, generator=g))
+    return [SamplerCall(model, seed, 3, 6.5 + i, "euler", "normal",
+                        Conditioning(torch.randn(1, 77, dim, generator=g)), negative,
+                        Latent(torch.zeros(1, 4, 8, 8)))
+            for i, seed in enumerate(seeds)]
+
+
+def _rc(n: int) -> RunContext:
+    return RunContext(CPU, torch.float32, None, None, None, "3", tuple(JobContext(f"p{i}", {}) for i in range(n)))
+
+
+def test_compiled_latents_equal_eager(tiny_checkpoints, tmp_path):
+    ck = load_checkpoint(tiny_checkpoints["tiny-sd15"].single_file, CPU, torch.float32)
+    eager = DiffusionModel(ck.unet, DiscreteSchedule.sd(), ck.latent_scale_factor, False, "tiny")
+    compiler = UNetCompiler(CompileConfig(enabled=True, backend="aot_eager", cache_dir=tmp_path / "inductor"), CPU)
+    runner = compiler.runner(ck.unet, "tiny")
+    assert compiler.runner(ck.unet, "tiny") is runner  # one per UNet, made once
+    compiled = dataclasses.replace(eager, runner=runner)
+    dim = ck.unet.config.cross_attention_dim
+
+    started = time.perf_counter()
+    for seeds in ([11], [21, 22, 23]):  # 2 rows; 6 rows padded to 8
+        want = run_sampler_calls(_rc(len(seeds)), _calls(eager, dim, seeds))
+        got = run_sampler_calls(_rc(len(seeds)), _calls(compiled, dim, seeds))
+        for w, g in zip(want, got):
+            print(f"{len(seeds)} job(s): max |compiled - eager| = {(g.samples - w.samples).abs().max():.2e}")
+            torch.testing.assert_close(g.samples, w.samples, rtol=LATENT_TOL, atol=LATENT_TOL)
+    print(f"compiled tiny UNet and sampled in {time.perf_counter() - started:.1f} s")
+
+    stats = runner.stats
+    assert stats.fallback is None, stats.fallback  # it really ran compiled
+    assert stats.padded_rows == 3 * 2  # three steps of 2 padding rows (6 -> 8)
+    assert set(stats.shapes) == {"2x4x8x8 ctx77", "8x4x8x8 ctx77"}
+    assert all(s.calls == 3 for s in stats.shapes.values())
+    report = compiler.report()["tiny"]
+    assert report["compile_s"] > 0 and report["padded_rows"] == 6
+
+
+def test_compiled_runner_falls_back_to_eager_on_a_compiler_fault():
+    class Unet(torch.nn.Module):  # a forward dynamo cannot trace into with this backend
+        def forward(self, x, t, encoder_hidden_states=None, added_cond_kwargs=None, return_dict=False):
+            return (x * 2,)
+
+    compiler = UNetCompiler(CompileConfig(enabled=True, backend="no-such-backend"), CPU)
+    with pytest.raises(Exception):
+        compiler.runner(Unet(), "bad")  # torch.compile itself names the unknown backend

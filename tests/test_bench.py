@@ -1,0 +1,47 @@
+"""`farm bench` on the CPU with a tiny checkpoint: every mode (raw engine per batch size,
+naive through the farm, the farm with pipelined workers over two checkpoints) runs, and the
+JSON and PNG say what was measured. A subprocess: the bench starts its own Ray."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_bench_runs_every_mode_on_the_cpu(tmp_path):
+    out = tmp_path / "results"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    # --no-compile: compiling the tiny UNet takes minutes on two cores; the compiled path
+    # has its own test (tests/models/test_compiled.py)
+    proc = subprocess.run(
+        [sys.executable, "-m", "farm", "bench", "--arch", "tiny-sd15", "--jobs", "4", "--naive-jobs", "2",
+         "--raw-jobs", "2", "--buckets", "1,2", "--checkpoints", "2", "--steps", "2", "--no-compile",
+         "--root", str(tmp_path / "bench"), "--out", str(out)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    [report_path] = list(out.glob("bench-*.json"))
+    report = json.loads(report_path.read_text())
+    [result] = report["results"]
+    assert [m["mode"] for m in result["modes"]] == ["raw_b1", "raw_b2", "naive", "farm"]
+    assert result["best_batch"] in (1, 2)
+    for mode in result["modes"]:
+        assert mode["images_per_s"] > 0 and mode["jobs"] >= 2
+    farm = result["modes"][-1]
+    assert farm["jobs"] == 4 and farm["latency_p50_s"] <= farm["latency_p99_s"]
+    [worker] = result["farm"]["farm_workers"]
+    assert worker["pipeline_depth"] == 2
+    assert {load["checkpoint"] for load in worker["loads"]} == set(result["checkpoints"])
+    assert len(result["checkpoints"]) == 2
+    assert (out / report_path.with_suffix(".png").name).exists() == (report["plot"] is not None)
+    assert "best batch" in proc.stdout and "farm:" in proc.stdout
+
+
+def test_bench_refuses_a_bad_mode(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "farm", "bench", "--modes", "raw,fast", "--root", str(tmp_path)],
+                          cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode != 0 and "'fast' is not one of raw, naive, farm" in proc.stderr
