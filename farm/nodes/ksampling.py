@@ -82,7 +82,7 @@ def _run_batch(rc, calls: list[SamplerCall]) -> list[Latent]:
     def on_step(info) -> None:
         rc.progress(info.i + 1, total)
 
-    with torch.inference_mode():
+    with model.patched(), torch.inference_mode():
         out = sample(denoiser, latent_in, noise.to(device), sigmas, first.sampler_name, callback=on_step, seeds=seeds)
     out = (out / model.latent_scale).float().cpu()
     return [Latent(block) for block in out.split(rows)]

@@ -7,12 +7,14 @@ from farm.nodes.conditioning import CLIPSetLastLayer, CLIPTextEncode
 from farm.nodes.image import ImageScale, LoadImage, PreviewImage, SaveImage
 from farm.nodes.latent import EmptyLatentImage, LatentUpscale, VAEDecode, VAEEncode
 from farm.nodes.loaders import CheckpointLoaderSimple
+from farm.nodes.lora import LoraLoader, LoraLoaderModelOnly
 from farm.nodes.sampler import KSampler, KSamplerAdvanced
 from farm.nodes.spec import Node, NodeContext, NodeSpec
 
 BUILTIN_NODES: tuple[type[Node], ...] = (
     CheckpointLoaderSimple, CLIPTextEncode, CLIPSetLastLayer, EmptyLatentImage, KSampler, KSamplerAdvanced,
     VAEDecode, VAEEncode, LoadImage, SaveImage, PreviewImage, LatentUpscale, ImageScale,
+    LoraLoader, LoraLoaderModelOnly,
 )
 # ComfyUI's frontend files core nodes under this module name.
 CORE_PYTHON_MODULE = "nodes"

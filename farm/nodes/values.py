@@ -3,8 +3,9 @@ represents them. CLIP is farm.text.encode.ClipTextEncoder; CONDITIONING is
 farm.sampling.denoiser.Conditioning."""
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Iterator
 
 import torch
 
@@ -20,6 +21,21 @@ class DiffusionModel:
     latent_scale: float  # VAE latent -> the UNet's latent space (0.18215 SD1.x, 0.13025 SDXL)
     needs_time_ids: bool  # SDXL's added conditioning (pooled text + size/crop ids)
     checkpoint_name: str
+    # LoRAs (farm.models.lora.BoundLora) to add while sampling; the resident UNet itself
+    # is never left changed, so the base and every LoRA variant of it share one copy.
+    loras: tuple = ()
+
+    @contextlib.contextmanager
+    def patched(self) -> Iterator[None]:
+        """The UNet with this value's LoRAs applied in place, restored bit-exactly on exit."""
+        if not self.loras:
+            yield
+            return
+        from farm.models.lora import patched
+        from farm.models.lora_keys import UNET_ROOT
+
+        with patched({UNET_ROOT: self.unet}, self.loras):
+            yield
 
     @property
     def device(self) -> torch.device:
