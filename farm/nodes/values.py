@@ -96,3 +96,8 @@ class Latent:
     """LATENT: raw VAE latents [B, 4, H/8, W/8], float32 on the CPU."""
 
     samples: torch.Tensor
+    # ComfyUI's optional LATENT keys: noise_mask [B,1,H,W] at pixel size (1 = repaint, 0 =
+    # keep); batch_index: the rows' places in the batch they came from, so their initial
+    # noise is the noise those rows had there (LatentFromBatch, RepeatLatentBatch).
+    noise_mask: torch.Tensor | None = None
+    batch_index: tuple[int, ...] | None = None
