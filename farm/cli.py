@@ -20,7 +20,6 @@ def _add_paths(p: argparse.ArgumentParser) -> None:
 
 def cmd_make_checkpoint(args) -> int:
     from farm.models.make import make_checkpoint
-
     from farm.models.make_lora import LORA_ARCHES, make_lora
 
     started = time.perf_counter()

@@ -63,10 +63,11 @@ class LowRank:
         """(out features, in features x kernel) of the product."""
         return self.up.shape[0], self.down[0].numel()
 
-    def delta(self, shape: torch.Size, device: torch.device) -> torch.Tensor:
-        up = self.up.to(device, torch.float32).flatten(1)
-        down = self.down.to(device, torch.float32).flatten(1)
-        return (up @ down).mul_(self.scale).reshape(shape)
+    def add_to(self, weight: torch.Tensor, strength: float) -> None:
+        """weight (float32) += strength * scale * up @ down, in place."""
+        up = self.up.to(weight.device, torch.float32).flatten(1)
+        down = self.down.to(weight.device, torch.float32).flatten(1)
+        weight.view(weight.shape[0], -1).addmm_(up, down, alpha=strength * self.scale)
 
 
 @dataclass(frozen=True, eq=False)
@@ -174,10 +175,13 @@ def patched(roots: Mapping[str, torch.nn.Module], loras: Sequence[BoundLora]) ->
             for (root, module_name), deltas in by_weight.items():
                 weight = roots[root].get_submodule(module_name).weight
                 saved.append((weight, weight.detach().clone()))
-                total = weight.detach().float()
+                # float32 weights take the deltas in place (no delta tensor is allocated);
+                # others are summed in a float32 copy and rounded once, as ComfyUI does
+                total = weight.detach() if weight.dtype == torch.float32 else weight.detach().float()
                 for strength, low_rank in deltas:
-                    total = total + strength * low_rank.delta(weight.shape, weight.device)
-                weight.copy_(total.to(weight.dtype))
+                    low_rank.add_to(total, strength)
+                if total is not weight:
+                    weight.copy_(total)
         yield len(saved)
     finally:
         with torch.no_grad():
