@@ -42,9 +42,13 @@ def _limits(args):
 
 def cmd_make_checkpoint(args) -> int:
     from farm.models.make import make_checkpoint
+    from farm.models.make_lora import LORA_ARCHES, make_lora
 
     started = time.perf_counter()
-    path = make_checkpoint(args.arch, Path(args.path), seed=args.seed)
+    if args.arch in LORA_ARCHES:
+        path = make_lora(args.arch, Path(args.path), seed=args.seed, layout=args.layout, rank=args.rank)
+    else:
+        path = make_checkpoint(args.arch, Path(args.path), seed=args.seed)
     print(f"wrote {args.arch} checkpoint to {path} in {time.perf_counter() - started:.1f} s")
     return 0
 
@@ -289,9 +293,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("make-checkpoint", help="write a checkpoint with random weights")
-    p.add_argument("arch", choices=("tiny-sd15", "tiny-sdxl", "sd15", "sdxl"))
-    p.add_argument("path", help="ends in .safetensors: one file in the LDM layout; else a diffusers folder")
+    p.add_argument("arch", choices=("tiny-sd15", "tiny-sdxl", "sd15", "sdxl",
+                                    "tiny-lora-sd15", "tiny-lora-sdxl", "lora-sd15", "lora-sdxl"))
+    p.add_argument("path", help="ends in .safetensors: one file in the LDM layout; else a diffusers folder "
+                                "(a LoRA is always one .safetensors file)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--layout", choices=("kohya", "peft"), default="kohya", help="LoRA key layout")
+    p.add_argument("--rank", type=int, default=4, help="LoRA rank")
     p.set_defaults(func=cmd_make_checkpoint)
 
     sub.add_parser("simulate", help="compare placement policies on a simulated trace", add_help=False)

@@ -21,6 +21,25 @@ def tiny_models(tmp_path_factory) -> Path:
     return root
 
 
+# LoRA files in tiny_models/loras: (arch, layout) -> file name
+TINY_LORAS = {("tiny-lora-sd15", "kohya"): "tiny-sd15-kohya.safetensors",
+              ("tiny-lora-sd15", "peft"): "tiny-sd15-peft.safetensors",
+              ("tiny-lora-sdxl", "kohya"): "tiny-sdxl-kohya.safetensors",
+              ("tiny-lora-sdxl", "peft"): "tiny-sdxl-peft.safetensors"}
+
+
+@pytest.fixture(scope="session")
+def tiny_loras(tiny_models) -> Path:
+    """tiny_models with random LoRAs for both tiny bases, in both key layouts, in loras/."""
+    from farm.models.make_lora import make_lora
+
+    for (arch, layout), name in TINY_LORAS.items():
+        path = tiny_models / "loras" / name
+        if not path.exists():
+            make_lora(arch, path, seed=3, layout=layout)
+    return tiny_models
+
+
 RAY_CPUS, RAY_GPUS = 4, 2  # actors reserve a CPU each for scheduling; workers one logical GPU each
 TINY = {"5.width": 64, "5.height": 64, "5.batch_size": 1, "3.steps": 2}
 

@@ -216,5 +216,5 @@ def write_safetensors(path: Path, tensors: list[PlannedTensor], dtype: torch.dty
             value = t.make()
             if tuple(value.shape) != t.shape or value.dtype != dtype:
                 raise AssertionError(f"{t.key}: made {tuple(value.shape)} {value.dtype}, planned {t.shape} {dtype}")
-            f.write(value.contiguous().view(torch.uint8).numpy().tobytes())
+            f.write(value.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())  # 0-dim too (alpha)
     os.replace(partial, path)

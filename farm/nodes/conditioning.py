@@ -1,7 +1,21 @@
 """Text conditioning: prompts become CONDITIONING through the checkpoint's CLIP."""
 from __future__ import annotations
 
+import threading
+import weakref
+
 from farm.nodes.spec import InputSpec, Node, NodeSpec, OutputSpec
+
+# One lock per resident text encoder. A worker runs two engine calls at once, and a LoRA's
+# CLIP patch changes the encoder's weights in place while it encodes: an encode beside it,
+# with or without LoRA, must wait rather than read half-patched weights.
+_ENCODER_LOCKS: "weakref.WeakKeyDictionary[object, threading.Lock]" = weakref.WeakKeyDictionary()
+_LOCKS_LOCK = threading.Lock()
+
+
+def _encoder_lock(clip) -> threading.Lock:
+    with _LOCKS_LOCK:
+        return _ENCODER_LOCKS.setdefault(clip.text_model, threading.Lock())
 
 
 class CLIPTextEncode(Node):
@@ -18,7 +32,8 @@ class CLIPTextEncode(Node):
     )
 
     def run(self, rc, text: str, clip):
-        return (clip.encode(text),)
+        with _encoder_lock(clip):
+            return (clip.encode(text),)
 
 
 class CLIPSetLastLayer(Node):

@@ -5,6 +5,7 @@ per-step noise are drawn per job block), its own prompts and its own cfg, so a b
 equals running the jobs one by one, to float tolerance."""
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -19,6 +20,8 @@ from farm.sampling import (
     sample,
     slice_sigmas,
 )
+from farm.sampling.inpaint import MaskedDenoiser, latent_mask
+from farm.sampling.noise import indexed_noise
 from farm.sampling.stage import run_sampling
 
 
@@ -67,7 +70,13 @@ def _run_batch(rc, calls: list[SamplerCall]) -> list[Latent]:
     rows = first.latent.samples.shape[0]  # latent rows per job
     shape = tuple(first.latent.samples.shape)
     seeds = [c.seed for c in calls]
-    noise = initial_noise(shape, seeds) if first.add_noise else torch.zeros((rows * len(calls), *shape[1:]))
+    if not first.add_noise:
+        noise = torch.zeros((rows * len(calls), *shape[1:]))
+    elif any(c.latent.batch_index is not None for c in calls):
+        noise = torch.cat([initial_noise(shape, [c.seed]) if c.latent.batch_index is None
+                           else indexed_noise(shape, c.seed, c.latent.batch_index) for c in calls])
+    else:
+        noise = initial_noise(shape, seeds)
 
     # The sampler works on the UNet's latent scale on the model's device, in float32.
     device = model.device
@@ -77,6 +86,11 @@ def _run_batch(rc, calls: list[SamplerCall]) -> list[Latent]:
     negative = _side([c.negative for c in calls], rows, time_ids)
     cfg = torch.tensor([c.cfg for c in calls], dtype=torch.float32).repeat_interleave(rows)
     denoiser = CFGDenoiser(model.eps, model.schedule, positive, negative, cfg)
+    if any(c.latent.noise_mask is not None for c in calls):
+        # rows without a mask get mask 1, which leaves them exactly as unmasked sampling would
+        mask = torch.cat([torch.ones(shape) if c.latent.noise_mask is None else latent_mask(c.latent.noise_mask, shape)
+                          for c in calls]).to(device)
+        denoiser = MaskedDenoiser(denoiser, latent_in, noise.to(device), mask)
 
     total = max(len(sigmas) - 1, 0)
 
@@ -86,13 +100,17 @@ def _run_batch(rc, calls: list[SamplerCall]) -> list[Latent]:
     noise = noise.to(device)
 
     def loop() -> torch.Tensor:
-        out = sample(denoiser, latent_in, noise, sigmas, first.sampler_name, callback=on_step, seeds=seeds)
+        # LoRAs are patched into the resident UNet on the sampling thread, which runs one
+        # loop at a time: a batch sampling beside it never sees the patched weights
+        with model.patched(), torch.inference_mode():
+            out = sample(denoiser, latent_in, noise, sigmas, first.sampler_name, callback=on_step, seeds=seeds)
         return (out / model.latent_scale).float()
 
     # The loop runs on the device's sampling thread; the copy to the host waits here, so
     # the next batch's loop can start meanwhile.
     out = run_sampling(device, loop).cpu()
-    return [Latent(block) for block in out.split(rows)]
+    # like ComfyUI's, the output keeps the input's noise mask and batch index
+    return [dataclasses.replace(c.latent, samples=block) for c, block in zip(calls, out.split(rows))]
 
 
 def _time_ids(latent_shape: tuple) -> torch.Tensor:

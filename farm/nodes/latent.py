@@ -1,6 +1,8 @@
 """Latent nodes: empty latents, resizing, and the VAE between pixels and latents."""
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from farm.nodes.resize import keep_aspect, upscale
@@ -60,7 +62,8 @@ class LatentUpscale(Node):
         x = samples.samples
         width, height = keep_aspect(width, height, x.shape[-1] * 8, x.shape[-2] * 8, minimum=64)
         width, height = max(64, width), max(64, height)
-        return (Latent(upscale(x, width // 8, height // 8, upscale_method, crop)),)
+        # the noise mask and batch index ride along, as in ComfyUI
+        return (dataclasses.replace(samples, samples=upscale(x, width // 8, height // 8, upscale_method, crop)),)
 
 
 class VAEDecode(Node):

@@ -4,15 +4,33 @@ from __future__ import annotations
 from typing import Iterable, Iterator
 
 from farm.nodes.conditioning import CLIPSetLastLayer, CLIPTextEncode
+from farm.nodes.conditioning_ops import ConditioningConcat
 from farm.nodes.image import ImageScale, LoadImage, PreviewImage, SaveImage
+from farm.nodes.image_ops import (
+    ImageInvert,
+    ImageScaleBy,
+    ImageScaleToTotalPixels,
+    LoadImageMask,
+)
+from farm.nodes.inpaint import InpaintModelConditioning, VAEEncodeForInpaint
 from farm.nodes.latent import EmptyLatentImage, LatentUpscale, VAEDecode, VAEEncode
+from farm.nodes.latent_ops import (
+    LatentFromBatch,
+    LatentUpscaleBy,
+    RepeatLatentBatch,
+    SetLatentNoiseMask,
+)
 from farm.nodes.loaders import CheckpointLoaderSimple
+from farm.nodes.lora import LoraLoader, LoraLoaderModelOnly
 from farm.nodes.sampler import KSampler, KSamplerAdvanced
 from farm.nodes.spec import Node, NodeContext, NodeSpec
 
 BUILTIN_NODES: tuple[type[Node], ...] = (
     CheckpointLoaderSimple, CLIPTextEncode, CLIPSetLastLayer, EmptyLatentImage, KSampler, KSamplerAdvanced,
     VAEDecode, VAEEncode, LoadImage, SaveImage, PreviewImage, LatentUpscale, ImageScale,
+    LoraLoader, LoraLoaderModelOnly,
+    LatentUpscaleBy, RepeatLatentBatch, LatentFromBatch, SetLatentNoiseMask, VAEEncodeForInpaint,
+    InpaintModelConditioning, ImageScaleBy, ImageScaleToTotalPixels, ImageInvert, LoadImageMask, ConditioningConcat,
 )
 # ComfyUI's frontend files core nodes under this module name.
 CORE_PYTHON_MODULE = "nodes"

@@ -3,8 +3,9 @@ represents them. CLIP is farm.text.encode.ClipTextEncoder; CONDITIONING is
 farm.sampling.denoiser.Conditioning."""
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
-from typing import Callable, ClassVar
+from typing import Callable, ClassVar, Iterator
 
 import torch
 
@@ -22,6 +23,21 @@ class DiffusionModel:
     checkpoint_name: str
     # farm.models.compiled.CompiledUNet (same eps, compiled and batch-padded), None: eager
     runner: Callable[..., torch.Tensor] | None = None
+    # LoRAs (farm.models.lora.BoundLora) to add while sampling; the resident UNet itself
+    # is never left changed, so the base and every LoRA variant of it share one copy.
+    loras: tuple = ()
+
+    @contextlib.contextmanager
+    def patched(self) -> Iterator[None]:
+        """The UNet with this value's LoRAs applied in place, restored bit-exactly on exit."""
+        if not self.loras:
+            yield
+            return
+        from farm.models.lora import patched
+        from farm.models.lora_keys import UNET_ROOT
+
+        with patched({UNET_ROOT: self.unet}, self.loras):
+            yield
 
     @property
     def device(self) -> torch.device:
@@ -84,3 +100,8 @@ class Latent:
     """LATENT: raw VAE latents [B, 4, H/8, W/8], float32 on the CPU."""
 
     samples: torch.Tensor
+    # ComfyUI's optional LATENT keys: noise_mask [B,1,H,W] at pixel size (1 = repaint, 0 =
+    # keep); batch_index: the rows' places in the batch they came from, so their initial
+    # noise is the noise those rows had there (LatentFromBatch, RepeatLatentBatch).
+    noise_mask: torch.Tensor | None = None
+    batch_index: tuple[int, ...] | None = None

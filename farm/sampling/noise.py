@@ -55,6 +55,19 @@ def initial_noise(shape_per_job: Sequence[int], seeds: Sequence[int]) -> Tensor:
     return torch.cat(blocks)
 
 
+def indexed_noise(shape: Sequence[int], seed: int, batch_index: Sequence[int]) -> Tensor:
+    """ComfyUI's prepare_noise with noise_inds: one [1, ...] draw per index from 0 to the
+    largest, from one generator, and the drawn rows at `batch_index` in that order."""
+    generator = _cpu_generator(seed)
+    wanted = set(batch_index)
+    rows: dict[int, Tensor] = {}
+    for i in range(max(batch_index) + 1):
+        row = torch.randn((1, *shape[1:]), generator=generator, dtype=torch.float32)
+        if i in wanted:
+            rows[i] = row
+    return torch.cat([rows[i] for i in batch_index])
+
+
 def _rows_per_job(like: Tensor, seeds: Sequence[int]) -> int:
     if not seeds or like.shape[0] % len(seeds):
         raise InvalidInputError(f"a batch of {like.shape[0]} rows cannot be split evenly into {len(seeds)} "

@@ -79,8 +79,9 @@ def test_a_bad_workflow_is_refused_before_anything_is_queued(ray_farm, txt2img):
 def test_cancel_of_a_queued_job_removes_it(ray_farm, txt2img):
     farm = ray_farm
     farm.wait_for_workers(2)
-    # keep both workers busy, then queue one more and cancel it before it starts
-    busy = farm.submit_many(txt2img, [{"3.steps": 30 + i, "3.seed": 7} for i in range(2)])
+    # fill both workers, each with a batch running and one in reserve (pipeline_depth 2),
+    # then queue one more and cancel it before it starts
+    busy = farm.submit_many(txt2img, [{"3.steps": 30 + i, "3.seed": 7} for i in range(4)])
     target = farm.submit(txt2img, {"3.steps": 40, "3.seed": 8})
     assert target.cancel()
     with pytest.raises(UnknownJobError):  # nothing to wait for: it will never run

@@ -25,7 +25,9 @@ def test_default_registry_has_the_builtins():
     assert set(default_registry()) == {
         "CheckpointLoaderSimple", "CLIPTextEncode", "CLIPSetLastLayer", "EmptyLatentImage", "KSampler",
         "KSamplerAdvanced", "VAEDecode", "VAEEncode", "LoadImage", "SaveImage", "PreviewImage", "LatentUpscale",
-        "ImageScale"}
+        "ImageScale", "LoraLoader", "LoraLoaderModelOnly", "LatentUpscaleBy", "RepeatLatentBatch", "LatentFromBatch",
+        "SetLatentNoiseMask", "VAEEncodeForInpaint", "InpaintModelConditioning", "ImageScaleBy",
+        "ImageScaleToTotalPixels", "ImageInvert", "LoadImageMask", "ConditioningConcat"}
 
 
 def test_object_info_ksampler_shape(ctx):

@@ -99,3 +99,24 @@ def test_openapi_describes_the_farm_routes(server):
         schema = http.get("/openapi.json").json()
     assert set(schema["paths"]) == {"/workers", "/batch"}
     assert "overrides" in schema["components"]["schemas"]["BatchRequest"]["properties"]
+
+
+def test_object_info_serves_the_lora_and_inpainting_nodes(server):
+    loras = server.config.models_dir / "loras"
+    loras.mkdir(parents=True, exist_ok=True)
+    (loras / "style.safetensors").write_bytes(b"")
+    with server.client() as http:
+        info = http.get("/object_info").json()
+    lora = info["LoraLoader"]
+    assert lora["input_order"]["required"] == ["model", "clip", "lora_name", "strength_model", "strength_clip"]
+    assert lora["input"]["required"]["lora_name"][0] == ["style.safetensors"]
+    strength = lora["input"]["required"]["strength_model"]
+    assert strength[0] == "FLOAT"
+    assert {k: strength[1][k] for k in ("default", "min", "max", "step")} == {
+        "default": 1.0, "min": -100.0, "max": 100.0, "step": 0.01}
+    assert lora["output"] == ["MODEL", "CLIP"] and info["LoraLoaderModelOnly"]["output"] == ["MODEL"]
+    assert info["InpaintModelConditioning"]["output_name"] == ["positive", "negative", "latent"]
+    assert info["VAEEncodeForInpaint"]["input"]["required"]["grow_mask_by"][1]["default"] == 6
+    for name in ("SetLatentNoiseMask", "LatentUpscaleBy", "RepeatLatentBatch", "LatentFromBatch", "ImageScaleBy",
+                 "ImageScaleToTotalPixels", "ImageInvert", "LoadImageMask", "ConditioningConcat"):
+        assert info[name]["name"] == name and info[name]["python_module"] == "nodes"
