@@ -86,11 +86,11 @@ def _models(args) -> Path:
 
 
 def _embedded_ray_only() -> None:
-    """run and demo start their own Ray; ray.init() would join $RAY_ADDRESS instead and
-    refuse the embedded cluster's settings (a ValueError about num_cpus/num_gpus)."""
+    """run, demo and serve without --address start their own Ray (ray.init(address="local"));
+    $RAY_ADDRESS is dropped so that nothing they start joins that cluster by accident."""
     if os.environ.pop("RAY_ADDRESS", None):
         print("note: RAY_ADDRESS is set; this command starts its own embedded Ray anyway "
-              "(use `farm start --address ...` and Farm.connect for a cluster)", file=sys.stderr)
+              "(use `--address auto` with farm serve/start, or Farm.connect, for a cluster)", file=sys.stderr)
 
 
 def _run_local(prepared, paths) -> list[Path]:
@@ -143,18 +143,19 @@ def cmd_demo(args) -> int:
 
 
 def cmd_serve(args) -> int:
-    """The ComfyUI-compatible server over the farm: an embedded Ray unless --address (or
-    $RAY_ADDRESS), where it joins the farm running there or starts one."""
+    """The ComfyUI-compatible server over the farm: an embedded Ray unless --address, where
+    it joins the farm running there or starts one. $RAY_ADDRESS alone does not make it
+    join a cluster (it may be a stranger's, or stale): `--address auto` reads it."""
     from actors import cluster
     from actors.service import RayFarmService
     from farm.server.app import serve
     from farm.server.config import ServerConfig
 
     limits = _limits(args)  # before Ray starts: a bad setting is answered at once
-    address = _address(args)
-    if address:
-        farm_cluster, paths, _ = _start_or_join(args, address)
+    if args.address:
+        farm_cluster, paths, _ = _start_or_join(args, args.address)
     else:
+        _embedded_ray_only()
         paths = _paths(args)
         db = args.db.absolute()
         cluster.init_local()
@@ -262,8 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_paths(p)
     p.add_argument("--host", default="127.0.0.1", help="loopback by default; anything else wants --token")
     p.add_argument("--port", type=int, default=8188)
-    p.add_argument("--address", help="a running Ray cluster (auto, HOST:PORT; default $RAY_ADDRESS): join its "
-                   "farm, or start one there, instead of an embedded Ray")
+    p.add_argument("--address", help="a running Ray cluster (auto: $RAY_ADDRESS or this machine's; HOST:PORT): "
+                   "join its farm, or start one there, instead of an embedded Ray")
     p.add_argument("--db", type=Path, default=DEFAULT_ROOT / "queue.sqlite", help="the durable queue (SQLite)")
     p.add_argument("--token", help="require this bearer token on every route (default: $FARM_TOKEN)")
     _add_limits(p)
