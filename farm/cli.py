@@ -242,7 +242,7 @@ def cmd_simulate(args, rest: list[str]) -> int:
 
 
 def cmd_bench(rest: list[str]) -> int:
-    from farm.bench import main as bench_main
+    from jobs.bench import main as bench_main
 
     return bench_main(rest)
 

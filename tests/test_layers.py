@@ -34,12 +34,12 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("farm.service",),
     ("farm.server",),
     ("actors",),
-    ("farm.cli", "farm.client", "farm.bench", "farm.__main__", "jobs"),  # entry points
+    ("farm.cli", "farm.client", "farm.__main__", "jobs"),  # entry points
 )
 # "farm" as a layer entry is farm/__init__.py alone, not every module under it.
 EXACT_ONLY = frozenset({"farm"})
 # The only modules of farm/ that may import ray or the actors package.
-RAY_SIDE = frozenset({"farm.cli", "farm.client", "farm.bench", "farm.__main__"})
+RAY_SIDE = frozenset({"farm.cli", "farm.client", "farm.__main__"})
 
 
 @dataclass(frozen=True)

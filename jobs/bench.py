@@ -425,3 +425,7 @@ def main(argv: list[str] | None = None) -> int:
     path.write_text(json.dumps(report, indent=1))
     print(f"wrote {path}" + (f" and {png}" if png else ""), flush=True)
     return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
