@@ -142,7 +142,20 @@ def _check_used(lora: LoraFile, used: set[str], what: str) -> None:
         log.warning("%s: %d of its %d layers match nothing here and are skipped", lora.name, left, len(lora.layers))
 
 
-class LoraLoader(Node):
+class _LoraNode(Node):
+    """What both LoRA loaders check before running: a pickle file is refused by name, and
+    the file's size and time join the cache key (a replaced file is not served stale)."""
+
+    @classmethod
+    def validate_inputs(cls, ctx: NodeContext, lora_name: str) -> str | None:
+        return _refuse_pickle(lora_name)
+
+    @classmethod
+    def fingerprint(cls, ctx: NodeContext, lora_name: str) -> str | None:
+        return _stamp(ctx, lora_name)
+
+
+class LoraLoader(_LoraNode):
     spec = NodeSpec(
         class_type="LoraLoader",
         display_name="Load LoRA",
@@ -156,14 +169,6 @@ class LoraLoader(Node):
         description="Applies a LoRA to the diffusion model and the text encoder.",
     )
 
-    @classmethod
-    def validate_inputs(cls, ctx: NodeContext, lora_name: str) -> str | None:
-        return _refuse_pickle(lora_name)
-
-    @classmethod
-    def fingerprint(cls, ctx: NodeContext, lora_name: str) -> str | None:
-        return _stamp(ctx, lora_name)
-
     def run(self, rc, model, clip, lora_name: str, strength_model: float, strength_clip: float):
         if strength_model == 0 and strength_clip == 0:
             return model, clip
@@ -174,7 +179,7 @@ class LoraLoader(Node):
         return patched_model, patched_clip
 
 
-class LoraLoaderModelOnly(Node):
+class LoraLoaderModelOnly(_LoraNode):
     spec = NodeSpec(
         class_type="LoraLoaderModelOnly",
         display_name="LoraLoaderModelOnly",
@@ -184,14 +189,6 @@ class LoraLoaderModelOnly(Node):
         outputs=(OutputSpec("MODEL", "MODEL"),),
         description="Applies a LoRA to the diffusion model only.",
     )
-
-    @classmethod
-    def validate_inputs(cls, ctx: NodeContext, lora_name: str) -> str | None:
-        return _refuse_pickle(lora_name)
-
-    @classmethod
-    def fingerprint(cls, ctx: NodeContext, lora_name: str) -> str | None:
-        return _stamp(ctx, lora_name)
 
     def run(self, rc, model, lora_name: str, strength_model: float):
         if strength_model == 0:
