@@ -64,7 +64,9 @@ class Dispatcher:
         self._failed_starts = 0  # workers in a row that died before their first report
         self._replacing = 0  # lost workers whose replacement is not started yet
         self.elastic = ElasticPool(config.num_workers, config.max_workers, config.autoscale)
+        self._outbox: asyncio.Queue[list] = asyncio.Queue()  # events for the hub, in order
         loop = asyncio.get_event_loop()
+        self._publisher = loop.create_task(self._publish_in_order())
         self._started = loop.create_task(self._start_workers())
         self._ticker = loop.create_task(self._tick())
 
@@ -200,6 +202,16 @@ class Dispatcher:
             except Exception:
                 log.exception("dispatcher tick failed")
 
+    async def _publish_in_order(self) -> None:
+        """One publish at a time: the hub is an async actor, which does not promise to run
+        one caller's calls in the order they were made."""
+        while True:
+            events = await self._outbox.get()
+            try:
+                await self.hub.publish.remote(events)
+            except Exception:
+                log.warning("event hub unavailable; %d events dropped", len(events))
+
     def _wake(self, worker_ids: list[str]) -> None:
         for worker_id in worker_ids:
             if worker_id in self._slots:
@@ -208,10 +220,7 @@ class Dispatcher:
     async def _apply(self, outcome: O) -> O:
         """Do what the ledger said: publish, wake workers, let long-polls look again."""
         if outcome.events:
-            try:
-                self.hub.publish.remote(outcome.events)  # not awaited: a slow hub never holds up the queue
-            except Exception:
-                log.warning("event hub unavailable; %d events dropped", len(outcome.events))
+            self._outbox.put_nowait(outcome.events)  # a slow hub never holds up the queue
         self._wake(outcome.wake)
         if outcome.finished:
             async with self._finished:

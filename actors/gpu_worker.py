@@ -46,7 +46,9 @@ class GpuWorker:
             else choose_dtype(device)
         sink = RemoteImageSink(lambda prefix, kind, count: _unwrapped(writer.reserve.remote(prefix, kind, count)),
                                lambda refs, batch: writer.write.remote(refs, batch))  # not awaited here
-        events = EventForwarder(lambda batch: hub.publish.remote(batch))
+        # the forwarder's one thread waits on each publish, so batches keep their order
+        events = EventForwarder(lambda batch: ray.get(hub.publish.remote(batch), timeout=60),
+                                lambda handles: ray.wait(handles, num_returns=len(handles), timeout=120))
         node = f"{socket.gethostname()} ({ray.get_runtime_context().get_node_id()[:8]})"
         self.core = WorkerCore(worker_id, paths, device, dtype_, sink, events, tiers, node=node,
                                workers_on_host=workers_on_host, compile=compile or CompileConfig(),

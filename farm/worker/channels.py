@@ -43,6 +43,11 @@ class RemoteImageSink:
     def flush(self) -> None:
         pass
 
+    def handles_naming(self, refs: set[ImageRef]) -> list[object]:
+        """The handles of the writes (still held here) that write any of `refs`."""
+        with self._lock:
+            return [w.handle for w in self._pending if refs.intersection(w.refs)]
+
     def take(self, refs: set[ImageRef] | None = None) -> list[PendingWrite]:
         """The writes handed off that name any of `refs` (None: all). Two batches may run on
         a worker at once: each takes only its own, leaving the other's in place. (A write
@@ -57,46 +62,86 @@ class RemoteImageSink:
 
 
 class EventForwarder:
-    """Collects a worker's events and sends them in small batches from its own thread, so
-    a sampler step never waits for the network."""
+    """Sends a worker's events in order, in small batches, from its own thread, so a sampler
+    step never waits for the network.
 
-    def __init__(self, send: Callable[[list[FarmEvent]], None], interval_s: float = 0.05):
-        self._send = send
+    One thread sends, and each send returns once the hub has the batch: two batches in
+    flight at once (one per engine call) cannot overtake each other. An event that names
+    images (`executed`) is held, with those after it, until the writer has them on disk:
+    a client that fetches /view on `executed` finds the file. `flush` returns when every
+    event emitted before it is at the hub, so a job's events precede the report that it
+    finished, which the dispatcher follows with the prompt's end marker."""
+
+    def __init__(self, send: Callable[[list[FarmEvent]], None],
+                 wait_writes: Callable[[list[object]], None] = lambda handles: None,
+                 interval_s: float = 0.05, flush_timeout_s: float = 300.0):
+        self._send = send  # must return once the batch is published
+        self._wait_writes = wait_writes  # returns once those writes are done (or failed)
         self.interval_s = interval_s
-        self._buffer: list[FarmEvent] = []
+        self.flush_timeout_s = flush_timeout_s
+        self._buffer: list[tuple[FarmEvent, tuple[object, ...]]] = []
+        self._emitted = 0  # events handed to emit, ever
+        self._sent = 0  # events the sender is done with (published, or dropped on a hub error)
+        self._urgent = False
         self._cond = threading.Condition()
         self._closed = False
         self._thread = threading.Thread(target=self._loop, name="events", daemon=True)
         self._thread.start()
 
-    def emit(self, event: FarmEvent) -> None:
+    def emit(self, event: FarmEvent, after: list[object] | tuple[object, ...] = ()) -> None:
+        """Queue `event`; with `after` (writer handles), it waits until they are done."""
         with self._cond:
-            self._buffer.append(event)
-            self._cond.notify()
+            self._buffer.append((event, tuple(after)))
+            self._emitted += 1
+            self._cond.notify_all()
 
     def flush(self) -> None:
-        """Send what is buffered now (from the calling thread), so that a job's events
-        precede the report that it finished."""
+        """Wait until the events emitted so far are at the hub (or the hub failed them)."""
         with self._cond:
-            events, self._buffer = self._buffer, []
-        if events:
-            self._send(events)
+            target = self._emitted
+            self._urgent = True
+            self._cond.notify_all()
+            self._cond.wait_for(lambda: self._sent >= target or self._closed, self.flush_timeout_s)
 
     def _loop(self) -> None:
         while True:
             with self._cond:
-                while not self._buffer and not self._closed:
-                    self._cond.wait()
-                if self._closed:
+                self._cond.wait_for(lambda: self._buffer or self._closed)
+                if not self._buffer and self._closed:
                     return
-            time.sleep(self.interval_s)  # gather a step's worth of progress from every job
-            try:
-                self.flush()
-            except Exception:  # the hub restarting must not kill the worker; events are best effort
-                pass
+            if not self._urgent:
+                time.sleep(self.interval_s)  # gather a step's worth of progress from every job
+            with self._cond:
+                entries, self._buffer, self._urgent = self._buffer, [], False
+            self._deliver(entries)
+
+    def _deliver(self, entries: list[tuple[FarmEvent, tuple[object, ...]]]) -> None:
+        ready: list[FarmEvent] = []
+        for event, handles in entries:
+            if handles:
+                self._publish(ready)
+                ready = []
+                try:
+                    self._wait_writes(list(handles))
+                except Exception:  # a failed write is the dispatcher's to report; the event still goes
+                    pass
+            ready.append(event)
+        self._publish(ready)
+
+    def _publish(self, events: list[FarmEvent]) -> None:
+        if not events:
+            return
+        try:
+            self._send(events)
+        except Exception:  # the hub restarting must not kill the worker; events are best effort
+            pass
+        with self._cond:
+            self._sent += len(events)
+            self._cond.notify_all()
 
     def close(self) -> None:
+        self.flush()
         with self._cond:
             self._closed = True
-            self._cond.notify()
-        self.flush()
+            self._cond.notify_all()
+        self._thread.join(timeout=5)

@@ -34,6 +34,7 @@ from farm.models.tiers import (
 from farm.nodes.registry import default_registry
 from farm.nodes.spec import NodeContext
 from farm.records.events import EventType, FarmEvent
+from farm.records.images import ImageRef
 from farm.records.metrics import GpuSample, WorkerCounters
 from farm.records.paths import FarmPaths
 from farm.records.residency import Residency
@@ -205,8 +206,15 @@ class WorkerCore:
                 report.messages.append(Message(event.type, {**event.data, "timestamp": int(time.time() * 1000)}))
             if event.type is EventType.EXECUTING and event.data.get("node") is None:
                 return  # the end marker: the dispatcher sends it once history holds the prompt
-            self.events.emit(event)
+            self.events.emit(event, after=self._writes_named_by(event))
         return events
+
+    def _writes_named_by(self, event: FarmEvent) -> list[object]:
+        """For `executed`: the writes of the images it names, which it waits for."""
+        if event.type is not EventType.EXECUTED:
+            return []
+        images = (event.data.get("output") or {}).get("images") or []
+        return self.images.handles_naming({ImageRef.from_ui(image) for image in images})
 
     def _attach_writes(self, reports) -> None:
         """Each report gets the writer's handles for its images (jobs that shared a node run

@@ -2,6 +2,7 @@
 spares the other job of the call; faults classified for the dispatcher."""
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import threading
 from importlib.resources import files
@@ -39,7 +40,7 @@ def rig(tiny_models, tmp_path_factory):
         for fn in listeners:
             fn(batch)
 
-    forwarder = EventForwarder(send, interval_s=0.01)
+    forwarder = EventForwarder(send, concurrent.futures.wait, interval_s=0.01)
     core = WorkerCore("w0", paths, torch.device("cpu"), torch.float32, RemoteImageSink(writer.reserve, writer.write), forwarder,
                       TierConfig(vram_bytes=1 << 30, pinned_bytes=1 << 30))
     PATHS[:] = [paths]
