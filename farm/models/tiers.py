@@ -193,7 +193,11 @@ class TieredModelProvider:
             outcome = self.residency.load(name, size, keep=frozenset(self._kept))
             self.evictions.update(e.tier.value for e in outcome.evicted)
             if loaded is None or not loaded.on_device:
-                self._bring(name, size, loaded, before)
+                try:
+                    self._bring(name, size, loaded, before)
+                except BaseException:
+                    self.residency.forget(name)  # else the worker would report a file it cannot load
+                    raise
             self._reconcile()
             return self._loaded[name].checkpoint
 

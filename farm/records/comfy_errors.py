@@ -29,10 +29,12 @@ def prompt_rejection(error: dict, node_errors: dict | None = None) -> dict:
     return {"error": error, "node_errors": {} if node_errors is None else node_errors}
 
 
-def execution_error(node_id: str | None, node_type: str | None, executed: list[str], exception_message: str,
+def execution_error(node_id: str, node_type: str, executed: list[str], exception_message: str,
                     exception_type: str) -> dict:
     """The execution_error event's body (without prompt_id and timestamp, which the sender
-    adds). The traceback stays empty: a stack from inside torch helps no user."""
+    adds). The traceback stays empty: a stack from inside torch helps no user. node_id and
+    node_type are strings, "" when no node is to blame: ComfyUI's frontend drops a whole
+    jobs list whose execution_error has a null there."""
     return {"node_id": node_id, "node_type": node_type, "executed": list(executed),
             "exception_message": exception_message, "exception_type": exception_type, "traceback": [],
             "current_inputs": {}, "current_outputs": {}}
@@ -48,7 +50,7 @@ def node_failure(error: NodeExecutionError, executed: list[str]) -> dict:
 def farm_failure(message: str) -> dict:
     """execution_error for a failure the dispatcher decided (no node to blame: the workers
     died, the retries ran out)."""
-    return execution_error(None, None, [], message, f"{FarmError.__module__}.{FarmError.__qualname__}")
+    return execution_error("", "", [], message, f"{FarmError.__module__}.{FarmError.__qualname__}")
 
 
 def _type_name(exc: Any) -> str:

@@ -218,6 +218,13 @@ class Residency:
         return LoadOutcome(source=source, evicted=tuple(
             Eviction(c, tier) for tier in CACHED_TIERS for c in evicted.get(tier, ())))
 
+    def forget(self, checkpoint: str) -> None:
+        """`checkpoint` is held nowhere (its load failed): no tier may claim it."""
+        for cache in self._tiers.values():
+            cache.sizes.pop(checkpoint, None)
+            cache.credit.pop(checkpoint, None)
+            cache.used.pop(checkpoint, None)
+
     def report(self) -> ResidencyReport:
         gpu = self._tiers[Tier.GPU]
         order = gpu.eviction_order()

@@ -51,6 +51,7 @@ from farm.settings import Limits
 from farm.worker.channels import EventForwarder, RemoteImageSink
 from farm.worker.counters import gpu_monitor, worker_counters
 from farm.worker.nvml import gpu_identity
+from farm.workflow.plan import CHECKPOINT_INPUT
 
 log = logging.getLogger(__name__)
 
@@ -174,9 +175,7 @@ class WorkerCore:
             self.models.keep(names)
         except Exception as exc:  # the checkpoint itself does not load: every job of the call fails
             self.models.release(names)
-            failed = [JobOutcome(p.context.prompt_id, error=NodeExecutionError("", "CheckpointLoaderSimple", exc))
-                      for p in planned]
-            return failed
+            return [_failed_before_running(p, NodeExecutionError(*_loader_node(p, names), exc)) for p in planned]
         try:
             return self.engine.run_batch(planned, stop)
         finally:
@@ -320,3 +319,22 @@ class WorkerCore:
                 "loads": [{"checkpoint": m.name, "source": m.source.value, "bytes": m.nbytes,
                            "seconds": round(m.seconds, 3)} for m in self.models.moves],
                 "pipeline_depth": self.pipeline_depth}
+
+
+def _failed_before_running(job: PlannedJob, error: NodeExecutionError) -> JobOutcome:
+    """A job the engine never ran: its listeners get what the engine would have sent."""
+    from farm.engine.executor import execution_error_payload
+
+    job.context.emit(EventType.EXECUTION_START, {})
+    job.context.emit(EventType.EXECUTION_ERROR, execution_error_payload(error, []))
+    return JobOutcome(job.context.prompt_id, error=error)
+
+
+def _loader_node(job: PlannedJob, names: set[str]) -> tuple[str, str]:
+    """(node id, class) of the job's first node that loads one of `names`: the node a failed
+    checkpoint load is reported on, as ComfyUI reports it on the loader that raised."""
+    for node_id in job.plan.order:
+        call = job.plan.workflow.nodes[node_id]
+        if call.inputs.get(CHECKPOINT_INPUT) in names:
+            return node_id, call.class_type
+    return "", "CheckpointLoaderSimple"

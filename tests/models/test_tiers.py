@@ -121,3 +121,19 @@ def test_cuda_moves_use_pinned_copies(tiny_models):
     assert p.moves[-1].source is Tier.PINNED
     for k, v in a.unet.state_dict().items():
         torch.testing.assert_close(v.float().cpu(), reference[k], rtol=0, atol=0)
+
+
+def test_a_checkpoint_that_fails_to_load_is_held_on_no_tier(tiny_models, tmp_path):
+    """The worker reports what it holds to the dispatcher: a file it could not load must not
+    be among it, or placement would send that checkpoint's jobs back to it."""
+    models = tmp_path / "models"
+    (models / "checkpoints").mkdir(parents=True)
+    (models / "checkpoints" / SD15).symlink_to(tiny_models / "checkpoints" / SD15)
+    (models / "checkpoints" / "broken.safetensors").write_bytes(b"not a safetensors file")
+    p = provider(models, vram=1 << 30, pinned=1 << 30)
+    p.checkpoint(SD15)
+    with pytest.raises(Exception, match="broken.safetensors"):
+        p.checkpoint("broken.safetensors")
+    report = p.report()
+    assert "broken.safetensors" not in report.gpu | report.pinned | report.disk
+    assert SD15 in report.gpu and p.resident() == {SD15: "device"}

@@ -112,6 +112,24 @@ def test_a_checkpoint_missing_on_this_node_is_an_invalid_job_not_a_crash(rig, ti
     assert report.failure is FailureKind.INVALID and "w0" in report.error and "elsewhere" in report.error
 
 
+def test_a_checkpoint_that_does_not_load_fails_on_its_loader_node_as_comfyui_reports_it(rig, tiny_models):
+    core, _, events, _, _ = rig
+    broken = tiny_models / "checkpoints" / "broken-in-core.safetensors"
+    broken.write_bytes(b"not a safetensors file")
+    try:
+        result = core.run_batch([item("p-broken", **{"4.ckpt_name": broken.name})])
+    finally:
+        broken.unlink()
+    (report,) = result.reports
+    assert report.failure is FailureKind.NODE and broken.name in report.error
+    assert [m.event for m in report.messages] == [EventType.EXECUTION_START, EventType.EXECUTION_ERROR]
+    error = report.messages[-1].data
+    assert (error["node_id"], error["node_type"]) == ("4", "CheckpointLoaderSimple")
+    sent = [e.type for e in events if e.data.get("prompt_id") == "p-broken"]
+    assert sent == [EventType.EXECUTION_START, EventType.EXECUTION_ERROR]  # before run_batch returned
+    assert broken.name not in result.residency.gpu | result.residency.pinned | result.residency.disk
+
+
 def test_out_of_memory_is_recognised_through_the_node_error():
     oom = NodeExecutionError("3", "KSampler", torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate"))
     assert is_out_of_memory(oom)

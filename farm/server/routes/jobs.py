@@ -89,7 +89,7 @@ def finished_job(item: HistoryItem, with_details: bool = False) -> dict:
     job = _pruned({
         "id": item.prompt_id, "status": status.value, "priority": number_out(item.number),
         "create_time": item.extra_data.get("create_time"), "execution_start_time": started,
-        "execution_end_time": ended_ms, "execution_error": by_event.get(EventType.EXECUTION_ERROR),
+        "execution_end_time": ended_ms, "execution_error": _execution_error(by_event.get(EventType.EXECUTION_ERROR)),
         "outputs_count": count, "preview_output": preview, "workflow_id": _workflow_id(item.extra_data),
     })
     if with_details:
@@ -97,6 +97,14 @@ def finished_job(item: HistoryItem, with_details: bool = False) -> dict:
         job["execution_status"] = history_item_out(item)["status"]
         job["workflow"] = {"prompt": item.prompt, "extra_data": item.extra_data}
     return job
+
+
+def _execution_error(error: dict | None) -> dict | None:
+    """As ComfyUI's frontend reads it: node_id and node_type are strings (one null there
+    and it drops the whole list). Older farms stored null for a failure with no node."""
+    if error is None:
+        return None
+    return {**error, "node_id": error.get("node_id") or "", "node_type": error.get("node_type") or ""}
 
 
 def _duration(job: dict) -> int:
