@@ -310,15 +310,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["simulate"]:
-        return cmd_simulate(None, argv[1:])
-    if argv[:1] == ["bench"]:
-        return cmd_bench(argv[1:])
-    args = build_parser().parse_args(argv)
+    command = argv[0] if argv else ""
     try:
+        # these two parse their own flags (their parsers live beside their code)
+        if command == "simulate":
+            return cmd_simulate(None, argv[1:])
+        if command == "bench":
+            return cmd_bench(argv[1:])
+        args = build_parser().parse_args(argv)
         return args.func(args)
     except FarmError as exc:
-        print(f"farm {args.command}: {exc}", file=sys.stderr)
+        print(f"farm {command}: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

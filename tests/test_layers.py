@@ -31,7 +31,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("farm.engine",),
     ("farm.scheduler",),
     ("farm.worker",),
-    ("farm.service",),
+    ("farm.service", "farm.futures"),  # futures: what the Python API hands back
     ("farm.server",),
     ("actors",),
     ("farm.cli", "farm.client", "farm.__main__", "jobs"),  # entry points

@@ -11,8 +11,9 @@ from starlette.concurrency import run_in_threadpool
 from farm.errors import FarmError
 from farm.records import comfy_errors
 from farm.server.deps import ServerState
-from farm.server.http_errors import PromptRejected, reject, rejection_for
+from farm.server.http_errors import PromptRejected, rejection_for
 from farm.service import SubmitRequest
+from farm.workflow import errors as workflow_errors
 from farm.workflow.bounds import check_json
 from farm.workflow.errors import ErrorType
 from farm.workflow.prepare import PreparedPrompt, prepare
@@ -22,26 +23,15 @@ from farm.workflow.prepare import PreparedPrompt, prepare
 SENSITIVE_EXTRA_DATA_KEYS = ("auth_token_comfy_org", "api_key_comfy_org")
 
 
-def is_canonical_uuid(value: object) -> bool:
-    """A UUID written exactly as str(uuid.UUID(...)) writes it (lowercase, hyphenated)."""
-    if not isinstance(value, str):
-        return False
-    try:
-        return str(uuid.UUID(value)) == value
-    except ValueError:
-        return False
-
-
 def check_prompt_id(value: object) -> str:
     """A client-given prompt_id must be a canonical UUID: the id is compared verbatim in
     history, events and /interrupt, so another spelling would never match. None (absent
-    or null) lets the server mint one."""
+    or null) lets the server mint one. The error is the workflow package's, as for the CLI."""
     if value is None:
         return str(uuid.uuid4())
-    if not is_canonical_uuid(value):
-        raise reject("invalid_prompt_id", "prompt_id is not a UUID in canonical form",
-                     f"got {value!r}; send a lowercase hyphenated UUID such as {uuid.uuid4()}, "
-                     "or leave prompt_id out and the server picks one")
+    error = workflow_errors.check_prompt_id(value)
+    if error is not None:
+        raise PromptRejected(comfy_errors.prompt_rejection(error.to_comfy()))
     return value
 
 

@@ -174,15 +174,19 @@ def invalid_prompt_id(prompt_id: Any) -> PromptError:
                        f"server makes one", {})
 
 
+def is_canonical_uuid(value: object) -> bool:
+    """A UUID written exactly as str(uuid.UUID(...)) writes it (lowercase, hyphenated)."""
+    if not isinstance(value, str):
+        return False
+    try:
+        return str(uuid.UUID(value)) == value
+    except ValueError:
+        return False
+
+
 def check_prompt_id(prompt_id: Any) -> PromptError | None:
     """None when `prompt_id` is a canonical (lowercase, hyphenated) UUID string."""
-    if isinstance(prompt_id, str):
-        try:
-            if str(uuid.UUID(prompt_id)) == prompt_id:
-                return None
-        except ValueError:
-            pass
-    return invalid_prompt_id(prompt_id)
+    return None if is_canonical_uuid(prompt_id) else invalid_prompt_id(prompt_id)
 
 
 def _type_name(exc: BaseException) -> str:

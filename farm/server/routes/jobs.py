@@ -20,8 +20,8 @@ from farm.records.history import HistoryItem, HistoryStatus
 from farm.records.queue import QueueItem
 from farm.server.deps import Service, read_body
 from farm.server.http_errors import BadRequest, error_response
-from farm.server.submission import is_canonical_uuid
 from farm.server.wire import CancelJobsRequest, history_item_out, number_out
+from farm.workflow.errors import is_canonical_uuid
 
 router = APIRouter()
 
