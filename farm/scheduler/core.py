@@ -22,6 +22,7 @@ from typing import Any, Callable
 from farm.errors import UnknownJobError
 from farm.records.residency import LoadCostModel, ResidencyReport, Tier
 from farm.scheduler.batching import Batch
+from farm.scheduler.costs import LORA_SWITCH_S
 from farm.scheduler.fleet import Fleet
 from farm.scheduler.jobs import Job, JobState
 from farm.scheduler.placement import Placement, PlacementPolicy
@@ -32,6 +33,7 @@ from farm.scheduler.store import JobStore
 class CoreConfig:
     max_batch: int = 8  # most jobs in one batched call
     max_attempts: int = 3  # dispatches before a job that keeps losing its worker fails
+    lora_switch_s: float = LORA_SWITCH_S  # seconds per LoRA patched in or out (placement's cost)
 
 
 @dataclass(frozen=True)
@@ -49,7 +51,7 @@ class DispatcherCore:
         self.policy = policy  # placement decisions
         self.clock = clock  # seconds; injected so tests and the simulator control time
         self.config = config
-        self.fleet = Fleet(config.max_batch, costs or LoadCostModel())  # workers and queues
+        self.fleet = Fleet(config.max_batch, costs or LoadCostModel(), config.lora_switch_s)  # workers and queues
         self._jobs: dict[str, Job] = {}  # job_id -> Job, queued or running
         self._interrupted: set[str] = set()  # running job ids asked to stop
         for job in store.recover(config.max_attempts, clock()):
@@ -92,12 +94,16 @@ class DispatcherCore:
             job.attempts += 1
         source = self.fleet.source(view, batch.checkpoint)
         load_s = self.fleet.switch_s(view, batch.checkpoint, batch.checkpoint_bytes)
-        if batch.checkpoint is not None and source is not Tier.GPU:
-            # Until its next report, count the worker as holding what it is about to load.
-            self.fleet.set_residency(view, report.after_load(batch.checkpoint, batch.checkpoint_bytes,
-                                                             pick.keep))
+        switch_s = self.fleet.switch_s(view, batch.checkpoint, batch.checkpoint_bytes, batch.loras)
+        if batch.checkpoint is not None:
+            # Until its next report, count the worker as holding what it is about to load,
+            # with this batch's LoRA set applied.
+            expected = report if source is Tier.GPU else report.after_load(batch.checkpoint, batch.checkpoint_bytes,
+                                                                             pick.keep)
+            self.fleet.set_residency(view, dataclasses.replace(expected, lora_checkpoint=batch.checkpoint,
+                                                               loras=batch.loras))
         view.last_used_s = now
-        self.fleet.set_running(view, still + batch.job_ids, max(now, busy_until) + load_s + batch.expected_run_s)
+        self.fleet.set_running(view, still + batch.job_ids, max(now, busy_until) + switch_s + batch.expected_run_s)
         return dataclasses.replace(batch, worker_id=worker_id, source_tier=source,
                                    expected_load_s=load_s, keep=pick.keep)
 
