@@ -21,6 +21,7 @@ from typing import Any, Callable
 
 from farm.errors import UnknownJobError
 from farm.records.residency import LoadCostModel, ResidencyReport, Tier
+from farm.scheduler.batch_size import LATENT_FACTOR, BatchSizer
 from farm.scheduler.batching import Batch
 from farm.scheduler.costs import LORA_SWITCH_S
 from farm.scheduler.fleet import Fleet
@@ -31,9 +32,11 @@ from farm.scheduler.store import JobStore
 
 @dataclass(frozen=True)
 class CoreConfig:
-    max_batch: int = 8  # most jobs in one batched call
+    max_batch: int = 8  # most jobs in one batched call (an upper bound on the sizer's answer)
     max_attempts: int = 3  # dispatches before a job that keeps losing its worker fails
     lora_switch_s: float = LORA_SWITCH_S  # seconds per LoRA patched in or out (placement's cost)
+    sizer: BatchSizer | None = None  # jobs per call by architecture, size and free memory;
+    # None: BatchSizer's defaults under max_batch
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,7 @@ class DispatcherCore:
         self.clock = clock  # seconds; injected so tests and the simulator control time
         self.config = config
         self.fleet = Fleet(config.max_batch, costs or LoadCostModel(), config.lora_switch_s)  # workers and queues
+        self.sizer = config.sizer or BatchSizer(max_batch=config.max_batch)
         self._jobs: dict[str, Job] = {}  # job_id -> Job, queued or running
         self._interrupted: set[str] = set()  # running job ids asked to stop
         for job in store.recover(config.max_attempts, clock()):
@@ -83,7 +87,8 @@ class DispatcherCore:
         self.fleet.set_running(view, still, busy_until)
         self.fleet.set_residency(view, report)
         pick = self.policy.pick(view, self.fleet, now)
-        batch = None if pick is None else self.fleet.take_batch(pick.owner, pick.batch_key)
+        batch = None if pick is None else self.fleet.take_batch(pick.owner, pick.batch_key,
+                                                                self._batch_limit(pick.owner, pick.batch_key, report))
         if batch is None:
             self.fleet.set_idle(view, not still)
             return None
@@ -234,6 +239,19 @@ class DispatcherCore:
         return woken
 
     # --- internals ----------------------------------------------------------------------
+
+    def _batch_limit(self, owner: str | None, batch_key: str, report: ResidencyReport) -> int:
+        """Jobs of this key the worker should take at once: the sizer's answer for the key's
+        shape and the memory the worker reports free, less weights it must load first."""
+        head = self.fleet.queue_of(owner).head(batch_key)
+        if head is None:
+            return self.config.max_batch
+        free = report.free_vram_bytes
+        if free is not None and head.checkpoint is not None and head.checkpoint not in report.gpu:
+            free -= head.checkpoint_bytes
+        limit = self.sizer.limit(head.arch, head.width // LATENT_FACTOR, head.height // LATENT_FACTOR,
+                                 head.images, free)
+        return min(limit, self.config.max_batch)
 
     def _place(self, job: Job) -> Placement:
         placement = self.policy.choose(job, self.fleet, self.clock())

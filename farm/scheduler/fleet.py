@@ -197,8 +197,9 @@ class Fleet:
             self._note_load(self.workers[owner])
         return job
 
-    def take_batch(self, owner: str | None, batch_key: str | None) -> Batch | None:
-        batch = form_batch(self.queue_of(owner), self.max_batch, batch_key)
+    def take_batch(self, owner: str | None, batch_key: str | None, limit: int | None = None) -> Batch | None:
+        """Up to `limit` (at most max_batch) jobs of one key, as a batch."""
+        batch = form_batch(self.queue_of(owner), min(limit or self.max_batch, self.max_batch), batch_key)
         if batch is not None:
             for job in batch.jobs:
                 del self._owner[job.job_id]
