@@ -107,6 +107,11 @@ class WorkerCore:
         self.gpu_monitor = gpu_monitor(device)  # None on a CPU worker
         self._identity: tuple[str, str] | None = None  # NVML (name, UUID), read once
         self._applied: tuple[str | None, LoraSet] = (None, ())  # (checkpoint, LoRA set) of the last call
+        # Compile the configured shapes before the first job (the dispatcher registers this
+        # worker once it is built), so no job waits for the compiler; nothing with compile off.
+        started = time.perf_counter()
+        self.warm_shapes = self.models.compiler.warm(dtype)
+        self.warm_up_s = time.perf_counter() - started if self.warm_shapes else 0.0
 
     # -- running ---------------------------------------------------------------------------
 
@@ -334,8 +339,11 @@ class WorkerCore:
         return worker_counters(self.models, self.engine)
 
     def stats(self) -> dict:
-        """For benchmarks: what compiling cost per checkpoint and shape, and every model load."""
+        """For benchmarks: what compiling cost per checkpoint and shape, the warm-up at start
+        (seconds in all and per warm shape), and every model load."""
         return {"compile": self.models.compiler.report() if self.models.compiler else {},
                 "loads": [{"checkpoint": m.name, "source": m.source.value, "bytes": m.nbytes,
                            "seconds": round(m.seconds, 3)} for m in self.models.moves],
-                "pipeline_depth": self.pipeline_depth}
+                "pipeline_depth": self.pipeline_depth,
+                "warm_up": {"seconds": round(self.warm_up_s, 3),
+                            "shapes": {k: round(v, 3) for k, v in self.warm_shapes.items()}}}
