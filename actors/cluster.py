@@ -29,6 +29,7 @@ from farm.models.compiled import CompileConfig
 from farm.models.tiers import TierConfig
 from farm.records.paths import FarmPaths
 from farm.scheduler.autoscale import ScaleKnobs
+from farm.scheduler.batch_size import BatchSizer
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,9 @@ class FarmConfig:
     num_workers: int | None = None  # None: one per GPU of the cluster
     tiers: TierConfig = field(default_factory=TierConfig)
     max_attempts: int = 3  # dispatches of one job before it fails (a worker died under it each time)
-    max_batch: int = 8  # prompts per engine call
+    max_batch: int = 8  # prompts per engine call, at most
+    batch_sizer: BatchSizer | None = None  # prompts per call by architecture, size and free VRAM
+    # (None: BatchSizer's defaults), never above max_batch
     dtype: str | None = None  # "fp16" | "bf16" | "fp32"; None: the device's default
     dispatcher_options: dict[str, Any] = field(default_factory=dict)  # extra DispatcherCore settings
     max_workers: int | None = None  # cap as nodes join (None: num_workers if set, else every GPU)

@@ -9,6 +9,12 @@ marked dynamic, so inductor compiles one graph per latent size for every bucket 
 is the expensive part: a minute or more per graph on a GPU), and the FX graph cache on disk
 lets a restarted worker skip most of it.
 
+Warm shapes: a worker can compile (architecture, jobs per batch, latent size) shapes when it
+starts, before it takes a job, on a UNet of that architecture with random weights. Inductor's
+caches (the FX graph cache on disk, the kernels in the process) are keyed by the graph, not
+the weights, so a checkpoint of that architecture loaded later skips the code generation
+that makes a first call take a minute on a GPU; dynamo's trace of its own module remains.
+
 Rows of the UNet are independent (GroupNorm and attention work per sample), so a padded row
 changes no real row: the compiled output equals eager within float tolerance (the test in
 tests/models/test_compiled.py holds it to the oracle's tolerances)."""
@@ -25,10 +31,15 @@ from typing import Any, Callable
 
 import torch
 
+from farm.errors import ConfigError
+from farm.models.arch import ARCH_FAMILY
+
 log = logging.getLogger(__name__)
 
 DEFAULT_BUCKETS = (2, 4, 8, 16, 32)  # UNet rows (jobs x 2 with CFG)
 _ATTR = "_farm_compiled"
+WarmShape = tuple[str, int, int, int]  # (architecture, jobs per batch, latent height, latent width)
+PROMPT_TOKENS = 77  # one CLIP chunk: the context length of a plain prompt
 
 
 @dataclass(frozen=True)
@@ -40,6 +51,16 @@ class CompileConfig:
     backend: str = "inductor"  # "aot_eager" traces without generating code (tests of the code path)
     buckets: tuple[int, ...] = DEFAULT_BUCKETS  # UNet row counts a batch is padded up to
     cache_dir: Path | None = None  # inductor's on-disk cache; None: <farm root>/state/inductor
+    warm_shapes: tuple[WarmShape, ...] = ()  # compiled when a worker starts, e.g. ("sd15", 8, 64, 64):
+    # SD1.5, batches of 8 jobs (16 UNet rows with CFG), 512 x 512 px
+
+    def __post_init__(self) -> None:
+        for shape in self.warm_shapes:
+            if (len(shape) != 4 or shape[0] not in ARCH_FAMILY
+                    or not all(isinstance(n, int) and n > 0 for n in shape[1:])):
+                raise ConfigError(f"warm shape {shape!r} is not (architecture, jobs, latent height, latent width) "
+                                  f"with an architecture of {', '.join(ARCH_FAMILY)} and positive sizes, "
+                                  "e.g. ('sd15', 8, 64, 64)")
 
     def active(self, device: torch.device) -> bool:
         return self.enabled if self.enabled is not None else device.type == "cuda"
@@ -173,6 +194,7 @@ class UNetCompiler:
         # leaves memory takes its compiled graphs with it; this set only lists them.
         self._runners: "weakref.WeakSet[CompiledUNet]" = weakref.WeakSet()
         self._lock = threading.Lock()
+        self.warmed: dict[str, float] = {}  # "arch jobs x h x w" -> seconds its warm-up took
         if self.enabled:
             cache = config.cache_dir or (Path(state_dir) / "inductor" if state_dir is not None else None)
             if cache is not None:
@@ -190,6 +212,35 @@ class UNetCompiler:
                 self._runners.add(found)
             return found
 
+    def warm(self, dtype: torch.dtype) -> dict[str, float]:
+        """Compile the configured warm shapes now (nothing when compiling is off); returns
+        seconds per shape, which report() lists under "warm". A shape that fails to compile
+        is logged and skipped: warming must never keep a worker from starting."""
+        if not self.enabled or not self.config.warm_shapes:
+            return {}
+        for arch in dict.fromkeys(shape[0] for shape in self.config.warm_shapes):
+            unet = _random_unet(arch, self.device, dtype)
+            runner = CompiledUNet(unet, self.config, self.device, f"warm:{arch}")
+            for _, jobs, height, width in (s for s in self.config.warm_shapes if s[0] == arch):
+                key = f"{arch} {jobs}x{height}x{width}"
+                started = time.perf_counter()
+                try:
+                    with torch.inference_mode():  # the sampler's mode: dynamo guards on it
+                        runner(*_dummy_inputs(unet, 2 * jobs, height, width))  # CFG: two rows a job
+                except Exception as exc:  # out of memory, mostly: jobs will find their own size
+                    runner.stats.fallback = f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+                if runner.stats.fallback is not None:
+                    log.warning("warming %s failed: %s", key, runner.stats.fallback)
+                    runner.stats.fallback = None
+                    continue
+                with self._lock:
+                    self.warmed[key] = time.perf_counter() - started
+            del runner, unet
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()  # the random weights' memory goes back to the checkpoints
+        log.info("warmed compiled UNet shapes in %.1f s: %s", sum(self.warmed.values()), self.warmed)
+        return dict(self.warmed)
+
     def report(self) -> dict[str, Any]:
         """For the bench and /workers: compile seconds and shapes per checkpoint."""
         with self._lock:
@@ -199,3 +250,32 @@ class UNetCompiler:
                                     "shapes": {k: {"first_call_s": round(s.first_call_s, 2), "calls": s.calls}
                                                for k, s in r.stats.shapes.items()}}
                 for i, r in enumerate(runners)}
+
+
+def _random_unet(arch: str, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+    """A UNet of the architecture's shipped config, random weights, set up as loaded ones are
+    (device, dtype, eval, no gradients, the attention backend): the same graph to compile."""
+    from diffusers import UNet2DConditionModel
+
+    from farm.models.arch import arch_info
+    from farm.models.attention import apply_attention_backend
+
+    unet = UNet2DConditionModel.from_config(dict(arch_info(arch).configs.unet)).to(device, dtype)
+    unet.eval().requires_grad_(False)
+    apply_attention_backend(unet, None)
+    return unet
+
+
+def _dummy_inputs(unet: torch.nn.Module, rows: int, height: int, width: int) -> tuple:
+    """(x, timestep, embeds, added) of `rows` rows as the sampler passes them (timestep in
+    float32, the rest in the UNet's dtype)."""
+    config, param = unet.config, next(unet.parameters())
+    make = dict(device=param.device, dtype=param.dtype)
+    x = torch.randn(rows, config.in_channels, height, width, **make)
+    timestep = torch.full((rows,), 500.0, device=param.device)
+    embeds = torch.randn(rows, PROMPT_TOKENS, config.cross_attention_dim, **make)
+    added = None
+    if config.addition_embed_type == "text_time":  # SDXL: pooled text and size conditioning
+        pooled = config.projection_class_embeddings_input_dim - 6 * config.addition_time_embed_dim
+        added = {"text_embeds": torch.randn(rows, pooled, **make), "time_ids": torch.randn(rows, 6, **make)}
+    return x, timestep, embeds, added

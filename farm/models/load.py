@@ -7,6 +7,7 @@ LDM -> diffusers converters into models built from configs (farm.models.arch say
 """
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -44,6 +45,7 @@ from farm.models.arch import (
     TextEncoderSpec,
     TextLayout,
     detect_arch,
+    detect_family,
 )
 from farm.models.attention import apply_attention_backend
 from farm.models.device import choose_vae_dtype
@@ -306,3 +308,28 @@ def _weights_variant(folder: Path) -> str | None:
     if any(Path(n).suffix.lower() in PICKLE_EXTENSIONS for n in names):
         raise UnsafeCheckpointError(f"{folder} holds only pickle weights (.bin); {_PICKLE_ADVICE}")
     raise CheckpointError(f"{folder} has no .safetensors weights")
+
+
+def checkpoint_family(path: Path) -> str:
+    """'sd15' or 'sdxl' from a checkpoint's tensor names or its folder's model_index.json,
+    reading no weights (the batch sizer budgets memory by family); '' when it cannot tell.
+    Cached by path, size and modification time: a submission reads the header once."""
+    try:
+        stat = path.stat()
+        return _family_of(str(path), stat.st_size, stat.st_mtime_ns)
+    except (OSError, CheckpointError):
+        return ""
+
+
+@functools.lru_cache(maxsize=256)
+def _family_of(path: str, _size: int, _mtime_ns: int) -> str:
+    folder = Path(path)
+    if folder.is_dir():
+        return _folder_family(folder, _read_json(folder / "model_index.json")).value
+    if folder.suffix.lower() not in SAFE_EXTENSIONS:
+        return ""  # never opened: only safetensors is read
+    try:
+        with safe_open(path, framework="pt", device="cpu") as f:
+            return detect_family(f.keys()).value
+    except Exception:  # a foreign or damaged file: its loader names the fault, sizing only guesses
+        return ""

@@ -25,6 +25,17 @@ from farm.errors import CheckpointError
 
 GB = 1e9
 
+# The LoRAs a plan applies to its checkpoint: (lora_name, strength_model, strength_clip) per
+# loader, in plan order (strength_clip None for a model-only loader, a strength None when a
+# link feeds it); () applies none. Two jobs with equal sets sample with equal weights.
+LoraSet = tuple[tuple[str, float | None, float | None], ...]
+
+
+def lora_set(entries) -> LoraSet:
+    """A LoraSet from its JSON form (lists) or a tuple already."""
+    return tuple((str(name), None if model is None else float(model), None if clip is None else float(clip))
+                 for name, model, clip in entries)
+
 
 class Tier(str, Enum):
     GPU = "gpu"
@@ -91,6 +102,15 @@ class ResidencyReport:
     disk: frozenset[str] = frozenset()  # ... on local disk
     gpu_free_bytes: int = 0  # VRAM budget for weights not in use
     evict_order: tuple[tuple[str, int], ...] = ()  # VRAM (checkpoint, bytes), least valuable first
+    lora_checkpoint: str | None = None  # checkpoint the last batch patched LoRAs into
+    loras: LoraSet = ()  # ... and the LoRA set it applied (its files are read and bound)
+    free_vram_bytes: int | None = None  # device memory free for activations; None: unknown
+
+    def applied_loras(self, checkpoint: str | None) -> LoraSet:
+        """The LoRA set this worker last applied to `checkpoint`, while that is in VRAM."""
+        if checkpoint is None or checkpoint != self.lora_checkpoint or checkpoint not in self.gpu:
+            return ()
+        return self.loras
 
     def victims(self, checkpoint: str, size_bytes: int,
                 keep: frozenset[str] = frozenset()) -> tuple[str, ...]:

@@ -21,7 +21,9 @@ from typing import Any, Callable
 
 from farm.errors import UnknownJobError
 from farm.records.residency import LoadCostModel, ResidencyReport, Tier
+from farm.scheduler.batch_size import LATENT_FACTOR, BatchSizer
 from farm.scheduler.batching import Batch
+from farm.scheduler.costs import LORA_SWITCH_S
 from farm.scheduler.fleet import Fleet
 from farm.scheduler.jobs import Job, JobState
 from farm.scheduler.placement import Placement, PlacementPolicy
@@ -30,8 +32,11 @@ from farm.scheduler.store import JobStore
 
 @dataclass(frozen=True)
 class CoreConfig:
-    max_batch: int = 8  # most jobs in one batched call
+    max_batch: int = 8  # most jobs in one batched call (an upper bound on the sizer's answer)
     max_attempts: int = 3  # dispatches before a job that keeps losing its worker fails
+    lora_switch_s: float = LORA_SWITCH_S  # seconds per LoRA patched in or out (placement's cost)
+    sizer: BatchSizer | None = None  # jobs per call by architecture, size and free memory;
+    # None: BatchSizer's defaults under max_batch
 
 
 @dataclass(frozen=True)
@@ -49,7 +54,8 @@ class DispatcherCore:
         self.policy = policy  # placement decisions
         self.clock = clock  # seconds; injected so tests and the simulator control time
         self.config = config
-        self.fleet = Fleet(config.max_batch, costs or LoadCostModel())  # workers and queues
+        self.fleet = Fleet(config.max_batch, costs or LoadCostModel(), config.lora_switch_s)  # workers and queues
+        self.sizer = config.sizer or BatchSizer(max_batch=config.max_batch)
         self._jobs: dict[str, Job] = {}  # job_id -> Job, queued or running
         self._interrupted: set[str] = set()  # running job ids asked to stop
         for job in store.recover(config.max_attempts, clock()):
@@ -81,7 +87,8 @@ class DispatcherCore:
         self.fleet.set_running(view, still, busy_until)
         self.fleet.set_residency(view, report)
         pick = self.policy.pick(view, self.fleet, now)
-        batch = None if pick is None else self.fleet.take_batch(pick.owner, pick.batch_key)
+        batch = None if pick is None else self.fleet.take_batch(pick.owner, pick.batch_key,
+                                                                self._batch_limit(pick.owner, pick.batch_key, report))
         if batch is None:
             self.fleet.set_idle(view, not still)
             return None
@@ -92,12 +99,16 @@ class DispatcherCore:
             job.attempts += 1
         source = self.fleet.source(view, batch.checkpoint)
         load_s = self.fleet.switch_s(view, batch.checkpoint, batch.checkpoint_bytes)
-        if batch.checkpoint is not None and source is not Tier.GPU:
-            # Until its next report, count the worker as holding what it is about to load.
-            self.fleet.set_residency(view, report.after_load(batch.checkpoint, batch.checkpoint_bytes,
-                                                             pick.keep))
+        switch_s = self.fleet.switch_s(view, batch.checkpoint, batch.checkpoint_bytes, batch.loras)
+        if batch.checkpoint is not None:
+            # Until its next report, count the worker as holding what it is about to load,
+            # with this batch's LoRA set applied.
+            expected = report if source is Tier.GPU else report.after_load(batch.checkpoint, batch.checkpoint_bytes,
+                                                                             pick.keep)
+            self.fleet.set_residency(view, dataclasses.replace(expected, lora_checkpoint=batch.checkpoint,
+                                                               loras=batch.loras))
         view.last_used_s = now
-        self.fleet.set_running(view, still + batch.job_ids, max(now, busy_until) + load_s + batch.expected_run_s)
+        self.fleet.set_running(view, still + batch.job_ids, max(now, busy_until) + switch_s + batch.expected_run_s)
         return dataclasses.replace(batch, worker_id=worker_id, source_tier=source,
                                    expected_load_s=load_s, keep=pick.keep)
 
@@ -228,6 +239,19 @@ class DispatcherCore:
         return woken
 
     # --- internals ----------------------------------------------------------------------
+
+    def _batch_limit(self, owner: str | None, batch_key: str, report: ResidencyReport) -> int:
+        """Jobs of this key the worker should take at once: the sizer's answer for the key's
+        shape and the memory the worker reports free, less weights it must load first."""
+        head = self.fleet.queue_of(owner).head(batch_key)
+        if head is None:
+            return self.config.max_batch
+        free = report.free_vram_bytes
+        if free is not None and head.checkpoint is not None and head.checkpoint not in report.gpu:
+            free -= head.checkpoint_bytes
+        limit = self.sizer.limit(head.arch, head.width // LATENT_FACTOR, head.height // LATENT_FACTOR,
+                                 head.images, free)
+        return min(limit, self.config.max_batch)
 
     def _place(self, job: Job) -> Placement:
         placement = self.policy.choose(job, self.fleet, self.clock())

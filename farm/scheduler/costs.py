@@ -51,3 +51,19 @@ def job_estimates(arch: ArchProfile, steps: int, max_batch: int) -> tuple[float,
     if max_batch <= 1:
         return alone, alone
     return alone, (batch_s(arch, steps, max_batch) - alone) / (max_batch - 1)
+
+
+# Seconds to patch one LoRA into (or restore it out of) a resident UNet, per LoRA entering
+# or leaving the applied set: farm.models.lora saves the touched weights and adds the
+# deltas in place, a few hundred small matmuls (benchmarks/lora_switch.py times it). Far
+# below any checkpoint load from disk (0.37 s for SD1.5 from the page cache, DESIGN.md),
+# so it breaks ties between workers that hold the checkpoint and never outweighs residency.
+LORA_SWITCH_S = 0.05
+
+
+def lora_switch_s(applied: tuple, wanted: tuple, per_lora_s: float = LORA_SWITCH_S) -> float:
+    """Seconds to go from the LoRA set a worker applied last to the one a job needs: none
+    when equal, else `per_lora_s` for every (name, strengths) entry that leaves or enters."""
+    if applied == wanted:
+        return 0.0
+    return per_lora_s * len(set(applied) ^ set(wanted))

@@ -8,13 +8,15 @@ workers or all jobs: the farm must place a million jobs on a thousand workers.
 from __future__ import annotations
 
 import heapq
+import itertools
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Collection, Iterator
 
 from farm.errors import UnknownJobError
-from farm.records.residency import LoadCostModel, ResidencyReport, Tier
+from farm.records.residency import LoadCostModel, LoraSet, ResidencyReport, Tier
 from farm.scheduler.batching import Batch, form_batch
+from farm.scheduler.costs import LORA_SWITCH_S, lora_switch_s
 from farm.scheduler.jobs import Job
 from farm.scheduler.queues import KeyedQueue
 
@@ -42,9 +44,10 @@ class WorkerView:
 
 
 class Fleet:
-    def __init__(self, max_batch: int, costs: LoadCostModel):
+    def __init__(self, max_batch: int, costs: LoadCostModel, lora_s: float = LORA_SWITCH_S):
         self.max_batch = max_batch  # batch limit
         self.costs = costs  # load-time estimates per tier (shared with the workers' reports)
+        self.lora_s = lora_s  # seconds per LoRA patched in or out (costs.lora_switch_s)
         self.workers: dict[str, WorkerView] = {}  # worker_id -> view, in registration order
         self.pool = KeyedQueue(max_batch)  # jobs not reserved for any worker
         self._owner: dict[str, str | None] = {}  # queued job_id -> worker_id, or None (pool)
@@ -126,16 +129,30 @@ class Fleet:
         """Idle workers, the one idle longest first."""
         return (self.workers[w] for w in self._idle)
 
-    def idle_holder(self, checkpoint: str | None) -> WorkerView | None:
-        """An idle worker that has the checkpoint in VRAM (or any idle one for no model)."""
+    def idle_holder(self, checkpoint: str | None, loras: LoraSet | None = None,
+                    look: int = 16) -> WorkerView | None:
+        """An idle worker that has the checkpoint in VRAM (or any idle one for no model);
+        given `loras`, one of the `look` longest idle that applied that LoRA set to it
+        last, if there is one (it switches no LoRA)."""
         pool = self._idle if checkpoint is None else self._idle_holders.get(checkpoint, {})
-        return self.workers[next(iter(pool))] if pool else None
+        if not pool:
+            return None
+        if loras is not None and checkpoint is not None:
+            for worker_id in itertools.islice(pool, look):
+                if self.workers[worker_id].residency.applied_loras(checkpoint) == loras:
+                    return self.workers[worker_id]
+        return self.workers[next(iter(pool))]
 
-    def switch_s(self, view: WorkerView, checkpoint: str | None, size_bytes: int) -> float:
-        """Expected seconds for this worker to bring the checkpoint into VRAM."""
+    def switch_s(self, view: WorkerView, checkpoint: str | None, size_bytes: int,
+                 loras: LoraSet | None = None) -> float:
+        """Expected seconds for this worker to bring the checkpoint into VRAM, plus, given
+        the job's `loras`, to switch from the LoRA set it applied last (small next to a load)."""
         if checkpoint is None:
             return 0.0
-        return self.costs.estimate_s(view.residency.source(checkpoint), size_bytes)
+        load_s = self.costs.estimate_s(view.residency.source(checkpoint), size_bytes)
+        if loras is None:
+            return load_s
+        return load_s + lora_switch_s(view.residency.applied_loras(checkpoint), loras, self.lora_s)
 
     def source(self, view: WorkerView, checkpoint: str | None) -> Tier:
         return Tier.GPU if checkpoint is None else view.residency.source(checkpoint)
@@ -180,8 +197,9 @@ class Fleet:
             self._note_load(self.workers[owner])
         return job
 
-    def take_batch(self, owner: str | None, batch_key: str | None) -> Batch | None:
-        batch = form_batch(self.queue_of(owner), self.max_batch, batch_key)
+    def take_batch(self, owner: str | None, batch_key: str | None, limit: int | None = None) -> Batch | None:
+        """Up to `limit` (at most max_batch) jobs of one key, as a batch."""
+        batch = form_batch(self.queue_of(owner), min(limit or self.max_batch, self.max_batch), batch_key)
         if batch is not None:
             for job in batch.jobs:
                 del self._owner[job.job_id]

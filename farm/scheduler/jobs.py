@@ -12,7 +12,9 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Sequence
 
+from farm.models.load import checkpoint_family
 from farm.models.store import ModelFolders
+from farm.records.residency import LoraSet, lora_set
 from farm.workflow.plan import Plan
 from farm.workflow.prepare import PreparedPrompt
 
@@ -49,6 +51,12 @@ class Job:
     batch_key: str = ""  # jobs with equal non-empty keys may run as one batched call
     est_run_s: float = 1.0  # expected seconds on a warm GPU as a batch of one
     est_extra_s: float = 0.0  # expected seconds each further job adds to a batch of its key
+    loras: LoraSet = ()  # LoRA set the plan applies to its checkpoint (placement prefers a worker
+    # that applied the same; equal batch keys imply equal sets: names and strengths are constants)
+    arch: str = ""  # checkpoint family ("sd15", "sdxl"); "": unknown (the batch sizer then caps at max_batch)
+    width: int = 0  # largest image size the plan sets, in pixels; 0: unknown
+    height: int = 0
+    images: int = 1  # images per prompt (its batch_size)
     state: JobState = JobState.QUEUED
     attempts: int = 0  # dispatches so far (counted when a worker claims the job)
     worker_id: str | None = None  # worker running it, or the last one that did
@@ -60,6 +68,9 @@ class Job:
     seq: int = 0  # submission order, assigned by the store; breaks priority ties
     plan: Plan | None = None  # what the worker runs, validated at submission; None only in simulated traces
 
+    def __post_init__(self) -> None:
+        self.loras = lora_set(self.loras)  # from the store's JSON, lists come back
+
     @classmethod
     def from_prepared(cls, prepared: PreparedPrompt, folders: ModelFolders | None = None, *, extra_data: dict | None = None,
                       client_id: str | None = None, number: float | None = None, front: bool = False,
@@ -70,10 +81,13 @@ class Job:
         plan = prepared.plan
         checkpoint = plan.checkpoints[0] if plan.checkpoints else None
         checkpoint_bytes = folders.size_bytes("checkpoints", checkpoint) if folders and checkpoint else 0
+        arch = checkpoint_family(folders.resolve("checkpoints", checkpoint)) if folders and checkpoint else ""
+        width, height = plan.image_size or (0, 0)
         return cls(job_id=prepared.prompt_id, number=number, workflow=prepared.prompt,
                    outputs_to_execute=list(outputs_to_execute if outputs_to_execute is not None else plan.outputs),
                    extra_data=dict(extra_data or {}), client_id=client_id, front=front,
-                   checkpoint=checkpoint, checkpoint_bytes=checkpoint_bytes, batch_key=plan.batch_key, plan=plan)
+                   checkpoint=checkpoint, checkpoint_bytes=checkpoint_bytes, batch_key=plan.batch_key, plan=plan,
+                   loras=plan.loras, arch=arch, width=width, height=height, images=plan.images)
 
     @property
     def priority(self) -> Priority:

@@ -68,7 +68,7 @@ def _reserve(job: Job, view: WorkerView | None, fleet: Fleet, now_s: float) -> P
         return _forecast(job, None, fleet, now_s, now_s)
     source = fleet.source(view, job.checkpoint)
     start = now_s + view.backlog_s(now_s)
-    finish = start + fleet.switch_s(view, job.checkpoint, job.checkpoint_bytes) + job.est_run_s
+    finish = start + fleet.switch_s(view, job.checkpoint, job.checkpoint_bytes, job.loras) + job.est_run_s
     return Placement(job.job_id, view.worker_id, True, source, start, finish)
 
 
@@ -120,7 +120,7 @@ def _forecast(job: Job, view: WorkerView | None, fleet: Fleet, start_s: float,
     """A pool placement: the job waits in the shared pool; `view` is the worker to wake."""
     if view is None:
         return Placement(job.job_id, None, False, Tier.STORE, start_s, start_s + job.est_run_s)
-    switch_s = fleet.switch_s(view, job.checkpoint, job.checkpoint_bytes)
+    switch_s = fleet.switch_s(view, job.checkpoint, job.checkpoint_bytes, job.loras)
     finish = start_s + switch_s + job.est_run_s
     return Placement(job.job_id, view.worker_id, False, fleet.source(view, job.checkpoint),
                      start_s, finish)
@@ -130,7 +130,7 @@ class PressurePolicy:
     name = "pressure"
 
     def choose(self, job: Job, fleet: Fleet, now_s: float) -> Placement:
-        view = fleet.idle_holder(job.checkpoint) or next(fleet.idle_workers(), None)
+        view = fleet.idle_holder(job.checkpoint, job.loras) or next(fleet.idle_workers(), None)
         if view is not None:
             return _forecast(job, view, fleet, now_s, now_s)
         holders = fleet.holders(job.checkpoint)
@@ -250,7 +250,7 @@ class FarmPolicy:
         self._last_submit_s = now_s
         self._observe(job, fleet.max_batch, now_s)
         self._replan(fleet, now_s)
-        idle_holder = fleet.idle_holder(job.checkpoint)
+        idle_holder = fleet.idle_holder(job.checkpoint, job.loras, self.sample)
         if idle_holder is not None:
             return _forecast(job, idle_holder, fleet, now_s, now_s)
         best, best_score = None, -math.inf

@@ -10,6 +10,8 @@ asks again. Reported per policy:
   makespan_s    time from the first arrival to the last completion
   gpu_busy      GPU seconds spent rendering / (workers x makespan); loads not counted
   p50/p99_wait  seconds from submit to the start of the job's batch
+  lora_switches batches whose LoRA set differs from what their worker applied to that
+                checkpoint last (each costs costs.lora_switch_s, patch time, on that worker)
 
 lower_bound_loads: every worker starts empty, so a checkpoint is loaded at least once on
 each worker that ever runs it. Let work_c be c's GPU seconds at the batch limit (its
@@ -21,14 +23,22 @@ finish as fast as possible; a slower schedule can get by with fewer.
 """
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import math
 import time
 from dataclasses import dataclass
 
-from farm.records.residency import GB, LoadCostModel, Residency, Tier, seed_load_s
+from farm.records.residency import (
+    GB,
+    LoadCostModel,
+    LoraSet,
+    Residency,
+    Tier,
+    seed_load_s,
+)
 from farm.scheduler.core import CoreConfig, DispatcherCore
-from farm.scheduler.costs import batch_s
+from farm.scheduler.costs import batch_s, lora_switch_s
 from farm.scheduler.jobs import Job
 from farm.scheduler.placement import POLICIES, FarmPolicy, PlacementPolicy
 from farm.scheduler.store import JobStore
@@ -45,6 +55,7 @@ class PolicyResult:
     gpu_busy: float  # rendering seconds / (workers x makespan); loading is not rendering
     p50_wait_s: float  # median seconds from submit to the start of the job's batch
     p99_wait_s: float  # 99th percentile of the same
+    lora_switches: int = 0  # batches that changed their worker's applied LoRA set
 
 
 @dataclass(frozen=True)
@@ -87,7 +98,8 @@ class Simulation:
                                                  int(spec.disk_gb * GB)) for i in range(spec.workers)}
         self.running: dict[str, tuple[str, ...]] = {}  # worker_id -> job ids of its batch in flight
         self.ends: list[tuple[float, int, str]] = []  # heap of (time, seq, worker_id): a batch ends
-        self.loads = self.batches = self.batched_jobs = 0
+        self.loads = self.batches = self.batched_jobs = self.lora_switches = 0
+        self.applied: dict[str, tuple[str, LoraSet]] = {}  # worker_id -> (checkpoint, LoRA set) it patched last
         self.busy_s = 0.0  # rendering seconds, summed over workers
         self.waits: list[float] = []  # submit -> batch start, per job
         self.end_s = 0.0  # last completion
@@ -129,7 +141,7 @@ class Simulation:
         placement = self.core.submit(Job(
             job_id=item.job_id, number=self.clock.now_s, checkpoint=t.checkpoint,
             checkpoint_bytes=t.arch.checkpoint_bytes, batch_key=t.batch_key,
-            est_run_s=t.est_run_s, est_extra_s=t.est_extra_s))
+            est_run_s=t.est_run_s, est_extra_s=t.est_extra_s, loras=t.loras))
         if placement.wake:
             self.dispatch(placement.worker_id)
 
@@ -145,16 +157,23 @@ class Simulation:
         if worker_id in self.running:
             return
         residency = self.residency[worker_id]
-        batch = self.core.worker_ready(worker_id, residency.report())
+        lora_checkpoint, loras = self.applied.get(worker_id, (None, ()))
+        report = dataclasses.replace(residency.report(), lora_checkpoint=lora_checkpoint, loras=loras)
+        batch = self.core.worker_ready(worker_id, report)
         if batch is None:
             return
         template = self.templates[batch.batch_key]
         size = template.arch.checkpoint_bytes
+        applied = report.applied_loras(template.checkpoint)  # before the load: what is patched in now
         outcome = residency.load(template.checkpoint, size, batch.keep)
         load_s = seed_load_s(outcome.source, size)
         if outcome.source is not Tier.GPU:
             self.loads += 1
             self.core.observe_load(outcome.source, size, load_s)
+        if applied != template.loras:
+            self.lora_switches += 1
+            load_s += lora_switch_s(applied, template.loras)
+        self.applied[worker_id] = (template.checkpoint, template.loras)
         run_s = batch_s(template.arch, template.steps, len(batch.jobs))
         self.busy_s += run_s
         self.batches += 1
@@ -170,7 +189,7 @@ class Simulation:
             model_loads=self.loads, makespan_s=round(end_s, 3),
             gpu_busy=round(self.busy_s / (self.spec.workers * end_s), 4) if end_s else 0.0,
             p50_wait_s=round(_percentile(waits, 0.50), 3),
-            p99_wait_s=round(_percentile(waits, 0.99), 3))
+            p99_wait_s=round(_percentile(waits, 0.99), 3), lora_switches=self.lora_switches)
 
 
 def run_policy(spec: TraceSpec, trace: list[TraceJob],

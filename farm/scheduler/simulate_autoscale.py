@@ -154,7 +154,7 @@ class AutoscaledSimulation(Simulation):
 
     def result(self) -> PolicyResult:
         c = self.cost()
-        return PolicyResult(self.loads, c.makespan_s, c.gpu_busy, c.p50_wait_s, c.p99_wait_s)
+        return PolicyResult(self.loads, c.makespan_s, c.gpu_busy, c.p50_wait_s, c.p99_wait_s, self.lora_switches)
 
 
 def run_autoscaled(spec: TraceSpec, trace: list[TraceJob], policy: PlacementPolicy,

@@ -45,6 +45,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-batch", type=int, default=d.max_batch)
     p.add_argument("--gpu-gb", type=float, default=d.gpu_gb)
     p.add_argument("--pinned-gb", type=float, default=d.pinned_gb)
+    p.add_argument("--loras", type=int, default=d.loras,
+                   help="LoRAs per checkpoint; jobs then name a LoRA set (default: none)")
     p.add_argument("--policies", default=",".join(POLICY_NAMES),
                    help="comma-separated subset of " + ", ".join(POLICY_NAMES))
     p.add_argument("--max-wait-s", type=float, default=None, help="farm's starvation bound")
@@ -64,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     spec = TraceSpec(jobs=args.jobs, workers=args.workers, checkpoints=args.checkpoints,
                      zipf=args.zipf, seed=args.seed, load=args.load, arrivals=args.arrivals,
-                     max_batch=args.max_batch, gpu_gb=args.gpu_gb, pinned_gb=args.pinned_gb)
+                     max_batch=args.max_batch, gpu_gb=args.gpu_gb, pinned_gb=args.pinned_gb, loras=args.loras)
     trace = make_trace(spec)
     try:
         scaling = autoscale.scaling_of(args) if args.autoscale else None
@@ -96,11 +98,11 @@ def main(argv: list[str] | None = None) -> int:
           f"(zipf {spec.zipf}), {spec.arrivals} arrivals at load {spec.load}, "
           f"span {info['span_s']:.0f} s, ideal makespan {info['ideal_makespan_s']:.0f} s")
     print(f"lower bound on model loads: {bound}")
-    header = f"{'policy':<14}{'loads':>8}{'makespan_s':>12}{'gpu_busy':>10}{'p50_wait_s':>12}" \
+    header = f"{'policy':<14}{'loads':>8}{'lora_sw':>9}{'makespan_s':>12}{'gpu_busy':>10}{'p50_wait_s':>12}" \
              f"{'p99_wait_s':>12}{'batch':>7}{'sim_s':>8}"
     print(header)
     for name, (r, s) in results.items():
-        print(f"{name:<14}{r.model_loads:>8}{r.makespan_s:>12.1f}{r.gpu_busy:>10.3f}"
+        print(f"{name:<14}{r.model_loads:>8}{r.lora_switches:>9}{r.makespan_s:>12.1f}{r.gpu_busy:>10.3f}"
               f"{r.p50_wait_s:>12.2f}{r.p99_wait_s:>12.2f}{s.mean_batch:>7.2f}{s.wall_s:>8.1f}")
     if costs is not None:
         autoscale.print_table(names[0], scaling, costs)

@@ -46,7 +46,8 @@ CREATE INDEX IF NOT EXISTS jobs_by_finish ON jobs (finished_s, seq) WHERE finish
 
 # Job fields that never change after submission travel together as one JSON column.
 _SPEC_FIELDS = ("workflow", "outputs_to_execute", "extra_data", "client_id", "checkpoint",
-                "checkpoint_bytes", "batch_key", "est_run_s", "est_extra_s")
+                "checkpoint_bytes", "batch_key", "est_run_s", "est_extra_s", "loras", "arch", "width",
+                "height", "images")
 _COLUMNS = "seq, job_id, number, front, state, attempts, worker_id, created_s, started_s, " \
            "finished_s, error, spec, outputs"
 _PENDING_ORDER = "ORDER BY front DESC, number, seq"

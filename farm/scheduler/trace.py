@@ -11,6 +11,11 @@ one template repeated (geometric size, mean `mean_burst` jobs, all at the same i
 bursts arriving as a Poisson process with the same offered load. 8 workers, each with
 12 GB of VRAM for weights (room for two SDXL UNets), 16 GB of pinned host RAM and 200 GB
 of local disk; batch limit 8.
+
+`loras` > 0 gives each checkpoint that many LoRAs: every template then comes without a LoRA
+and with each of them (its own batch key, as LoRA names are constants of the plan), so a
+job names a LoRA set with probability loras / (loras + 1). With 0 (the default) the trace
+is exactly the one without LoRAs.
 """
 from __future__ import annotations
 
@@ -20,6 +25,7 @@ import random
 from dataclasses import asdict, dataclass
 
 from farm.errors import ConfigError
+from farm.records.residency import LoraSet
 from farm.scheduler.costs import ARCHS, ArchProfile, batch_s, job_estimates
 
 STEP_CHOICES = (20, 25, 30)
@@ -39,6 +45,7 @@ class TraceSpec:
     gpu_gb: float = 12.0  # VRAM for weights per worker
     pinned_gb: float = 16.0  # pinned host RAM per worker
     disk_gb: float = 200.0  # local disk cache per worker
+    loras: int = 0  # LoRAs per checkpoint (0: jobs apply none)
 
 
 @dataclass(frozen=True)
@@ -51,6 +58,7 @@ class Template:
     est_run_s: float  # seconds alone (what upstream tells the dispatcher)
     est_extra_s: float  # seconds each further job adds to a batch
     image_s: float  # GPU seconds per image at the batch limit (the cheapest it can run)
+    loras: LoraSet = ()  # LoRA set its jobs apply
 
 
 @dataclass(frozen=True)
@@ -72,10 +80,13 @@ def templates(spec: TraceSpec) -> list[list[Template]]:
     result = []
     for name, arch in checkpoint_names(spec):
         row = []
+        variants: list[LoraSet] = [()] + [((f"{name}-lora{i}.safetensors", 1.0, 1.0),) for i in range(spec.loras)]
         for steps in STEP_CHOICES:
             run_s, extra_s = job_estimates(arch, steps, spec.max_batch)
-            row.append(Template(f"{name}|{steps}|euler|normal|{arch.resolution}", name, arch, steps,
-                                run_s, extra_s, batch_s(arch, steps, spec.max_batch) / spec.max_batch))
+            for loras in variants:
+                lora_part = "".join(f"|{n}@{m}" for n, m, _ in loras)
+                row.append(Template(f"{name}|{steps}|euler|normal|{arch.resolution}{lora_part}", name, arch, steps,
+                                    run_s, extra_s, batch_s(arch, steps, spec.max_batch) / spec.max_batch, loras))
         result.append(row)
     return result
 

@@ -7,6 +7,7 @@ actors/gpu_worker.py wraps this in a Ray actor; tests build it directly.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import threading
 import time
@@ -37,7 +38,7 @@ from farm.records.events import EventType, FarmEvent
 from farm.records.images import ImageRef
 from farm.records.metrics import GpuSample, WorkerCounters
 from farm.records.paths import FarmPaths
-from farm.records.residency import Residency
+from farm.records.residency import LoraSet, Residency, ResidencyReport
 from farm.scheduler.messages import (
     HISTORY_EVENTS,
     BatchResult,
@@ -106,6 +107,12 @@ class WorkerCore:
         self._state_lock = threading.Lock()
         self.gpu_monitor = gpu_monitor(device)  # None on a CPU worker
         self._identity: tuple[str, str] | None = None  # NVML (name, UUID), read once
+        self._applied: tuple[str | None, LoraSet] = (None, ())  # (checkpoint, LoRA set) of the last call
+        # Compile the configured shapes before the first job (the dispatcher registers this
+        # worker once it is built), so no job waits for the compiler; nothing with compile off.
+        started = time.perf_counter()
+        self.warm_shapes = self.models.compiler.warm(dtype)
+        self.warm_up_s = time.perf_counter() - started if self.warm_shapes else 0.0
 
     # -- running ---------------------------------------------------------------------------
 
@@ -122,7 +129,7 @@ class WorkerCore:
             with self._state_lock:
                 loads = self.models.moves[self._loads_seen:]
                 self._loads_seen = len(self.models.moves)
-            return BatchResult([reports[item.prompt_id] for item in items], self.models.report(), loads)
+            return BatchResult([reports[item.prompt_id] for item in items], self.report(), loads)
 
     @contextlib.contextmanager
     def _admitted(self) -> Iterator[None]:
@@ -180,6 +187,9 @@ class WorkerCore:
             return self.engine.run_batch(planned, stop)
         finally:
             self.models.release(names)
+            last = planned[-1].plan
+            with self._state_lock:
+                self._applied = (last.checkpoints[0] if last.checkpoints else None, last.loras)
 
     def _admit(self, item: WorkItem, report: JobReport) -> PlannedJob | None:
         """The job as the engine runs it, from the plan made at submission. What can differ
@@ -306,19 +316,36 @@ class WorkerCore:
         else:  # a CPU worker's device memory is the host's
             total, free = host_memory()
             used = total - free
-        return WorkerState(self.worker_id, self.node, str(self.device), index, name, self.models.report(), running,
+        return WorkerState(self.worker_id, self.node, str(self.device), index, name, self.report(), running,
                            used, total, free, torch_total, torch_free,
                            self.gpu_monitor.sample() if self.gpu_monitor else GpuSample(), self.counters(), uuid)
+
+    def report(self) -> ResidencyReport:
+        """What this worker holds, for the dispatcher: the residency tiers, the LoRA set its
+        last engine call applied (LoRA files stay read and bound; the base weights are
+        restored after every sampling loop, farm.models.lora), and the device memory free
+        for activations (the batch sizer's budget; None on a CPU worker)."""
+        with self._state_lock:
+            checkpoint, loras = self._applied
+        free = None
+        if self.device.type == "cuda":
+            device_free, _ = torch.cuda.mem_get_info(self.device)
+            # memory torch holds but no tensor uses is free for the next batch too
+            free = device_free + torch.cuda.memory_reserved(self.device) - torch.cuda.memory_allocated(self.device)
+        return dataclasses.replace(self.models.report(), lora_checkpoint=checkpoint, loras=loras, free_vram_bytes=free)
 
     def counters(self) -> WorkerCounters:
         return worker_counters(self.models, self.engine)
 
     def stats(self) -> dict:
-        """For benchmarks: what compiling cost per checkpoint and shape, and every model load."""
+        """For benchmarks: what compiling cost per checkpoint and shape, the warm-up at start
+        (seconds in all and per warm shape), and every model load."""
         return {"compile": self.models.compiler.report() if self.models.compiler else {},
                 "loads": [{"checkpoint": m.name, "source": m.source.value, "bytes": m.nbytes,
                            "seconds": round(m.seconds, 3)} for m in self.models.moves],
-                "pipeline_depth": self.pipeline_depth}
+                "pipeline_depth": self.pipeline_depth,
+                "warm_up": {"seconds": round(self.warm_up_s, 3),
+                            "shapes": {k: round(v, 3) for k, v in self.warm_shapes.items()}}}
 
 
 def _failed_before_running(job: PlannedJob, error: NodeExecutionError) -> JobOutcome:

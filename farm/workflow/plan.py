@@ -23,6 +23,8 @@ from farm.workflow.validate import normalize
 _BATCHED = {"batched": True}
 # The input that names a checkpoint, in every ComfyUI checkpoint loader.
 CHECKPOINT_INPUT = "ckpt_name"
+# The input that names a LoRA (LoraLoader, LoraLoaderModelOnly), and its strengths.
+LORA_INPUT = "lora_name"
 
 
 @dataclass(frozen=True)
@@ -34,19 +36,29 @@ class Plan:
     batch_signatures: dict[str, str]  # node id -> signature with batchable constants blanked
     batch_key: str  # equal for two plans that differ only in batchable constants
     checkpoints: tuple[str, ...]  # ckpt_name values used, first use first (for placement)
+    loras: tuple[tuple[str, float | None, float | None], ...] = ()  # (lora_name, strength_model,
+    # strength_clip) per LoRA loader, in run order (placement: records.residency.LoraSet)
+    image_size: tuple[int, int] | None = None  # largest (width, height) in pixels a node sets
+    # (EmptyLatentImage, LatentUpscale ...): what the batch sizer budgets memory for
+    images: int = 1  # images per prompt (the largest batch_size a node sets)
 
     def to_json(self) -> dict:
         """The plan as JSON, for the durable queue: a job keeps the plan it was validated
         with across a dispatcher restart instead of being planned again."""
         return {"workflow": self.workflow.to_api(), "outputs": list(self.outputs), "order": list(self.order),
                 "signatures": self.signatures, "batch_signatures": self.batch_signatures,
-                "batch_key": self.batch_key, "checkpoints": list(self.checkpoints)}
+                "batch_key": self.batch_key, "checkpoints": list(self.checkpoints),
+                "loras": [list(entry) for entry in self.loras],
+                "image_size": list(self.image_size) if self.image_size else None, "images": self.images}
 
     @classmethod
     def from_json(cls, data: dict) -> "Plan":
         return cls(parse_workflow(data["workflow"]), tuple(data["outputs"]), tuple(data["order"]),
                    dict(data["signatures"]), dict(data["batch_signatures"]), data["batch_key"],
-                   tuple(data["checkpoints"]))
+                   tuple(data["checkpoints"]),
+                   # a plan stored before placement read LoRAs and sizes: none, unknown
+                   tuple((n, m, c) for n, m, c in data.get("loras", ())),
+                   tuple(data["image_size"]) if data.get("image_size") else None, data.get("images", 1))
 
 
 def make_plan(workflow: Workflow, outputs_to_execute: Sequence[str], registry: NodeRegistry,
@@ -79,7 +91,36 @@ def make_plan(workflow: Workflow, outputs_to_execute: Sequence[str], registry: N
         if isinstance(name, str) and name not in checkpoints:
             checkpoints.append(name)
     batch_key = _digest(sorted(batch_signatures[o] for o in outputs))
-    return Plan(workflow, outputs, order, signatures, batch_signatures, batch_key, tuple(checkpoints))
+    return Plan(workflow, outputs, order, signatures, batch_signatures, batch_key, tuple(checkpoints),
+                *_placement_facts(workflow, order))
+
+
+def _placement_facts(workflow: Workflow, order: tuple[str, ...]):
+    """What placement and the batch sizer read off a plan: its LoRA set (in run order), the
+    largest image size a node sets, and the most images per prompt."""
+    loras: list[tuple[str, float | None, float | None]] = []
+    image_size: tuple[int, int] | None = None
+    images = 1
+    for node_id in order:
+        inputs = workflow.nodes[node_id].inputs
+        lora = inputs.get(LORA_INPUT)
+        if isinstance(lora, str):
+            loras.append((lora, _strength(inputs.get("strength_model", 1.0)), _strength(inputs.get("strength_clip"))))
+        width, height, count = (inputs.get(k) for k in ("width", "height", "batch_size"))
+        if _is_int(width) and _is_int(height) and (image_size is None or width * height > image_size[0] * image_size[1]):
+            image_size = (width, height)
+        if _is_int(count):
+            images = max(images, count)
+    return tuple(loras), image_size, images
+
+
+def _strength(value: Any) -> float | None:
+    """A LoRA strength as placement compares it; None when absent or fed by a link."""
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 def _topological_order(workflow: Workflow, outputs: tuple[str, ...]) -> tuple[str, ...]:

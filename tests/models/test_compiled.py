@@ -2,7 +2,8 @@
 (backend aot_eager: CI has two cores and no GPU, and inductor's code generation for the
 UNet takes minutes there; aot_eager runs the same dynamo trace, guards, bucket padding and
 dynamic batch dimension) against the plain module, for one job and for three jobs padded
-from 6 to 8 UNet rows."""
+from 6 to 8 UNet rows, after warming those shapes on a random-weight UNet as a worker does
+at start (the compile is then shared: one per test run)."""
 from __future__ import annotations
 
 import dataclasses
@@ -51,7 +52,16 @@ def _rc(n: int) -> RunContext:
 def test_compiled_latents_equal_eager(tiny_checkpoints, tmp_path):
     ck = load_checkpoint(tiny_checkpoints["tiny-sd15"].single_file, CPU, torch.float32)
     eager = DiffusionModel(ck.unet, DiscreteSchedule.sd(), ck.latent_scale_factor, False, "tiny")
-    compiler = UNetCompiler(CompileConfig(enabled=True, backend="aot_eager", cache_dir=tmp_path / "inductor"), CPU)
+    # Warmed first, as a worker does at start: a random-weight UNet of the architecture, for
+    # the two shapes sampled below (1 job: 2 rows; 3 jobs: 6 rows, padded to 8).
+    config = CompileConfig(enabled=True, backend="aot_eager", cache_dir=tmp_path / "inductor",
+                           warm_shapes=(("tiny-sd15", 1, 8, 8), ("tiny-sd15", 3, 8, 8)))
+    compiler = UNetCompiler(config, CPU)
+    started = time.perf_counter()
+    warmed = compiler.warm(torch.float32)
+    print(f"warm-up {time.perf_counter() - started:.1f} s: {warmed}")
+    assert set(warmed) == {"tiny-sd15 1x8x8", "tiny-sd15 3x8x8"} and all(s > 0 for s in warmed.values())
+    assert compiler.report() == {}  # the random-weight UNet is gone: no checkpoint's runner
     runner = compiler.runner(ck.unet, "tiny")
     assert compiler.runner(ck.unet, "tiny") is runner  # one per UNet, made once
     compiled = dataclasses.replace(eager, runner=runner)
@@ -83,3 +93,16 @@ def test_compiled_runner_falls_back_to_eager_on_a_compiler_fault():
     compiler = UNetCompiler(CompileConfig(enabled=True, backend="no-such-backend"), CPU)
     with pytest.raises(Exception):
         compiler.runner(Unet(), "bad")  # torch.compile itself names the unknown backend
+
+
+
+def test_with_compile_off_warm_shapes_do_nothing():
+    off = UNetCompiler(CompileConfig(enabled=False, warm_shapes=(("tiny-sd15", 1, 8, 8),)), CPU)
+    assert off.warm(torch.float32) == {} and off.report() == {} and off.warmed == {}
+
+def test_a_warm_shape_that_is_not_one_is_refused_by_name():
+    from farm.errors import ConfigError
+
+    for bad in (("sd3", 8, 64, 64), ("sd15", 0, 64, 64), ("sd15", 8, 64)):
+        with pytest.raises(ConfigError, match="warm shape"):
+            CompileConfig(warm_shapes=(bad,))

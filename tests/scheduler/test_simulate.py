@@ -16,7 +16,7 @@ def test_small_run_prints_the_json_shape_and_the_farm_loads_least(capsys):
     assert set(answer) == {"trace", "lower_bound_loads", "policies"}
     assert set(answer["policies"]) == {"farm", "round_robin", "least_loaded", "pressure"}
     for figures in answer["policies"].values():
-        assert set(figures) == {"model_loads", "makespan_s", "gpu_busy", "p50_wait_s", "p99_wait_s"}
+        assert set(figures) == {"model_loads", "makespan_s", "gpu_busy", "p50_wait_s", "p99_wait_s", "lora_switches"}
         assert 0 < figures["gpu_busy"] <= 1 and figures["p50_wait_s"] <= figures["p99_wait_s"]
         # Nothing finishes before the last job has arrived.
         assert figures["makespan_s"] >= answer["trace"]["span_s"]

@@ -74,6 +74,9 @@ def test_a_batch_reports_each_job_with_its_files_messages_and_events(rig):
     assert result.reports[0].images[0] != result.reports[1].images[0]
     assert result.reports[0].writes[0] is not result.reports[1].writes[0]
     assert "tiny-sd15.safetensors" in result.residency.gpu
+    assert (result.residency.lora_checkpoint, result.residency.loras) == ("tiny-sd15.safetensors", ())
+    assert result.residency.free_vram_bytes is None  # a CPU worker has no VRAM to budget
+    assert core.stats()["warm_up"] == {"seconds": 0.0, "shapes": {}}  # compile is off on the CPU: no warm-up
     assert [m.source for m in result.loads] == [Tier.STORE]
     progress = [e for e in events if e.type is EventType.PROGRESS]
     assert {e.data["prompt_id"] for e in progress} == {"p1", "p2"}
@@ -145,3 +148,19 @@ def test_a_failed_write_is_in_the_jobs_handle_not_a_raise_on_the_engine_thread(r
     assert report.ok and len(report.writes) == 1  # the job ran; only its file is missing
     with pytest.raises(OutputWriteError, match="blocked"):
         report.writes[0].result(30)
+
+
+def test_the_report_names_the_lora_set_the_last_call_applied(rig, tiny_loras):
+    core = rig[0]
+    lora = "tiny-sd15-kohya.safetensors"
+    workflow = json.loads(files("farm").joinpath("workflows/txt2img.json").read_text())
+    workflow["10"] = {"class_type": "LoraLoader", "inputs": {"model": ["4", 0], "clip": ["4", 1], "lora_name": lora,
+                                                             "strength_model": 0.7, "strength_clip": 0.4}}
+    workflow["3"]["inputs"]["model"] = ["10", 0]
+    for node in ("6", "7"):
+        workflow[node]["inputs"]["clip"] = ["10", 1]
+    prepared = prepare(workflow, default_registry(), NodeContext.for_paths(PATHS[0]), TINY, prompt_id="p-lora")
+    result = core.run_batch([WorkItem("p-lora", prepared.prompt, prepared.plan, None)])
+    assert result.reports[0].ok, result.reports[0].error
+    assert result.residency.loras == ((lora, 0.7, 0.4),) == core.state().residency.loras
+    assert result.residency.applied_loras("tiny-sd15.safetensors") == ((lora, 0.7, 0.4),)
