@@ -84,7 +84,8 @@ def test_finished_jobs_status_and_times():
     assert ok["preview_output"] == {**IMAGE, "nodeId": "9", "mediaType": "images"}
     failed = finished_job(history_item(HistoryStatus.ERROR, [start, error], outputs={}))
     assert failed["status"] == "failed"
-    assert failed["execution_error"] == {"prompt_id": "p3", "node_id": "3", "timestamp": 4000}
+    # node_type is always a string: ComfyUI's frontend drops a jobs list with a null there
+    assert failed["execution_error"] == {"prompt_id": "p3", "node_id": "3", "node_type": "", "timestamp": 4000}
     assert (failed["execution_start_time"], failed["execution_end_time"]) == (2000, 4000)
     assert "preview_output" not in failed  # None values are left out
     cancelled = finished_job(history_item(HistoryStatus.ERROR, [start, stopped], outputs={}))
