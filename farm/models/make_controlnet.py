@@ -27,6 +27,7 @@ from farm.models.controlnet import (
 )
 from farm.models.ldm_layout import LdmTensor, Op, unet_layout
 from farm.models.make import PlannedTensor, random_tensor, write_safetensors
+from farm.models.store import PICKLE_EXTENSIONS
 
 CONTROLNET_ARCHES = ("tiny-controlnet-sd15", "tiny-controlnet-sdxl", "controlnet-sd15", "controlnet-sdxl")
 LAYOUTS = ("ldm", "diffusers")
@@ -86,6 +87,8 @@ def make_controlnet(arch: str, path: Path, seed: int = 0, layout: str = "ldm") -
     if layout not in LAYOUTS:
         raise CheckpointError(f"unknown ControlNet layout {layout!r}; known: {', '.join(LAYOUTS)}")
     path = Path(path)
+    if path.suffix.lower() in PICKLE_EXTENSIONS:
+        raise CheckpointError(f"{path.name}: farm writes .safetensors files or diffusers folders, never pickles")
     tiny = base.startswith("tiny-")
     dtype = torch.float32 if tiny else torch.float16
     config = controlnet_config(base)

@@ -23,6 +23,8 @@ from farm.workflow.validate import normalize
 _BATCHED = {"batched": True}
 # The input that names a checkpoint, in every ComfyUI checkpoint loader.
 CHECKPOINT_INPUT = "ckpt_name"
+# Inputs that name other model files, and their folder under models/ (ComfyUI's names)
+MODEL_FILE_INPUTS = {"control_net_name": "controlnet", "lora_name": "loras"}
 
 
 @dataclass(frozen=True)
@@ -34,19 +36,22 @@ class Plan:
     batch_signatures: dict[str, str]  # node id -> signature with batchable constants blanked
     batch_key: str  # equal for two plans that differ only in batchable constants
     checkpoints: tuple[str, ...]  # ckpt_name values used, first use first (for placement)
+    # the other model files used, (folder, name), first use first: a worker checks it has them
+    model_files: tuple[tuple[str, str], ...] = ()
 
     def to_json(self) -> dict:
         """The plan as JSON, for the durable queue: a job keeps the plan it was validated
         with across a dispatcher restart instead of being planned again."""
         return {"workflow": self.workflow.to_api(), "outputs": list(self.outputs), "order": list(self.order),
                 "signatures": self.signatures, "batch_signatures": self.batch_signatures,
-                "batch_key": self.batch_key, "checkpoints": list(self.checkpoints)}
+                "batch_key": self.batch_key, "checkpoints": list(self.checkpoints),
+                "model_files": [list(f) for f in self.model_files]}
 
     @classmethod
     def from_json(cls, data: dict) -> "Plan":
         return cls(parse_workflow(data["workflow"]), tuple(data["outputs"]), tuple(data["order"]),
                    dict(data["signatures"]), dict(data["batch_signatures"]), data["batch_key"],
-                   tuple(data["checkpoints"]))
+                   tuple(data["checkpoints"]), tuple(tuple(f) for f in data.get("model_files", ())))
 
 
 def make_plan(workflow: Workflow, outputs_to_execute: Sequence[str], registry: NodeRegistry,
@@ -58,6 +63,7 @@ def make_plan(workflow: Workflow, outputs_to_execute: Sequence[str], registry: N
     signatures: dict[str, str] = {}
     batch_signatures: dict[str, str] = {}
     checkpoints: list[str] = []
+    model_files: list[tuple[str, str]] = []
     for node_id in order:
         call = workflow.nodes[node_id]
         node_cls = registry.get(call.class_type)
@@ -78,8 +84,13 @@ def make_plan(workflow: Workflow, outputs_to_execute: Sequence[str], registry: N
         name = call.inputs.get(CHECKPOINT_INPUT)
         if isinstance(name, str) and name not in checkpoints:
             checkpoints.append(name)
+        for input_name, folder in MODEL_FILE_INPUTS.items():
+            value = call.inputs.get(input_name)
+            if isinstance(value, str) and (folder, value) not in model_files:
+                model_files.append((folder, value))
     batch_key = _digest(sorted(batch_signatures[o] for o in outputs))
-    return Plan(workflow, outputs, order, signatures, batch_signatures, batch_key, tuple(checkpoints))
+    return Plan(workflow, outputs, order, signatures, batch_signatures, batch_key, tuple(checkpoints),
+                tuple(model_files))
 
 
 def _topological_order(workflow: Workflow, outputs: tuple[str, ...]) -> tuple[str, ...]:
