@@ -13,7 +13,11 @@ controlnet_conditioning_scale: ComfyUI's strength.
 import numpy as np
 import pytest
 import torch
-from diffusers import ControlNetModel, EulerDiscreteScheduler, StableDiffusionControlNetPipeline
+from diffusers import (
+    ControlNetModel,
+    EulerDiscreteScheduler,
+    StableDiffusionControlNetPipeline,
+)
 from PIL import Image
 
 from farm.engine.local import LocalRenderer
