@@ -42,11 +42,14 @@ def _limits(args):
 
 def cmd_make_checkpoint(args) -> int:
     from farm.models.make import make_checkpoint
+    from farm.models.make_controlnet import CONTROLNET_ARCHES, make_controlnet
     from farm.models.make_lora import LORA_ARCHES, make_lora
 
     started = time.perf_counter()
     if args.arch in LORA_ARCHES:
-        path = make_lora(args.arch, Path(args.path), seed=args.seed, layout=args.layout, rank=args.rank)
+        path = make_lora(args.arch, Path(args.path), seed=args.seed, layout=args.layout or "kohya", rank=args.rank)
+    elif args.arch in CONTROLNET_ARCHES:
+        path = make_controlnet(args.arch, Path(args.path), seed=args.seed, layout=args.layout or "ldm")
     else:
         path = make_checkpoint(args.arch, Path(args.path), seed=args.seed)
     print(f"wrote {args.arch} checkpoint to {path} in {time.perf_counter() - started:.1f} s")
@@ -295,11 +298,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("make-checkpoint", help="write a checkpoint with random weights")
     p.add_argument("arch", choices=("tiny-sd15", "tiny-sdxl", "sd15", "sdxl",
-                                    "tiny-lora-sd15", "tiny-lora-sdxl", "lora-sd15", "lora-sdxl"))
+                                    "tiny-lora-sd15", "tiny-lora-sdxl", "lora-sd15", "lora-sdxl",
+                                    "tiny-controlnet-sd15", "tiny-controlnet-sdxl", "controlnet-sd15", "controlnet-sdxl"))
     p.add_argument("path", help="ends in .safetensors: one file in the LDM layout; else a diffusers folder "
                                 "(a LoRA is always one .safetensors file)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--layout", choices=("kohya", "peft"), default="kohya", help="LoRA key layout")
+    p.add_argument("--layout", choices=("kohya", "peft", "ldm", "diffusers"), default=None,
+                   help="key layout: LoRA kohya (default) or peft; ControlNet file ldm (default) or diffusers")
     p.add_argument("--rank", type=int, default=4, help="LoRA rank")
     p.set_defaults(func=cmd_make_checkpoint)
 

@@ -67,3 +67,22 @@ def txt2img() -> dict:
         node, _, name = key.partition(".")
         workflow[node]["inputs"][name] = value
     return workflow
+
+
+# ControlNet files in tiny_models/controlnet, all seed 3 (so the same weights in every layout):
+# name -> (arch, layout); a name without .safetensors is a diffusers folder
+TINY_CONTROLNETS = {"tiny-cn-sd15.safetensors": ("tiny-controlnet-sd15", "ldm"),
+                    "tiny-cn-sd15-diffusers": ("tiny-controlnet-sd15", "diffusers"),
+                    "tiny-cn-sd15-diffkeys.safetensors": ("tiny-controlnet-sd15", "diffusers"),
+                    "tiny-cn-sdxl.safetensors": ("tiny-controlnet-sdxl", "ldm")}
+
+
+@pytest.fixture(scope="session")
+def tiny_controlnets(tiny_models) -> Path:
+    """tiny_models with random ControlNets for both tiny bases in controlnet/."""
+    from farm.models.make_controlnet import make_controlnet
+
+    for name, (arch, layout) in TINY_CONTROLNETS.items():
+        if not (tiny_models / "controlnet" / name).exists():
+            make_controlnet(arch, tiny_models / "controlnet" / name, seed=3, layout=layout)
+    return tiny_models

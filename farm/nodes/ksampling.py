@@ -20,6 +20,7 @@ from farm.sampling import (
     sample,
     slice_sigmas,
 )
+from farm.sampling.control import fill_uncond, rebase
 from farm.sampling.inpaint import MaskedDenoiser, latent_mask
 from farm.sampling.noise import indexed_noise
 from farm.sampling.stage import run_sampling
@@ -83,7 +84,7 @@ def _run_batch(rc, calls: list[SamplerCall]) -> list[Latent]:
     latent_in = torch.cat([c.latent.samples for c in calls]).to(device) * model.latent_scale
     time_ids = _time_ids(shape) if model.needs_time_ids else None
     positive = _side([c.positive for c in calls], rows, time_ids)
-    negative = _side([c.negative for c in calls], rows, time_ids)
+    negative = _side([fill_uncond(c.positive, c.negative) for c in calls], rows, time_ids)
     cfg = torch.tensor([c.cfg for c in calls], dtype=torch.float32).repeat_interleave(rows)
     denoiser = CFGDenoiser(model.eps, model.schedule, positive, negative, cfg)
     if any(c.latent.noise_mask is not None for c in calls):
@@ -125,9 +126,11 @@ def _side(conds: list[Conditioning], rows: int, time_ids: torch.Tensor | None) -
     different lengths are repeated to a common token count (exact for attention)."""
     if len(conds) == 1 and conds[0].embeds.shape[0] == 1:
         c = conds[0]
-        return Conditioning(c.embeds, c.pooled, time_ids)
+        return Conditioning(c.embeds, c.pooled, time_ids, c.control)
     tokens = math.lcm(*(c.embeds.shape[1] for c in conds))
     embeds = torch.cat([c.embeds[:1].repeat(rows, tokens // c.embeds.shape[1], 1) for c in conds])
     pooled = None if conds[0].pooled is None else torch.cat([c.pooled[:1].repeat(rows, 1) for c in conds])
     ids = None if time_ids is None else time_ids.repeat(len(conds) * rows, 1)
-    return Conditioning(embeds, pooled, ids)
+    # each job's ControlNets act on that job's rows only
+    control = tuple(h for j, c in enumerate(conds) for h in rebase(c.control, j * rows, rows))
+    return Conditioning(embeds, pooled, ids, control)

@@ -3,8 +3,14 @@ from __future__ import annotations
 
 from typing import Iterable, Iterator
 
+from farm.nodes.canny import Canny
 from farm.nodes.conditioning import CLIPSetLastLayer, CLIPTextEncode
 from farm.nodes.conditioning_ops import ConditioningConcat
+from farm.nodes.controlnet import (
+    ControlNetApply,
+    ControlNetApplyAdvanced,
+    ControlNetLoader,
+)
 from farm.nodes.image import ImageScale, LoadImage, PreviewImage, SaveImage
 from farm.nodes.image_ops import (
     ImageInvert,
@@ -31,6 +37,7 @@ BUILTIN_NODES: tuple[type[Node], ...] = (
     LoraLoader, LoraLoaderModelOnly,
     LatentUpscaleBy, RepeatLatentBatch, LatentFromBatch, SetLatentNoiseMask, VAEEncodeForInpaint,
     InpaintModelConditioning, ImageScaleBy, ImageScaleToTotalPixels, ImageInvert, LoadImageMask, ConditioningConcat,
+    ControlNetLoader, ControlNetApplyAdvanced, ControlNetApply, Canny,
 )
 # ComfyUI's frontend files core nodes under this module name.
 CORE_PYTHON_MODULE = "nodes"

@@ -56,9 +56,17 @@ class DiffusionModel:
                      "time_ids": cond.time_ids.to(self.device, self.dtype)}
         x_in, timestep = x_in.to(self.device, self.dtype), timestep.to(self.device)
         embeds = cond.embeds.to(self.device, self.dtype)
-        if self.runner is not None:
+        residuals = {}
+        if getattr(cond, "control", ()):  # ControlNets: their residuals join the UNet's skips (eager path)
+            from farm.models.controlnet import control_residuals
+
+            found = control_residuals(cond, x_in, timestep, self.schedule, added, self.dtype)
+            if found is not None:
+                residuals = {"down_block_additional_residuals": found[0], "mid_block_additional_residual": found[1]}
+        if self.runner is not None and not residuals:
             return self.runner(x_in, timestep, embeds, added).float()
-        out = self.unet(x_in, timestep, encoder_hidden_states=embeds, added_cond_kwargs=added, return_dict=False)[0]
+        out = self.unet(x_in, timestep, encoder_hidden_states=embeds, added_cond_kwargs=added, return_dict=False,
+                        **residuals)[0]
         return out.float()
 
 

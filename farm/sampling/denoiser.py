@@ -5,6 +5,7 @@ the farm's model layer adapts a diffusers UNet to it. Rows may belong to differe
 each row can have its own prompt (rows of Conditioning) and its own cfg scale."""
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -13,6 +14,7 @@ import torch
 from torch import Tensor
 
 from farm.errors import InvalidInputError
+from farm.sampling.control import ControlHint, rebase
 from farm.sampling.model_sampling import DiscreteSchedule
 
 
@@ -24,6 +26,7 @@ class Conditioning:
     embeds: Tensor  # [1 or B, T, D] text-encoder hidden states; T a multiple of 77
     pooled: Tensor | None = None  # [1 or B, P] pooled text embedding (SDXL), else None
     time_ids: Tensor | None = None  # [1 or B, K] SDXL size/crop conditioning, else None
+    control: tuple[ControlHint, ...] = ()  # ControlNets on these rows (farm.sampling.control)
 
 
 @dataclass(frozen=True, eq=False)
@@ -33,6 +36,8 @@ class CondBatch:
     embeds: Tensor  # [N, T, D]
     pooled: Tensor | None  # [N, P] or None
     time_ids: Tensor | None  # [N, K] or None
+    control: tuple[ControlHint, ...] = ()  # each hint's rows are rows of x_in
+    sigma: Tensor | None = None  # [N], the step's sigma per row: set when there are hints
 
 
 EpsFn = Callable[[Tensor, Tensor, CondBatch], Tensor]
@@ -62,7 +67,8 @@ def _stack(conds: list[Conditioning], batch: int) -> CondBatch:
                         for c in conds])
     pooled = None if conds[0].pooled is None else torch.cat([_rows(c.pooled, batch, "pooled output") for c in conds])
     time_ids = None if conds[0].time_ids is None else torch.cat([_rows(c.time_ids, batch, "time ids") for c in conds])
-    return CondBatch(embeds=embeds, pooled=pooled, time_ids=time_ids)
+    control = tuple(h for i, c in enumerate(conds) for h in rebase(c.control, i * batch, batch))
+    return CondBatch(embeds=embeds, pooled=pooled, time_ids=time_ids, control=control)
 
 
 class CFGDenoiser:
@@ -102,7 +108,10 @@ class CFGDenoiser:
         sigma_col = sigma.reshape(-1, *([1] * (x.ndim - 1)))
         x_in = (x / (sigma_col**2 + 1.0) ** 0.5).repeat(sides, *([1] * (x.ndim - 1)))
         timestep = self.schedule.timestep(sigma).float().repeat(sides)
-        eps = self.eps_fn(x_in, timestep, self._conds(batch, guided)).float()
+        conds = self._conds(batch, guided)
+        if conds.control:  # a ControlNet acts only within its window of sigmas
+            conds = dataclasses.replace(conds, sigma=sigma.reshape(-1).expand(batch).repeat(sides))
+        eps = self.eps_fn(x_in, timestep, conds).float()
         denoised = x.repeat(sides, *([1] * (x.ndim - 1))) - eps * sigma_col.repeat(sides, *([1] * (x.ndim - 1)))
         if not guided:
             return denoised

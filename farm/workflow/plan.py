@@ -25,6 +25,8 @@ _BATCHED = {"batched": True}
 CHECKPOINT_INPUT = "ckpt_name"
 # The input that names a LoRA (LoraLoader, LoraLoaderModelOnly), and its strengths.
 LORA_INPUT = "lora_name"
+# Inputs that name other model files, and their folder under models/ (ComfyUI's names)
+MODEL_FILE_INPUTS = {"control_net_name": "controlnet", "lora_name": "loras"}
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,8 @@ class Plan:
     image_size: tuple[int, int] | None = None  # largest (width, height) in pixels a node sets
     # (EmptyLatentImage, LatentUpscale ...): what the batch sizer budgets memory for
     images: int = 1  # images per prompt (the largest batch_size a node sets)
+    # the other model files used, (folder, name), first use first: a worker checks it has them
+    model_files: tuple[tuple[str, str], ...] = ()
 
     def to_json(self) -> dict:
         """The plan as JSON, for the durable queue: a job keeps the plan it was validated
@@ -49,7 +53,8 @@ class Plan:
                 "signatures": self.signatures, "batch_signatures": self.batch_signatures,
                 "batch_key": self.batch_key, "checkpoints": list(self.checkpoints),
                 "loras": [list(entry) for entry in self.loras],
-                "image_size": list(self.image_size) if self.image_size else None, "images": self.images}
+                "image_size": list(self.image_size) if self.image_size else None, "images": self.images,
+                "model_files": [list(f) for f in self.model_files]}
 
     @classmethod
     def from_json(cls, data: dict) -> "Plan":
@@ -58,7 +63,8 @@ class Plan:
                    tuple(data["checkpoints"]),
                    # a plan stored before placement read LoRAs and sizes: none, unknown
                    tuple((n, m, c) for n, m, c in data.get("loras", ())),
-                   tuple(data["image_size"]) if data.get("image_size") else None, data.get("images", 1))
+                   tuple(data["image_size"]) if data.get("image_size") else None, data.get("images", 1),
+                   tuple(tuple(f) for f in data.get("model_files", ())))
 
 
 def make_plan(workflow: Workflow, outputs_to_execute: Sequence[str], registry: NodeRegistry,
@@ -70,6 +76,7 @@ def make_plan(workflow: Workflow, outputs_to_execute: Sequence[str], registry: N
     signatures: dict[str, str] = {}
     batch_signatures: dict[str, str] = {}
     checkpoints: list[str] = []
+    model_files: list[tuple[str, str]] = []
     for node_id in order:
         call = workflow.nodes[node_id]
         node_cls = registry.get(call.class_type)
@@ -90,9 +97,13 @@ def make_plan(workflow: Workflow, outputs_to_execute: Sequence[str], registry: N
         name = call.inputs.get(CHECKPOINT_INPUT)
         if isinstance(name, str) and name not in checkpoints:
             checkpoints.append(name)
+        for input_name, folder in MODEL_FILE_INPUTS.items():
+            value = call.inputs.get(input_name)
+            if isinstance(value, str) and (folder, value) not in model_files:
+                model_files.append((folder, value))
     batch_key = _digest(sorted(batch_signatures[o] for o in outputs))
     return Plan(workflow, outputs, order, signatures, batch_signatures, batch_key, tuple(checkpoints),
-                *_placement_facts(workflow, order))
+                *_placement_facts(workflow, order), model_files=tuple(model_files))
 
 
 def _placement_facts(workflow: Workflow, order: tuple[str, ...]):

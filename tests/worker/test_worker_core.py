@@ -164,3 +164,35 @@ def test_the_report_names_the_lora_set_the_last_call_applied(rig, tiny_loras):
     assert result.reports[0].ok, result.reports[0].error
     assert result.residency.loras == ((lora, 0.7, 0.4),) == core.state().residency.loras
     assert result.residency.applied_loras("tiny-sd15.safetensors") == ((lora, 0.7, 0.4),)
+
+
+def test_a_controlnet_missing_on_this_node_is_an_invalid_job(rig, tiny_controlnets, tmp_path):
+    core, *_ = rig
+    head = tmp_path / "head-models"
+    (head / "controlnet").mkdir(parents=True)
+    (head / "checkpoints").symlink_to(tiny_controlnets / "checkpoints")
+    (head / "controlnet" / "head-only.safetensors").symlink_to(tiny_controlnets / "controlnet" / "tiny-cn-sd15.safetensors")
+    head_paths = FarmPaths.under(tmp_path, head)
+    head_paths.input.mkdir(parents=True)
+    (head_paths.input / "hint.png").write_bytes(_png())
+    workflow = json.loads(files("farm").joinpath("workflows/txt2img.json").read_text())
+    workflow["10"] = {"class_type": "ControlNetLoader", "inputs": {"control_net_name": "head-only.safetensors"}}
+    workflow["11"] = {"class_type": "LoadImage", "inputs": {"image": "hint.png"}}
+    workflow["12"] = {"class_type": "ControlNetApply", "inputs": {"conditioning": ["6", 0], "control_net": ["10", 0],
+                                                                 "image": ["11", 0], "strength": 1.0}}
+    workflow["3"]["inputs"]["positive"] = ["12", 0]
+    prepared = prepare(workflow, default_registry(), NodeContext.for_paths(head_paths), TINY, prompt_id="p5")
+    assert prepared.plan.model_files == (("controlnet", "head-only.safetensors"),)
+    result = core.run_batch([WorkItem("p5", prepared.prompt, prepared.plan, "client-1")])
+    (report,) = result.reports
+    assert report.failure is FailureKind.INVALID and "head-only" in report.error
+
+
+def _png() -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), "white").save(buffer, "PNG")
+    return buffer.getvalue()
