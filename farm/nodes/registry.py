@@ -24,6 +24,7 @@ from farm.nodes.loaders import CheckpointLoaderSimple
 from farm.nodes.lora import LoraLoader, LoraLoaderModelOnly
 from farm.nodes.sampler import KSampler, KSamplerAdvanced
 from farm.nodes.spec import Node, NodeContext, NodeSpec
+from farm.nodes.vae_loader import VAELoader
 
 BUILTIN_NODES: tuple[type[Node], ...] = (
     CheckpointLoaderSimple, CLIPTextEncode, CLIPSetLastLayer, EmptyLatentImage, KSampler, KSamplerAdvanced,
@@ -32,6 +33,7 @@ BUILTIN_NODES: tuple[type[Node], ...] = (
     LatentUpscaleBy, RepeatLatentBatch, LatentFromBatch, SetLatentNoiseMask, VAEEncodeForInpaint,
     InpaintModelConditioning, ImageScaleBy, ImageScaleToTotalPixels, ImageInvert, LoadImageMask, ConditioningConcat,
 )
+BUILTIN_NODES += (VAELoader,)
 # ComfyUI's frontend files core nodes under this module name.
 CORE_PYTHON_MODULE = "nodes"
 

@@ -192,6 +192,8 @@ class WorkerCore:
                 raise WorkflowFormatError("the job was stored without a plan (by an older farm); submit it again")
             for name in item.plan.checkpoints:
                 self.models.folders.resolve("checkpoints", name)
+            for folder, name in item.plan.model_files:
+                self.models.folders.resolve(folder, name)
         except FarmError as exc:
             report.failure, report.error = FailureKind.INVALID, f"cannot run on worker {self.worker_id}: {one_line(exc)}"
             report.finished_at_s = time.time()

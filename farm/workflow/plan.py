@@ -34,19 +34,21 @@ class Plan:
     batch_signatures: dict[str, str]  # node id -> signature with batchable constants blanked
     batch_key: str  # equal for two plans that differ only in batchable constants
     checkpoints: tuple[str, ...]  # ckpt_name values used, first use first (for placement)
+    model_files: tuple[tuple[str, str], ...] = ()  # (models folder, name) of other files (Node.model_files)
 
     def to_json(self) -> dict:
         """The plan as JSON, for the durable queue: a job keeps the plan it was validated
         with across a dispatcher restart instead of being planned again."""
         return {"workflow": self.workflow.to_api(), "outputs": list(self.outputs), "order": list(self.order),
                 "signatures": self.signatures, "batch_signatures": self.batch_signatures,
-                "batch_key": self.batch_key, "checkpoints": list(self.checkpoints)}
+                "batch_key": self.batch_key, "checkpoints": list(self.checkpoints),
+                "model_files": [list(f) for f in self.model_files]}
 
     @classmethod
     def from_json(cls, data: dict) -> "Plan":
         return cls(parse_workflow(data["workflow"]), tuple(data["outputs"]), tuple(data["order"]),
                    dict(data["signatures"]), dict(data["batch_signatures"]), data["batch_key"],
-                   tuple(data["checkpoints"]))
+                   tuple(data["checkpoints"]), tuple(tuple(f) for f in data.get("model_files", ())))
 
 
 def make_plan(workflow: Workflow, outputs_to_execute: Sequence[str], registry: NodeRegistry,
@@ -58,6 +60,7 @@ def make_plan(workflow: Workflow, outputs_to_execute: Sequence[str], registry: N
     signatures: dict[str, str] = {}
     batch_signatures: dict[str, str] = {}
     checkpoints: list[str] = []
+    model_files: list[tuple[str, str]] = []
     for node_id in order:
         call = workflow.nodes[node_id]
         node_cls = registry.get(call.class_type)
@@ -78,8 +81,13 @@ def make_plan(workflow: Workflow, outputs_to_execute: Sequence[str], registry: N
         name = call.inputs.get(CHECKPOINT_INPUT)
         if isinstance(name, str) and name not in checkpoints:
             checkpoints.append(name)
+        for input_name, folder in node_cls.model_files.items():
+            file = (folder, call.inputs.get(input_name))
+            if isinstance(file[1], str) and file not in model_files:
+                model_files.append(file)
     batch_key = _digest(sorted(batch_signatures[o] for o in outputs))
-    return Plan(workflow, outputs, order, signatures, batch_signatures, batch_key, tuple(checkpoints))
+    return Plan(workflow, outputs, order, signatures, batch_signatures, batch_key, tuple(checkpoints),
+                tuple(model_files))
 
 
 def _topological_order(workflow: Workflow, outputs: tuple[str, ...]) -> tuple[str, ...]:

@@ -27,7 +27,8 @@ def test_default_registry_has_the_builtins():
         "KSamplerAdvanced", "VAEDecode", "VAEEncode", "LoadImage", "SaveImage", "PreviewImage", "LatentUpscale",
         "ImageScale", "LoraLoader", "LoraLoaderModelOnly", "LatentUpscaleBy", "RepeatLatentBatch", "LatentFromBatch",
         "SetLatentNoiseMask", "VAEEncodeForInpaint", "InpaintModelConditioning", "ImageScaleBy",
-        "ImageScaleToTotalPixels", "ImageInvert", "LoadImageMask", "ConditioningConcat"}
+        "ImageScaleToTotalPixels", "ImageInvert", "LoadImageMask", "ConditioningConcat",
+        "VAELoader"}
 
 
 def test_object_info_ksampler_shape(ctx):
