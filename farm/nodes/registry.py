@@ -4,6 +4,12 @@ from __future__ import annotations
 from typing import Iterable, Iterator
 
 from farm.nodes.conditioning import CLIPSetLastLayer, CLIPTextEncode
+from farm.nodes.conditioning_area import (
+    ConditioningCombine,
+    ConditioningSetArea,
+    ConditioningSetAreaPercentage,
+    ConditioningSetTimestepRange,
+)
 from farm.nodes.conditioning_ops import ConditioningConcat
 from farm.nodes.image import ImageScale, LoadImage, PreviewImage, SaveImage
 from farm.nodes.image_ops import (
@@ -33,7 +39,8 @@ BUILTIN_NODES: tuple[type[Node], ...] = (
     LatentUpscaleBy, RepeatLatentBatch, LatentFromBatch, SetLatentNoiseMask, VAEEncodeForInpaint,
     InpaintModelConditioning, ImageScaleBy, ImageScaleToTotalPixels, ImageInvert, LoadImageMask, ConditioningConcat,
 )
-BUILTIN_NODES += (VAELoader,)
+BUILTIN_NODES += (VAELoader, ConditioningCombine, ConditioningSetArea, ConditioningSetAreaPercentage,
+                  ConditioningSetTimestepRange)
 # ComfyUI's frontend files core nodes under this module name.
 CORE_PYTHON_MODULE = "nodes"
 

@@ -28,7 +28,8 @@ def test_default_registry_has_the_builtins():
         "ImageScale", "LoraLoader", "LoraLoaderModelOnly", "LatentUpscaleBy", "RepeatLatentBatch", "LatentFromBatch",
         "SetLatentNoiseMask", "VAEEncodeForInpaint", "InpaintModelConditioning", "ImageScaleBy",
         "ImageScaleToTotalPixels", "ImageInvert", "LoadImageMask", "ConditioningConcat",
-        "VAELoader"}
+        "VAELoader", "ConditioningCombine", "ConditioningSetArea", "ConditioningSetAreaPercentage",
+        "ConditioningSetTimestepRange"}
 
 
 def test_object_info_ksampler_shape(ctx):
