@@ -136,14 +136,22 @@ def _denoiser(model: DiffusionModel, calls: list[SamplerCall], shape: tuple, row
 
 
 def _time_ids(model: DiffusionModel, entry: Conditioning, latent_shape: tuple, side: str) -> torch.Tensor | None:
-    """SDXL's size conditioning: (height, width, crop top, crop left, target height, width).
-    What the entry leaves unset is the latent's image size, as ComfyUI takes it."""
+    """SDXL's added ids: (height, width, crop top, crop left, target height, target width);
+    the refiner's: (height, width, crop top, crop left, aesthetic score). What the entry
+    leaves unset is the latent's image size, crop 0 and the refiner's scores 6 (positive) and
+    2.5 (negative), as ComfyUI takes them."""
     if not model.needs_time_ids:
         return None
     size = entry.size or SizeConditioning()
-    h, w = latent_shape[-2] * 8, latent_shape[-1] * 8
-    height, width = size.height or h, size.width or w
-    ids = [height, width, size.crop_h, size.crop_w, size.target_height or height, size.target_width or width]
+    height = latent_shape[-2] * 8 if size.height is None else size.height
+    width = latent_shape[-1] * 8 if size.width is None else size.width
+    if getattr(model, "aesthetic_ids", False):
+        score = size.aesthetic_score if size.aesthetic_score is not None else (2.5 if side == "negative" else 6.0)
+        ids = [height, width, size.crop_h, size.crop_w, score]
+    else:
+        ids = [height, width, size.crop_h, size.crop_w,
+               height if size.target_height is None else size.target_height,
+               width if size.target_width is None else size.target_width]
     return torch.tensor([ids], dtype=torch.float32)
 
 

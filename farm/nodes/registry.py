@@ -29,6 +29,7 @@ from farm.nodes.latent_ops import (
 from farm.nodes.loaders import CheckpointLoaderSimple
 from farm.nodes.lora import LoraLoader, LoraLoaderModelOnly
 from farm.nodes.sampler import KSampler, KSamplerAdvanced
+from farm.nodes.sdxl_text import CLIPTextEncodeSDXL, CLIPTextEncodeSDXLRefiner
 from farm.nodes.spec import Node, NodeContext, NodeSpec
 from farm.nodes.vae_loader import VAELoader
 
@@ -40,7 +41,7 @@ BUILTIN_NODES: tuple[type[Node], ...] = (
     InpaintModelConditioning, ImageScaleBy, ImageScaleToTotalPixels, ImageInvert, LoadImageMask, ConditioningConcat,
 )
 BUILTIN_NODES += (VAELoader, ConditioningCombine, ConditioningSetArea, ConditioningSetAreaPercentage,
-                  ConditioningSetTimestepRange)
+                  ConditioningSetTimestepRange, CLIPTextEncodeSDXL, CLIPTextEncodeSDXLRefiner)
 # ComfyUI's frontend files core nodes under this module name.
 CORE_PYTHON_MODULE = "nodes"
 

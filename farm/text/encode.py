@@ -29,6 +29,7 @@ from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokeniz
 from farm.errors import InvalidInputError
 from farm.text.conditioning import Conditioning
 from farm.text.tokenize import (
+    CHUNK_LENGTH,
     TokenChunk,
     clip_g_tokenizer,
     clip_l_tokenizer,
@@ -107,6 +108,21 @@ class ClipTextEncoder:
         embeds = torch.cat([z_l[:, :length].to(dtype), z_g[:, :length].to(z_l.device, dtype)], dim=-1)
         return Conditioning(embeds=embeds, pooled=pooled.to(z_l.device))
 
+    def encode_sdxl(self, text_g: str, text_l: str) -> Conditioning:
+        """CLIPTextEncodeSDXL: clip_g reads text_g and clip_l text_l; the one with fewer
+        77-token chunks is padded with empty-prompt chunks, as ComfyUI pads its tokens."""
+        if self.arch is not ClipArch.SDXL:
+            raise InvalidInputError("CLIPTextEncodeSDXL needs SDXL's CLIP (clip_l and clip_g); this CLIP is "
+                                    f"{self.arch.value}'s: use CLIP Text Encode (Prompt)")
+        tower_l, tower_g = self._towers()
+        with torch.no_grad():
+            z_l, _ = _encode_tower(text_l, tower_l, self.layer)
+            z_g, pooled = _encode_tower(text_g, tower_g, self.layer)
+            z_l, z_g = _pad_chunks(z_l, z_g, tower_l, tower_g, self.layer)
+        dtype = torch.promote_types(z_l.dtype, z_g.dtype)
+        embeds = torch.cat([z_l.to(dtype), z_g.to(z_l.device, dtype)], dim=-1)
+        return Conditioning(embeds=embeds, pooled=pooled.to(z_l.device))
+
     def _towers(self) -> list[_Tower]:
         if self.arch is ClipArch.SD1:
             return [_Tower(self.tokenizer, self.text_model, default_layer=None, norm_hidden=True,
@@ -136,6 +152,20 @@ def _encode_tower(text: str, tower: _Tower, layer: int | None) -> tuple[Tensor, 
     embeds = z[: len(chunks)].reshape(1, -1, z.shape[-1])
     pooled = out.text_embeds[0:1] if tower.gives_pooled else None  # the first chunk's, as ComfyUI
     return embeds, pooled
+
+
+def _pad_chunks(z_l: Tensor, z_g: Tensor, tower_l: _Tower, tower_g: _Tower, layer: int | None
+                ) -> tuple[Tensor, Tensor]:
+    """Chunks are encoded one by one, so padding the tokens with empty chunks is appending
+    the empty prompt's encoding to the shorter side."""
+    missing = (z_g.shape[1] - z_l.shape[1]) // CHUNK_LENGTH
+    if missing > 0:
+        empty = _encode_tower("", tower_l, layer)[0]
+        z_l = torch.cat([z_l, empty.repeat(1, missing, 1)], dim=1)
+    elif missing < 0:
+        empty = _encode_tower("", tower_g, layer)[0]
+        z_g = torch.cat([z_g, empty.repeat(1, -missing, 1)], dim=1)
+    return z_l, z_g
 
 
 def _final_layer_norm(model: CLIPTextModel | CLIPTextModelWithProjection) -> torch.nn.Module:

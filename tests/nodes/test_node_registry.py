@@ -29,7 +29,7 @@ def test_default_registry_has_the_builtins():
         "SetLatentNoiseMask", "VAEEncodeForInpaint", "InpaintModelConditioning", "ImageScaleBy",
         "ImageScaleToTotalPixels", "ImageInvert", "LoadImageMask", "ConditioningConcat",
         "VAELoader", "ConditioningCombine", "ConditioningSetArea", "ConditioningSetAreaPercentage",
-        "ConditioningSetTimestepRange"}
+        "ConditioningSetTimestepRange", "CLIPTextEncodeSDXL", "CLIPTextEncodeSDXLRefiner"}
 
 
 def test_object_info_ksampler_shape(ctx):
