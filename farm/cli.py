@@ -294,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("make-checkpoint", help="write a checkpoint with random weights")
-    p.add_argument("arch", choices=("tiny-sd15", "tiny-sdxl", "sd15", "sdxl",
+    p.add_argument("arch", choices=("tiny-sd15", "tiny-sdxl", "sd15", "sdxl", "tiny-sdxl-refiner", "sdxl-refiner",
                                     "tiny-lora-sd15", "tiny-lora-sdxl", "lora-sd15", "lora-sdxl"))
     p.add_argument("path", help="ends in .safetensors: one file in the LDM layout; else a diffusers folder "
                                 "(a LoRA is always one .safetensors file)")

@@ -41,6 +41,7 @@ from farm.text.tokenize import (
 class ClipArch(str, Enum):
     SD1 = "sd1"
     SDXL = "sdxl"
+    SDXL_REFINER = "sdxl-refiner"  # OpenCLIP bigG alone, in tokenizer/text_model
 
 
 @dataclass(frozen=True)
@@ -71,8 +72,9 @@ class ClipTextEncoder:
         if self.arch is ClipArch.SDXL and has_g != (True, True):
             raise InvalidInputError("an SDXL text encoder needs tokenizer_g and text_model_g (OpenCLIP bigG); "
                              "use ClipTextEncoder.sdxl(...)")
-        if self.arch is ClipArch.SD1 and any(has_g):
-            raise InvalidInputError("an SD1 text encoder has a single CLIP model; drop tokenizer_g/text_model_g")
+        if self.arch is not ClipArch.SDXL and any(has_g):
+            raise InvalidInputError(f"an {self.arch.value} text encoder has a single CLIP model; "
+                                    "drop tokenizer_g/text_model_g")
         if self.layer is not None and self.layer >= 0:
             raise InvalidInputError(f"CLIP layer {self.layer} is not allowed: give a negative layer, "
                              "-1 for the last, -2 for the one before it")
@@ -88,6 +90,11 @@ class ClipTextEncoder:
         return cls(ClipArch.SDXL, tokenizer_l or clip_l_tokenizer(), text_model_l,
                    tokenizer_g or clip_g_tokenizer(), text_model_g)
 
+    @classmethod
+    def sdxl_refiner(cls, text_model_g: CLIPTextModelWithProjection, tokenizer_g: CLIPTokenizer | None = None,
+                     ) -> ClipTextEncoder:
+        return cls(ClipArch.SDXL_REFINER, tokenizer_g or clip_g_tokenizer(), text_model_g)
+
     def with_last_layer(self, layer: int) -> ClipTextEncoder:
         """CLIPSetLastLayer: a copy that reads hidden layer `layer` (-1 last, -2 penultimate...)."""
         return dataclasses.replace(self, layer=layer)
@@ -99,8 +106,8 @@ class ClipTextEncoder:
         # later, and the conditioning is handed on to code that this module does not own.
         with torch.no_grad():
             outputs = [_encode_tower(text, tower, self.layer) for tower in towers]
-        if len(outputs) == 1:
-            return Conditioning(embeds=outputs[0][0], pooled=None)
+        if len(outputs) == 1:  # SD1 (no pooled) or the refiner (bigG's pooled)
+            return Conditioning(embeds=outputs[0][0], pooled=outputs[0][1])
         (z_l, _), (z_g, pooled) = outputs
         # ComfyUI cuts both to the shorter; both tokenizers chunk alike, so this is a guard.
         length = min(z_l.shape[1], z_g.shape[1])
@@ -127,6 +134,8 @@ class ClipTextEncoder:
         if self.arch is ClipArch.SD1:
             return [_Tower(self.tokenizer, self.text_model, default_layer=None, norm_hidden=True,
                            gives_pooled=False)]
+        if self.arch is ClipArch.SDXL_REFINER:  # ComfyUI reads bigG the same way here as in the base
+            return [_Tower(self.tokenizer, self.text_model, default_layer=-2, norm_hidden=False, gives_pooled=True)]
         return [_Tower(self.tokenizer, self.text_model, default_layer=-2, norm_hidden=False, gives_pooled=False),
                 _Tower(self.tokenizer_g, self.text_model_g, default_layer=-2, norm_hidden=False, gives_pooled=True)]
 
