@@ -297,7 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("make-checkpoint", help="write a checkpoint with random weights")
-    p.add_argument("arch", choices=("tiny-sd15", "tiny-sdxl", "sd15", "sdxl",
+    p.add_argument("arch", choices=("tiny-sd15", "tiny-sdxl", "sd15", "sdxl", "tiny-sdxl-refiner", "sdxl-refiner",
                                     "tiny-lora-sd15", "tiny-lora-sdxl", "lora-sd15", "lora-sdxl",
                                     "tiny-controlnet-sd15", "tiny-controlnet-sdxl", "controlnet-sd15", "controlnet-sdxl"))
     p.add_argument("path", help="ends in .safetensors: one file in the LDM layout; else a diffusers folder "

@@ -20,7 +20,7 @@ from typing import Any
 
 from farm.errors import CheckpointError, UnsupportedCheckpointError
 
-ARCHES = ("tiny-sd15", "tiny-sdxl", "sd15", "sdxl")
+ARCHES = ("tiny-sd15", "tiny-sdxl", "sd15", "sdxl", "tiny-sdxl-refiner", "sdxl-refiner")
 CONFIGS_METADATA_KEY = "renderfarm.configs"  # JSON: {"arch": name, "unet": {...}, "vae": {...}, ...}
 
 UNET_PREFIX = "model.diffusion_model."
@@ -51,6 +51,9 @@ CLIP_L_SDXL = TextEncoderSpec("clip_l", "text_encoder", "tokenizer", "conditione
                               TextLayout.HF_CLIP, False, "<|endoftext|>")
 CLIP_G_SDXL = TextEncoderSpec("clip_g", "text_encoder_2", "tokenizer_2", "conditioner.embedders.1.model.",
                               TextLayout.OPEN_CLIP, True, "!")
+# the refiner has OpenCLIP bigG alone, as the first embedder
+CLIP_G_REFINER = TextEncoderSpec("clip_g", "text_encoder_2", "tokenizer_2", "conditioner.embedders.0.model.",
+                                 TextLayout.OPEN_CLIP, True, "!")
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,7 @@ class FamilySpec:
 class Arch(Enum):
     SD15 = "sd15"
     SDXL = "sdxl"
+    SDXL_REFINER = "sdxl-refiner"  # img2img on SDXL latents; time ids carry an aesthetic score
 
     @property
     def spec(self) -> FamilySpec:
@@ -85,9 +89,11 @@ class Arch(Enum):
 FAMILY_SPECS: dict[Arch, FamilySpec] = {
     Arch.SD15: FamilySpec(0.18215, 512, (CLIP_L_SD1,), "StableDiffusionPipeline"),
     Arch.SDXL: FamilySpec(0.13025, 1024, (CLIP_L_SDXL, CLIP_G_SDXL), "StableDiffusionXLPipeline"),
+    Arch.SDXL_REFINER: FamilySpec(0.13025, 1024, (CLIP_G_REFINER,), "StableDiffusionXLImg2ImgPipeline"),
 }
 ARCH_FAMILY: dict[str, Arch] = {"tiny-sd15": Arch.SD15, "sd15": Arch.SD15,
-                                "tiny-sdxl": Arch.SDXL, "sdxl": Arch.SDXL}
+                                "tiny-sdxl": Arch.SDXL, "sdxl": Arch.SDXL,
+                                "tiny-sdxl-refiner": Arch.SDXL_REFINER, "sdxl-refiner": Arch.SDXL_REFINER}
 
 
 @dataclass(frozen=True)
@@ -167,7 +173,6 @@ _FOREIGN: tuple[tuple[str, str], ...] = (
     ("model.diffusion_model.double_blocks.", "Flux"),
     ("double_blocks.", "Flux"),
     ("cond_stage_model.model.", "Stable Diffusion 2.x (OpenCLIP-H text encoder)"),
-    ("conditioner.embedders.0.model.", "the SDXL refiner (OpenCLIP-G only)"),
     ("lora_unet_", "a LoRA (load it with a LoRA loader, not as a checkpoint)"),
     ("lora_te", "a LoRA (load it with a LoRA loader, not as a checkpoint)"),
 )
@@ -199,6 +204,8 @@ def detect_family(keys: Iterable[str], shapes: Mapping[str, tuple[int, ...]] | N
         arch = Arch.SD15
     elif has(CLIP_L_SDXL.ldm_prefix) and has(CLIP_G_SDXL.ldm_prefix) and has(UNET_PREFIX + "label_emb."):
         arch = Arch.SDXL
+    elif has(CLIP_G_REFINER.ldm_prefix) and has(UNET_PREFIX + "label_emb."):
+        arch = Arch.SDXL_REFINER
     else:
         raise UnsupportedCheckpointError(
             f"a UNet without the text encoders of SD1.x or SDXL (found {_prefix_summary(keys)}); "

@@ -46,6 +46,6 @@ def choose_vae_dtype(arch: Arch, device: torch.device, dtype: torch.dtype) -> to
     """
     if torch.device(device).type != "cuda":
         return torch.float32
-    if arch is Arch.SDXL and dtype == torch.float16:
+    if arch in (Arch.SDXL, Arch.SDXL_REFINER) and dtype == torch.float16:
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
     return dtype

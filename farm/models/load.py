@@ -281,8 +281,7 @@ def _folder_family(path: Path, index: Mapping[str, Any]) -> Arch:
     if present("text_encoder") and present("text_encoder_2"):
         return Arch.SDXL
     if present("text_encoder_2"):
-        raise UnsupportedCheckpointError(f"{path.name} has only a second text encoder (the SDXL refiner?); "
-                                         "farm runs SD1.x and SDXL base models")
+        return Arch.SDXL_REFINER  # OpenCLIP bigG alone
     if not present("text_encoder"):
         raise UnsupportedCheckpointError(f"{path.name} ({what}) has no text encoder; farm runs SD1.x and SDXL")
     text_config = _read_json(path / "text_encoder" / "config.json")

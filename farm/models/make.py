@@ -162,7 +162,7 @@ def _write_diffusers_folder(info: ArchInfo, path: Path, seed: int, dtype: torch.
         index[spec.tokenizer_dir] = ["transformers", "CLIPTokenizer"]
     _write_scheduler(staging / "scheduler")
     index["scheduler"] = ["diffusers", "EulerDiscreteScheduler"]
-    if len(info.text_encoders) == 1:
+    if info.text_encoders[0].name == "clip_l" and len(info.text_encoders) == 1:  # SD1's pipeline
         index.update(safety_checker=[None, None], feature_extractor=[None, None], requires_safety_checker=False)
     (staging / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
     if path.exists():

@@ -2,6 +2,8 @@
 ConditioningConcat (more tokens after the prompt's, one attention over both)."""
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from farm.nodes.spec import InputSpec, Node, NodeSpec, OutputSpec
@@ -19,8 +21,10 @@ class ConditioningConcat(Node):
 
     def run(self, rc, conditioning_to: Conditioning, conditioning_from: Conditioning):
         # ComfyUI appends the first entry of conditioning_from to each entry of
-        # conditioning_to along the token axis; pooled output and sizes stay conditioning_to's.
-        extra = conditioning_from.embeds[:1].to(conditioning_to.embeds.device, conditioning_to.embeds.dtype)
-        extra = extra.expand(conditioning_to.embeds.shape[0], -1, -1)
-        embeds = torch.cat([conditioning_to.embeds, extra], dim=1)
-        return (Conditioning(embeds, conditioning_to.pooled, conditioning_to.time_ids),)
+        # conditioning_to along the token axis; everything else stays conditioning_to's.
+        def concat(entry: Conditioning) -> Conditioning:
+            extra = conditioning_from.embeds[:1].to(entry.embeds.device, entry.embeds.dtype)
+            extra = extra.expand(entry.embeds.shape[0], -1, -1)
+            return dataclasses.replace(entry, embeds=torch.cat([entry.embeds, extra], dim=1))
+
+        return (conditioning_to.map_entries(concat),)

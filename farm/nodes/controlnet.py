@@ -61,6 +61,7 @@ CONTROLNETS = _LoadedControlNets()
 
 
 class ControlNetLoader(Node):
+    model_files = {"control_net_name": "controlnet"}
     spec = NodeSpec(
         class_type="ControlNetLoader",
         display_name="Load ControlNet Model",

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
+from farm.errors import InvalidInputError
 from farm.nodes.values import DiffusionModel, Latent
 from farm.sampling import (
     CFGDenoiser,
@@ -23,6 +24,12 @@ from farm.sampling import (
 from farm.sampling.control import fill_uncond, rebase
 from farm.sampling.inpaint import MaskedDenoiser, latent_mask
 from farm.sampling.noise import indexed_noise
+from farm.sampling.regions import (
+    RegionalCFGDenoiser,
+    SizeConditioning,
+    add_opposite_areas,
+    resolve_regions,
+)
 from farm.sampling.stage import run_sampling
 
 
@@ -82,11 +89,8 @@ def _run_batch(rc, calls: list[SamplerCall]) -> list[Latent]:
     # The sampler works on the UNet's latent scale on the model's device, in float32.
     device = model.device
     latent_in = torch.cat([c.latent.samples for c in calls]).to(device) * model.latent_scale
-    time_ids = _time_ids(shape) if model.needs_time_ids else None
-    positive = _side([c.positive for c in calls], rows, time_ids)
-    negative = _side([fill_uncond(c.positive, c.negative) for c in calls], rows, time_ids)
     cfg = torch.tensor([c.cfg for c in calls], dtype=torch.float32).repeat_interleave(rows)
-    denoiser = CFGDenoiser(model.eps, model.schedule, positive, negative, cfg)
+    denoiser = _denoiser(model, calls, shape, rows, cfg)
     if any(c.latent.noise_mask is not None for c in calls):
         # rows without a mask get mask 1, which leaves them exactly as unmasked sampling would
         mask = torch.cat([torch.ones(shape) if c.latent.noise_mask is None else latent_mask(c.latent.noise_mask, shape)
@@ -114,23 +118,59 @@ def _run_batch(rc, calls: list[SamplerCall]) -> list[Latent]:
     return [dataclasses.replace(c.latent, samples=block) for c, block in zip(calls, out.split(rows))]
 
 
-def _time_ids(latent_shape: tuple) -> torch.Tensor:
-    """SDXL's size conditioning: ComfyUI takes the image size from the latent when the
-    conditioning names none: (height, width, crop top, crop left, target height, width)."""
-    h, w = latent_shape[-2] * 8, latent_shape[-1] * 8
-    return torch.tensor([[h, w, 0, 0, h, w]], dtype=torch.float32)
+def _denoiser(model: DiffusionModel, calls: list[SamplerCall], shape: tuple, rows: int, cfg: torch.Tensor):
+    """Plain prompts (one entry each, whole latent, whole schedule) take the CFGDenoiser;
+    areas, timestep ranges or combined entries take the regional one."""
+    def ids(side: str):
+        return lambda entry: _time_ids(model, entry, shape, side)
+
+    if all(c.positive.is_plain and c.negative.is_plain for c in calls):
+        positive = _side([c.positive for c in calls], rows, [ids("positive")(c.positive) for c in calls])
+        negatives = [fill_uncond(c.positive, c.negative) for c in calls]
+        negative = _side(negatives, rows, [ids("negative")(n) for n in negatives])
+        return CFGDenoiser(model.eps, model.schedule, positive, negative, cfg)
+    if any(e.control for c in calls for side in (c.positive, c.negative) for e in side.entries()):
+        raise InvalidInputError("a ControlNet together with areas, timestep ranges or combined conditioning "
+                                "is not supported yet: apply the ControlNet to a plain prompt")
+    lh, lw = shape[-2:]
+    positive = [resolve_regions(c.positive, lh, lw, model.schedule, ids("positive")) for c in calls]
+    negative = [resolve_regions(c.negative, lh, lw, model.schedule, ids("negative")) for c in calls]
+    for pos, neg in zip(positive, negative):
+        add_opposite_areas(pos, neg)  # ComfyUI's order: positive's areas first, then negative's
+        add_opposite_areas(neg, pos)
+    return RegionalCFGDenoiser(model.eps, model.schedule, positive, negative, cfg, rows)
 
 
-def _side(conds: list[Conditioning], rows: int, time_ids: torch.Tensor | None) -> Conditioning:
+def _time_ids(model: DiffusionModel, entry: Conditioning, latent_shape: tuple, side: str) -> torch.Tensor | None:
+    """SDXL's added ids: (height, width, crop top, crop left, target height, target width);
+    the refiner's: (height, width, crop top, crop left, aesthetic score). What the entry
+    leaves unset is the latent's image size, crop 0 and the refiner's scores 6 (positive) and
+    2.5 (negative), as ComfyUI takes them."""
+    if not model.needs_time_ids:
+        return None
+    size = entry.size or SizeConditioning()
+    height = latent_shape[-2] * 8 if size.height is None else size.height
+    width = latent_shape[-1] * 8 if size.width is None else size.width
+    if getattr(model, "aesthetic_ids", False):
+        score = size.aesthetic_score if size.aesthetic_score is not None else (2.5 if side == "negative" else 6.0)
+        ids = [height, width, size.crop_h, size.crop_w, score]
+    else:
+        ids = [height, width, size.crop_h, size.crop_w,
+               height if size.target_height is None else size.target_height,
+               width if size.target_width is None else size.target_width]
+    return torch.tensor([ids], dtype=torch.float32)
+
+
+def _side(conds: list[Conditioning], rows: int, time_ids: list[torch.Tensor | None]) -> Conditioning:
     """One side (positive or negative) of every job, one row per latent row. Prompts of
     different lengths are repeated to a common token count (exact for attention)."""
     if len(conds) == 1 and conds[0].embeds.shape[0] == 1:
         c = conds[0]
-        return Conditioning(c.embeds, c.pooled, time_ids, c.control)
+        return Conditioning(c.embeds, c.pooled, time_ids[0], c.control)
     tokens = math.lcm(*(c.embeds.shape[1] for c in conds))
     embeds = torch.cat([c.embeds[:1].repeat(rows, tokens // c.embeds.shape[1], 1) for c in conds])
     pooled = None if conds[0].pooled is None else torch.cat([c.pooled[:1].repeat(rows, 1) for c in conds])
-    ids = None if time_ids is None else time_ids.repeat(len(conds) * rows, 1)
+    ids = None if time_ids[0] is None else torch.cat([t.repeat(rows, 1) for t in time_ids])
     # each job's ControlNets act on that job's rows only
     control = tuple(h for j, c in enumerate(conds) for h in rebase(c.control, j * rows, rows))
     return Conditioning(embeds, pooled, ids, control)

@@ -40,13 +40,16 @@ class CheckpointLoaderSimple(Node):
 
     def run(self, rc, ckpt_name: str):
         loaded = rc.models.checkpoint(ckpt_name)
-        is_sdxl = loaded.arch.arch is Arch.SDXL
+        family = loaded.arch.arch
         compiler = getattr(rc.models, "compiler", None)  # farm.models.compiled.UNetCompiler, if any
         runner = compiler.runner(loaded.unet, ckpt_name) if compiler is not None else None
         model = DiffusionModel(loaded.unet, DiscreteSchedule.sd(), loaded.latent_scale_factor,
-                               needs_time_ids=is_sdxl, checkpoint_name=ckpt_name, runner=runner)
-        if is_sdxl:
+                               needs_time_ids=family is not Arch.SD15, checkpoint_name=ckpt_name, runner=runner,
+                               aesthetic_ids=family is Arch.SDXL_REFINER)
+        if family is Arch.SDXL:
             clip = ClipTextEncoder.sdxl(*loaded.text_encoders, *loaded.tokenizers)
+        elif family is Arch.SDXL_REFINER:
+            clip = ClipTextEncoder.sdxl_refiner(loaded.text_encoders[0], loaded.tokenizers[0])
         else:
             clip = ClipTextEncoder.sd1(loaded.text_encoders[0], loaded.tokenizers[0])
         return model, clip, VaeModel(loaded.vae)

@@ -146,6 +146,8 @@ class _LoraNode(Node):
     """What both LoRA loaders check before running: a pickle file is refused by name, and
     the file's size and time join the cache key (a replaced file is not served stale)."""
 
+    model_files = {"lora_name": "loras"}
+
     @classmethod
     def validate_inputs(cls, ctx: NodeContext, lora_name: str) -> str | None:
         return _refuse_pickle(lora_name)

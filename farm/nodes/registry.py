@@ -5,6 +5,12 @@ from typing import Iterable, Iterator
 
 from farm.nodes.canny import Canny
 from farm.nodes.conditioning import CLIPSetLastLayer, CLIPTextEncode
+from farm.nodes.conditioning_area import (
+    ConditioningCombine,
+    ConditioningSetArea,
+    ConditioningSetAreaPercentage,
+    ConditioningSetTimestepRange,
+)
 from farm.nodes.conditioning_ops import ConditioningConcat
 from farm.nodes.controlnet import (
     ControlNetApply,
@@ -29,7 +35,9 @@ from farm.nodes.latent_ops import (
 from farm.nodes.loaders import CheckpointLoaderSimple
 from farm.nodes.lora import LoraLoader, LoraLoaderModelOnly
 from farm.nodes.sampler import KSampler, KSamplerAdvanced
+from farm.nodes.sdxl_text import CLIPTextEncodeSDXL, CLIPTextEncodeSDXLRefiner
 from farm.nodes.spec import Node, NodeContext, NodeSpec
+from farm.nodes.vae_loader import VAELoader
 
 BUILTIN_NODES: tuple[type[Node], ...] = (
     CheckpointLoaderSimple, CLIPTextEncode, CLIPSetLastLayer, EmptyLatentImage, KSampler, KSamplerAdvanced,
@@ -39,6 +47,8 @@ BUILTIN_NODES: tuple[type[Node], ...] = (
     InpaintModelConditioning, ImageScaleBy, ImageScaleToTotalPixels, ImageInvert, LoadImageMask, ConditioningConcat,
     ControlNetLoader, ControlNetApplyAdvanced, ControlNetApply, Canny,
 )
+BUILTIN_NODES += (VAELoader, ConditioningCombine, ConditioningSetArea, ConditioningSetAreaPercentage,
+                  ConditioningSetTimestepRange, CLIPTextEncodeSDXL, CLIPTextEncodeSDXLRefiner)
 # ComfyUI's frontend files core nodes under this module name.
 CORE_PYTHON_MODULE = "nodes"
 

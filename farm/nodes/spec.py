@@ -167,6 +167,9 @@ class Node:
     hooks that see only constant inputs (linked values are not known before running)."""
 
     spec: ClassVar[NodeSpec]
+    # input name -> models folder of the file it names (VAELoader: {"vae_name": "vae"}): the
+    # plan lists those files, so a worker without them refuses the job before running it
+    model_files: ClassVar[Mapping[str, str]] = {}
 
     @classmethod
     def validate_inputs(cls, ctx: NodeContext, **constants: Any) -> str | None:

@@ -26,6 +26,7 @@ class DiffusionModel:
     # LoRAs (farm.models.lora.BoundLora) to add while sampling; the resident UNet itself
     # is never left changed, so the base and every LoRA variant of it share one copy.
     loras: tuple = ()
+    aesthetic_ids: bool = False  # the SDXL refiner: its time ids end in an aesthetic score
 
     @contextlib.contextmanager
     def patched(self) -> Iterator[None]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -21,12 +21,46 @@ from farm.sampling.model_sampling import DiscreteSchedule
 @dataclass(frozen=True, eq=False)
 class Conditioning:
     """One side of the guidance (positive or negative) for a batch: one row shared by every
-    latent row, or one row per latent row."""
+    latent row, or one row per latent row.
+
+    ComfyUI's CONDITIONING is a list of entries; this value is its first entry, and `rest`
+    holds the others (ConditioningCombine), each with empty `rest`. The fields after
+    `time_ids` are ComfyUI's entry options: where on the latent the entry acts, with what
+    weight, over which part of the schedule (see farm.sampling.regions), and SDXL's size
+    conditioning."""
 
     embeds: Tensor  # [1 or B, T, D] text-encoder hidden states; T a multiple of 77
     pooled: Tensor | None = None  # [1 or B, P] pooled text embedding (SDXL), else None
     time_ids: Tensor | None = None  # [1 or B, K] SDXL size/crop conditioning, else None
     control: tuple[ControlHint, ...] = ()  # ControlNets on these rows (farm.sampling.control)
+    area: Any = None  # farm.sampling.regions.Area; None: the whole latent
+    strength: float = 1.0  # the entry's weight where entries overlap
+    start_percent: float | None = None  # ConditioningSetTimestepRange: active from here ...
+    end_percent: float | None = None  # ... to here (0 = first step, 1 = last)
+    size: Any = None  # farm.sampling.regions.SizeConditioning (CLIPTextEncodeSDXL); None: the latent's size
+    rest: tuple["Conditioning", ...] = ()  # the list's further entries
+
+    def entries(self) -> tuple["Conditioning", ...]:
+        """ComfyUI's list: this entry (without `rest`) followed by the others."""
+        if not self.rest:
+            return (self,)
+        return (dataclasses.replace(self, rest=()), *self.rest)
+
+    @staticmethod
+    def from_entries(entries: "Sequence[Conditioning]") -> "Conditioning":
+        flat = [e for entry in entries for e in entry.entries()]
+        if not flat:
+            raise InvalidInputError("a conditioning needs at least one entry")
+        return dataclasses.replace(flat[0], rest=tuple(flat[1:]))
+
+    def map_entries(self, fn: "Callable[[Conditioning], Conditioning]") -> "Conditioning":
+        """Each entry through `fn`, as ComfyUI's conditioning_set_values applies to every entry."""
+        return Conditioning.from_entries([fn(e) for e in self.entries()])
+
+    @property
+    def is_plain(self) -> bool:
+        """One entry over the whole latent for the whole schedule: the CFGDenoiser's case."""
+        return not self.rest and self.area is None and self.start_percent is None and self.end_percent is None
 
 
 @dataclass(frozen=True, eq=False)

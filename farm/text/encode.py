@@ -29,6 +29,7 @@ from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokeniz
 from farm.errors import InvalidInputError
 from farm.text.conditioning import Conditioning
 from farm.text.tokenize import (
+    CHUNK_LENGTH,
     TokenChunk,
     clip_g_tokenizer,
     clip_l_tokenizer,
@@ -40,6 +41,7 @@ from farm.text.tokenize import (
 class ClipArch(str, Enum):
     SD1 = "sd1"
     SDXL = "sdxl"
+    SDXL_REFINER = "sdxl-refiner"  # OpenCLIP bigG alone, in tokenizer/text_model
 
 
 @dataclass(frozen=True)
@@ -70,8 +72,9 @@ class ClipTextEncoder:
         if self.arch is ClipArch.SDXL and has_g != (True, True):
             raise InvalidInputError("an SDXL text encoder needs tokenizer_g and text_model_g (OpenCLIP bigG); "
                              "use ClipTextEncoder.sdxl(...)")
-        if self.arch is ClipArch.SD1 and any(has_g):
-            raise InvalidInputError("an SD1 text encoder has a single CLIP model; drop tokenizer_g/text_model_g")
+        if self.arch is not ClipArch.SDXL and any(has_g):
+            raise InvalidInputError(f"an {self.arch.value} text encoder has a single CLIP model; "
+                                    "drop tokenizer_g/text_model_g")
         if self.layer is not None and self.layer >= 0:
             raise InvalidInputError(f"CLIP layer {self.layer} is not allowed: give a negative layer, "
                              "-1 for the last, -2 for the one before it")
@@ -87,6 +90,11 @@ class ClipTextEncoder:
         return cls(ClipArch.SDXL, tokenizer_l or clip_l_tokenizer(), text_model_l,
                    tokenizer_g or clip_g_tokenizer(), text_model_g)
 
+    @classmethod
+    def sdxl_refiner(cls, text_model_g: CLIPTextModelWithProjection, tokenizer_g: CLIPTokenizer | None = None,
+                     ) -> ClipTextEncoder:
+        return cls(ClipArch.SDXL_REFINER, tokenizer_g or clip_g_tokenizer(), text_model_g)
+
     def with_last_layer(self, layer: int) -> ClipTextEncoder:
         """CLIPSetLastLayer: a copy that reads hidden layer `layer` (-1 last, -2 penultimate...)."""
         return dataclasses.replace(self, layer=layer)
@@ -98,8 +106,8 @@ class ClipTextEncoder:
         # later, and the conditioning is handed on to code that this module does not own.
         with torch.no_grad():
             outputs = [_encode_tower(text, tower, self.layer) for tower in towers]
-        if len(outputs) == 1:
-            return Conditioning(embeds=outputs[0][0], pooled=None)
+        if len(outputs) == 1:  # SD1 (no pooled) or the refiner (bigG's pooled)
+            return Conditioning(embeds=outputs[0][0], pooled=outputs[0][1])
         (z_l, _), (z_g, pooled) = outputs
         # ComfyUI cuts both to the shorter; both tokenizers chunk alike, so this is a guard.
         length = min(z_l.shape[1], z_g.shape[1])
@@ -107,10 +115,27 @@ class ClipTextEncoder:
         embeds = torch.cat([z_l[:, :length].to(dtype), z_g[:, :length].to(z_l.device, dtype)], dim=-1)
         return Conditioning(embeds=embeds, pooled=pooled.to(z_l.device))
 
+    def encode_sdxl(self, text_g: str, text_l: str) -> Conditioning:
+        """CLIPTextEncodeSDXL: clip_g reads text_g and clip_l text_l; the one with fewer
+        77-token chunks is padded with empty-prompt chunks, as ComfyUI pads its tokens."""
+        if self.arch is not ClipArch.SDXL:
+            raise InvalidInputError("CLIPTextEncodeSDXL needs SDXL's CLIP (clip_l and clip_g); this CLIP is "
+                                    f"{self.arch.value}'s: use CLIP Text Encode (Prompt)")
+        tower_l, tower_g = self._towers()
+        with torch.no_grad():
+            z_l, _ = _encode_tower(text_l, tower_l, self.layer)
+            z_g, pooled = _encode_tower(text_g, tower_g, self.layer)
+            z_l, z_g = _pad_chunks(z_l, z_g, tower_l, tower_g, self.layer)
+        dtype = torch.promote_types(z_l.dtype, z_g.dtype)
+        embeds = torch.cat([z_l.to(dtype), z_g.to(z_l.device, dtype)], dim=-1)
+        return Conditioning(embeds=embeds, pooled=pooled.to(z_l.device))
+
     def _towers(self) -> list[_Tower]:
         if self.arch is ClipArch.SD1:
             return [_Tower(self.tokenizer, self.text_model, default_layer=None, norm_hidden=True,
                            gives_pooled=False)]
+        if self.arch is ClipArch.SDXL_REFINER:  # ComfyUI reads bigG the same way here as in the base
+            return [_Tower(self.tokenizer, self.text_model, default_layer=-2, norm_hidden=False, gives_pooled=True)]
         return [_Tower(self.tokenizer, self.text_model, default_layer=-2, norm_hidden=False, gives_pooled=False),
                 _Tower(self.tokenizer_g, self.text_model_g, default_layer=-2, norm_hidden=False, gives_pooled=True)]
 
@@ -136,6 +161,20 @@ def _encode_tower(text: str, tower: _Tower, layer: int | None) -> tuple[Tensor, 
     embeds = z[: len(chunks)].reshape(1, -1, z.shape[-1])
     pooled = out.text_embeds[0:1] if tower.gives_pooled else None  # the first chunk's, as ComfyUI
     return embeds, pooled
+
+
+def _pad_chunks(z_l: Tensor, z_g: Tensor, tower_l: _Tower, tower_g: _Tower, layer: int | None
+                ) -> tuple[Tensor, Tensor]:
+    """Chunks are encoded one by one, so padding the tokens with empty chunks is appending
+    the empty prompt's encoding to the shorter side."""
+    missing = (z_g.shape[1] - z_l.shape[1]) // CHUNK_LENGTH
+    if missing > 0:
+        empty = _encode_tower("", tower_l, layer)[0]
+        z_l = torch.cat([z_l, empty.repeat(1, missing, 1)], dim=1)
+    elif missing < 0:
+        empty = _encode_tower("", tower_g, layer)[0]
+        z_g = torch.cat([z_g, empty.repeat(1, -missing, 1)], dim=1)
+    return z_l, z_g
 
 
 def _final_layer_norm(model: CLIPTextModel | CLIPTextModelWithProjection) -> torch.nn.Module:

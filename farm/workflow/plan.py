@@ -25,8 +25,6 @@ _BATCHED = {"batched": True}
 CHECKPOINT_INPUT = "ckpt_name"
 # The input that names a LoRA (LoraLoader, LoraLoaderModelOnly), and its strengths.
 LORA_INPUT = "lora_name"
-# Inputs that name other model files, and their folder under models/ (ComfyUI's names)
-MODEL_FILE_INPUTS = {"control_net_name": "controlnet", "lora_name": "loras"}
 
 
 @dataclass(frozen=True)
@@ -43,7 +41,8 @@ class Plan:
     image_size: tuple[int, int] | None = None  # largest (width, height) in pixels a node sets
     # (EmptyLatentImage, LatentUpscale ...): what the batch sizer budgets memory for
     images: int = 1  # images per prompt (the largest batch_size a node sets)
-    # the other model files used, (folder, name), first use first: a worker checks it has them
+    # (models folder, name) of the other files its nodes name (Node.model_files), first use
+    # first: a worker checks it has them
     model_files: tuple[tuple[str, str], ...] = ()
 
     def to_json(self) -> dict:
@@ -97,10 +96,10 @@ def make_plan(workflow: Workflow, outputs_to_execute: Sequence[str], registry: N
         name = call.inputs.get(CHECKPOINT_INPUT)
         if isinstance(name, str) and name not in checkpoints:
             checkpoints.append(name)
-        for input_name, folder in MODEL_FILE_INPUTS.items():
-            value = call.inputs.get(input_name)
-            if isinstance(value, str) and (folder, value) not in model_files:
-                model_files.append((folder, value))
+        for input_name, folder in node_cls.model_files.items():
+            file = (folder, call.inputs.get(input_name))
+            if isinstance(file[1], str) and file not in model_files:
+                model_files.append(file)
     batch_key = _digest(sorted(batch_signatures[o] for o in outputs))
     return Plan(workflow, outputs, order, signatures, batch_signatures, batch_key, tuple(checkpoints),
                 *_placement_facts(workflow, order), model_files=tuple(model_files))

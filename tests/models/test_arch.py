@@ -62,8 +62,6 @@ def test_header_configs_of_the_wrong_family_are_refused():
     (["cond_stage_model.model.transformer.resblocks.0.attn.in_proj_weight", *SD1_KEYS[:3]], "Stable Diffusion 2"),
     (["model.diffusion_model.joint_blocks.0.context_block.adaLN_modulation.1.bias"], "Stable Diffusion 3"),
     (["double_blocks.0.img_attn.norm.key_norm.scale"], "Flux"),
-    (["model.diffusion_model.input_blocks.0.0.weight", "first_stage_model.encoder.conv_in.weight",
-      "conditioner.embedders.0.model.text_projection"], "refiner"),
     (["lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight"], "LoRA"),
     (["down_blocks.0.resnets.0.conv1.weight", "conv_in.weight"], "down_blocks"),
     (["model.diffusion_model.input_blocks.0.0.weight"], "text encoders"),
@@ -72,6 +70,12 @@ def test_header_configs_of_the_wrong_family_are_refused():
 def test_other_layouts_are_refused_naming_what_was_found(keys, named):
     with pytest.raises(UnsupportedCheckpointError, match=named):
         detect_family(keys)
+
+
+def test_the_sdxl_refiner_is_its_own_family():
+    keys = ["model.diffusion_model.input_blocks.0.0.weight", "model.diffusion_model.label_emb.0.0.weight",
+            "first_stage_model.encoder.conv_in.weight", "conditioner.embedders.0.model.text_projection"]
+    assert detect_family(keys) is Arch.SDXL_REFINER
 
 
 def test_inpainting_unet_is_refused_by_its_input_channels():

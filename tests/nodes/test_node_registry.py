@@ -28,7 +28,9 @@ def test_default_registry_has_the_builtins():
         "ImageScale", "LoraLoader", "LoraLoaderModelOnly", "LatentUpscaleBy", "RepeatLatentBatch", "LatentFromBatch",
         "SetLatentNoiseMask", "VAEEncodeForInpaint", "InpaintModelConditioning", "ImageScaleBy",
         "ImageScaleToTotalPixels", "ImageInvert", "LoadImageMask", "ConditioningConcat",
-        "ControlNetLoader", "ControlNetApplyAdvanced", "ControlNetApply", "Canny"}
+        "ControlNetLoader", "ControlNetApplyAdvanced", "ControlNetApply", "Canny",
+        "VAELoader", "ConditioningCombine", "ConditioningSetArea", "ConditioningSetAreaPercentage",
+        "ConditioningSetTimestepRange", "CLIPTextEncodeSDXL", "CLIPTextEncodeSDXLRefiner"}
 
 
 def test_object_info_ksampler_shape(ctx):
