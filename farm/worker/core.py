@@ -70,6 +70,16 @@ class _Call:
     targets: set[str] | None = field(default_factory=set)  # prompt ids asked to stop; None: all
 
 
+def _loader_of(job: PlannedJob, names: set[str]) -> tuple[str, str]:
+    """(node id, class type) of the job's node that loads one of `names`: the node an
+    execution_error about a checkpoint that does not load names."""
+    for node_id in job.plan.order:
+        call = job.workflow.nodes[node_id]
+        if call.inputs.get("ckpt_name") in names:
+            return node_id, call.class_type
+    return "", "CheckpointLoaderSimple"
+
+
 class WorkerCore:
     """The engine, its cache and its models on one device."""
 
@@ -174,9 +184,8 @@ class WorkerCore:
             self.models.keep(names)
         except Exception as exc:  # the checkpoint itself does not load: every job of the call fails
             self.models.release(names)
-            failed = [JobOutcome(p.context.prompt_id, error=NodeExecutionError("", "CheckpointLoaderSimple", exc))
-                      for p in planned]
-            return failed
+            return [JobOutcome(p.context.prompt_id, error=NodeExecutionError(*_loader_of(p, names), exc))
+                    for p in planned]
         try:
             return self.engine.run_batch(planned, stop)
         finally:
@@ -245,7 +254,7 @@ class WorkerCore:
             log.warning("prompt %s failed: %s", report.prompt_id, one_line(error, 2000), exc_info=error)
             report.failure, report.error = FailureKind.NODE, one_line(error)
         if isinstance(error, NodeExecutionError):
-            report.error_event = execution_error_payload(error, outcome.executed_nodes)
+            report.error_event = outcome.error_event or execution_error_payload(error, outcome.executed_nodes)
 
     # -- control (any thread) --------------------------------------------------------------
 
