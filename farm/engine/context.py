@@ -1,8 +1,10 @@
 """What a node sees while it runs, and what the engine reports about a job."""
 from __future__ import annotations
 
+import itertools
 import threading
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Callable, Protocol
 
 import torch
@@ -40,6 +42,39 @@ class ModelProvider(Protocol):
     def checkpoint(self, name: str): ...
 
 
+class NodeState(str, Enum):
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
+@dataclass
+class ProgressBoard:
+    """One prompt's progress_state (ComfyUI's comfy_execution/progress.py): every node that
+    started or was taken from the cache, with its value, max and state. Each message carries
+    the whole board, so a client that missed one loses nothing."""
+
+    nodes: dict[str, dict] = field(default_factory=dict)  # node id -> {"value", "max", "state"}
+
+    def start(self, node_id: str) -> None:
+        self.nodes[node_id] = {"value": 0.0, "max": 1.0, "state": NodeState.RUNNING}
+
+    def update(self, node_id: str, value: float, total: float) -> None:
+        self.nodes[node_id] = {"value": value, "max": total, "state": NodeState.RUNNING}
+
+    def finish(self, node_id: str) -> None:
+        entry = self.nodes.setdefault(node_id, {"value": 0.0, "max": 1.0, "state": NodeState.RUNNING})
+        entry.update(value=entry["max"], state=NodeState.FINISHED)
+
+    def payload(self, prompt_id: str) -> dict:
+        """The progress_state body. A farm graph has no subgraph expansion, so a node is its
+        own display, parent-less and real node."""
+        return {"prompt_id": prompt_id, "nodes": {
+            node_id: {"value": e["value"], "max": e["max"], "state": e["state"].value, "node_id": node_id,
+                      "prompt_id": prompt_id, "display_node_id": node_id, "parent_node_id": None,
+                      "real_node_id": node_id}
+            for node_id, e in self.nodes.items()}}
+
+
 @dataclass
 class RunContext:
     """Passed to `Node.run`: where to put tensors, where models and images come from, and
@@ -53,6 +88,7 @@ class RunContext:
     node_id: str
     jobs: tuple[JobContext, ...]
     interrupt: threading.Event = field(default_factory=threading.Event)
+    boards: tuple[ProgressBoard, ...] = ()  # one per job, when the engine keeps progress_state
 
     @property
     def job(self) -> JobContext:
@@ -64,8 +100,12 @@ class RunContext:
             raise Interrupted("interrupted by the user")
 
     def progress(self, value: int, total: int) -> None:
-        """A sampler step finished: tell every job in the call, then honour an interrupt."""
-        for job in self.jobs:
+        """A sampler step finished: tell every job in the call (the board first, then the
+        step, as ComfyUI's progress hook does), then honour an interrupt."""
+        for job, board in itertools.zip_longest(self.jobs, self.boards):
+            if board is not None:
+                board.update(self.node_id, value, total)
+                job.emit(EventType.PROGRESS_STATE, board.payload(job.prompt_id))
             job.emit(EventType.PROGRESS, {"value": value, "max": total, "prompt_id": job.prompt_id,
                                           "node": self.node_id})
         self.check_interrupt()

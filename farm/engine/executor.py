@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 
 from farm.engine.cache import OutputCache
-from farm.engine.context import JobContext, ModelProvider, RunContext
+from farm.engine.context import JobContext, ModelProvider, ProgressBoard, RunContext
 from farm.errors import Interrupted, NodeExecutionError
 from farm.nodes.registry import NodeRegistry
 from farm.nodes.spec import NodeResult
@@ -46,6 +46,8 @@ class JobOutcome:
     executed_nodes: list[str] = field(default_factory=list)
     images: list[ImageRef] = field(default_factory=list)  # files its output nodes handed to the sink
     error: Exception | None = None  # NodeExecutionError or Interrupted
+    error_event: dict | None = None  # execution_error's body for a NodeExecutionError
+    interrupted_at: tuple[str, str] | None = None  # (node id, class type) an Interrupted stopped
     run_s: float = 0.0
 
     @property
@@ -58,6 +60,7 @@ class _JobState:
     job: PlannedJob
     outcome: JobOutcome
     values: dict[str, tuple] = field(default_factory=dict)  # node id -> outputs
+    board: ProgressBoard = field(default_factory=ProgressBoard)  # its progress_state
 
 
 class Engine:
@@ -94,7 +97,9 @@ class Engine:
         states = [_JobState(j, JobOutcome(j.context.prompt_id)) for j in jobs]
         for state in states:
             self._emit(state, EventType.EXECUTION_START, {})
-            cached = [n for n in state.job.plan.order if self.cache.get(state.job.plan.signatures[n]) is not None]
+            plan = state.job.plan
+            hits = {n for n in plan.order if self.cache.get(plan.signatures[n]) is not None}
+            cached = [n for n in state.job.workflow.nodes if n in hits]  # in the prompt's order, as ComfyUI
             state.outcome.cached_nodes = cached
             self._emit(state, EventType.EXECUTION_CACHED, {"nodes": cached})
         for node_id in jobs[0].plan.order:
@@ -129,11 +134,15 @@ class Engine:
         node_cls = self.registry.get(node_call.class_type)
         node = node_cls()
         groups = [group for _, group in missing]
+        inputs: list[dict] = []
         try:
             if interrupt.is_set():  # ComfyUI checks before every node
                 raise Interrupted("interrupted by the user")
             for group in groups:
                 for state in group:
+                    # ComfyUI marks the node running (progress_state) before it says executing
+                    state.board.start(node_id)
+                    self._emit(state, EventType.PROGRESS_STATE, state.board.payload(state.outcome.prompt_id))
                     self._emit(state, EventType.EXECUTING, {"node": node_id, "display_node": node_id})
             inputs = [self._inputs(group[0], node_id) for group in groups]
             if len(groups) > 1 and hasattr(node, "run_batch"):
@@ -143,14 +152,19 @@ class Engine:
                 results = [node.run(self._context(node_id, group, interrupt), **kwargs)
                            for group, kwargs in zip(groups, inputs)]
         except Interrupted as exc:
-            for state in states:
+            for state in states:  # every job of the call stops, here
                 state.outcome.error = exc
+                state.outcome.interrupted_at = (node_id, node_call.class_type)
             return
         except Exception as exc:  # a node's own failure: report it, keep the worker alive
             error = NodeExecutionError(node_id, node_call.class_type, exc)
-            for group in groups:
+            for i, group in enumerate(groups):
+                shown = {name: [comfy_errors.input_value(v)] for name, v in (inputs[i] if i < len(inputs) else
+                                                                         node_call.inputs).items()}
                 for state in group:
                     state.outcome.error = error
+                    state.outcome.error_event = execution_error_payload(
+                        error, state.outcome.executed_nodes, shown, state.outcome.cached_nodes)
             return
         self.node_runs[node_call.class_type] = self.node_runs.get(node_call.class_type, 0) + len(groups)
         for (signature, group), result in zip(missing, results):
@@ -160,21 +174,28 @@ class Engine:
                 self._store(state, node_id, outputs, cached=False)
 
     def _store(self, state: _JobState, node_id: str, outputs, cached: bool) -> None:
+        """Keep a node's outputs for the job. An output node (one with ui) is announced with
+        `executed` whether it ran or came from the cache: ComfyUI's execution.py sends a
+        cached output node's stored ui again (without `executing` before it), so a client
+        shows the images of a repeated prompt."""
         if isinstance(outputs, NodeResult):
             state.values[node_id] = outputs.outputs
             if outputs.ui is not None:
                 state.outcome.outputs[node_id] = outputs.ui
                 if not cached:
                     state.outcome.images.extend(outputs.images)
-                if not cached:
-                    self._emit(state, EventType.EXECUTED, {"node": node_id, "display_node": node_id,
-                                                   "output": outputs.ui})
+                self._emit(state, EventType.EXECUTED, {"node": node_id, "display_node": node_id,
+                                                       "output": outputs.ui})
         else:
             state.values[node_id] = outputs
         if cached:
             self.node_cache_hits += 1
         else:
             state.outcome.executed_nodes.append(node_id)
+        if not cached or (isinstance(outputs, NodeResult) and outputs.ui is not None):
+            # ComfyUI finishes the nodes it visits: those that ran, and cached output nodes
+            state.board.finish(node_id)
+            self._emit(state, EventType.PROGRESS_STATE, state.board.payload(state.outcome.prompt_id))
 
     def _inputs(self, state: _JobState, node_id: str) -> dict:
         call = state.job.workflow.nodes[node_id]
@@ -183,25 +204,43 @@ class Engine:
 
     def _context(self, node_id: str, states: list[_JobState], interrupt: threading.Event) -> RunContext:
         return RunContext(self.device, self.dtype, self.models, self.images, self.node_ctx, node_id,
-                          tuple(s.job.context for s in states), interrupt)
+                          tuple(s.job.context for s in states), interrupt, tuple(s.board for s in states))
 
     # -- events --------------------------------------------------------------------------
 
     @staticmethod
     def _emit(state: _JobState, event_type: EventType, data: dict) -> None:
+        if event_type in _STAMPED:  # ComfyUI's add_message stamps its lifecycle messages
+            data = {**data, "timestamp": int(time.time() * 1000)}
         state.job.context.emit(event_type, data)
 
     def _finish(self, state: _JobState) -> None:
-        error = state.outcome.error
+        outcome = state.outcome
+        error = outcome.error
         if error is None:
             self._emit(state, EventType.EXECUTION_SUCCESS, {})
         elif isinstance(error, Interrupted):
-            self._emit(state, EventType.EXECUTION_INTERRUPTED, {"node_id": None, "executed": state.outcome.executed_nodes})
+            self._emit(state, EventType.EXECUTION_INTERRUPTED, interrupted_payload(outcome))
         else:
-            self._emit(state, EventType.EXECUTION_ERROR, execution_error_payload(error, state.outcome.executed_nodes))
+            payload = outcome.error_event or execution_error_payload(error, outcome.executed_nodes)
+            self._emit(state, EventType.EXECUTION_ERROR, payload)
         self._emit(state, EventType.EXECUTING, {"node": None, "display_node": None})
 
 
-def execution_error_payload(error: NodeExecutionError, executed: list[str]) -> dict:
+# The lifecycle messages ComfyUI's PromptExecutor.add_message sends (and history keeps),
+# each with a timestamp in milliseconds.
+_STAMPED = frozenset({EventType.EXECUTION_START, EventType.EXECUTION_CACHED, EventType.EXECUTION_SUCCESS,
+                      EventType.EXECUTION_ERROR, EventType.EXECUTION_INTERRUPTED})
+
+
+def execution_error_payload(error: NodeExecutionError, executed: list[str], current_inputs: dict | None = None,
+                            current_outputs: list[str] | None = None) -> dict:
     """ComfyUI's execution_error body (farm.records.comfy_errors spells it)."""
-    return comfy_errors.node_failure(error, executed)
+    return comfy_errors.node_failure(error, executed, current_inputs, current_outputs)
+
+
+def interrupted_payload(outcome: JobOutcome) -> dict:
+    """ComfyUI's execution_interrupted body: the node the stop landed in and what ran before.
+    node_id and node_type are "" when the stop came before any node of the job ran."""
+    node_id, node_type = outcome.interrupted_at or ("", "")
+    return {"node_id": node_id, "node_type": node_type, "executed": list(outcome.executed_nodes)}

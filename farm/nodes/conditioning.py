@@ -33,7 +33,8 @@ class CLIPTextEncode(Node):
 
     def run(self, rc, text: str, clip):
         with _encoder_lock(clip):
-            return (clip.encode(text),)
+            rc.check_interrupt()  # the wait for the lock may have been long
+            return (clip.encode(text, rc.check_interrupt),)
 
 
 class CLIPSetLastLayer(Node):

@@ -56,7 +56,7 @@ class VAEEncodeForInpaint(Node):
             dy, dx = (pixels.shape[1] % 8) // 2, (pixels.shape[2] % 8) // 2
             pixels, mask = pixels[:, dy:dy + h, dx:dx + w], mask[:, :, dy:dy + h, dx:dx + w]
         grown = _grow(mask, grow_mask_by)
-        latent = vae.encode(_gray_out(pixels, mask))
+        latent = vae.encode(_gray_out(pixels, mask), rc.check_interrupt)
         return (Latent(latent, noise_mask=grown[:, :, :h, :w].round()),)
 
 
@@ -81,5 +81,5 @@ class InpaintModelConditioning(Node):
         if (h, w) != tuple(pixels.shape[1:3]):
             dy, dx = (pixels.shape[1] % 8) // 2, (pixels.shape[2] % 8) // 2
             pixels, mask = pixels[:, dy:dy + h, dx:dx + w], mask[:, :, dy:dy + h, dx:dx + w]
-        latent = Latent(vae.encode(pixels), noise_mask=mask if noise_mask else None)
+        latent = Latent(vae.encode(pixels, rc.check_interrupt), noise_mask=mask if noise_mask else None)
         return positive, negative, latent

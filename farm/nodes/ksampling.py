@@ -31,6 +31,7 @@ from farm.sampling.regions import (
     resolve_regions,
 )
 from farm.sampling.stage import run_sampling
+from farm.sampling.stop import checked_blocks
 
 
 @dataclass(frozen=True, eq=False)
@@ -107,7 +108,10 @@ def _run_batch(rc, calls: list[SamplerCall]) -> list[Latent]:
     def loop() -> torch.Tensor:
         # LoRAs are patched into the resident UNet on the sampling thread, which runs one
         # loop at a time: a batch sampling beside it never sees the patched weights
-        with model.patched(), torch.inference_mode():
+        # Within a step, an interrupt is honoured before each UNet block (a step at a large
+        # size is seconds on a CPU); a compiled UNet runs as one graph, so only between steps.
+        blocks = [model.unet] if model.runner is None else []
+        with model.patched(), torch.inference_mode(), checked_blocks(blocks, rc.check_interrupt):
             out = sample(denoiser, latent_in, noise, sigmas, first.sampler_name, callback=on_step, seeds=seeds)
         return (out / model.latent_scale).float()
 

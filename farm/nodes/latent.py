@@ -80,7 +80,7 @@ class VAEDecode(Node):
     )
 
     def run(self, rc, samples: Latent, vae):
-        return (vae.decode(samples.samples),)
+        return (vae.decode(samples.samples, rc.check_interrupt),)
 
 
 class VAEEncode(Node):
@@ -93,4 +93,4 @@ class VAEEncode(Node):
     )
 
     def run(self, rc, pixels: torch.Tensor, vae):
-        return (Latent(vae.encode(pixels)),)
+        return (Latent(vae.encode(pixels, rc.check_interrupt)),)

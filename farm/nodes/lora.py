@@ -45,9 +45,9 @@ class PatchedClip:
     def roots(self) -> dict:
         return clip_roots(self.base)
 
-    def encode(self, text: str) -> Conditioning:
+    def encode(self, text: str, check=None) -> Conditioning:
         with patched(self.roots(), self.loras):
-            return self.base.encode(text)
+            return self.base.encode(text, check)
 
     def with_last_layer(self, layer: int) -> "PatchedClip":
         return PatchedClip(self.base.with_last_layer(layer), self.loras)

@@ -9,6 +9,8 @@ from typing import Callable, ClassVar, Iterator
 
 import torch
 
+from farm.sampling.stop import StopCheck, checked_blocks
+
 
 @dataclass(frozen=True, eq=False)
 class DiffusionModel:
@@ -90,17 +92,21 @@ class VaeModel:
         return next(self.vae.parameters()).dtype
 
     @torch.inference_mode()
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        x = self.vae.decode(latents.to(self.device, self.dtype), return_dict=False)[0]
+    def decode(self, latents: torch.Tensor, check: StopCheck | None = None) -> torch.Tensor:
+        """`check` (an interrupt) runs before each of the decoder's resnet blocks, which see
+        the whole batch: a big batch stops within one block."""
+        with checked_blocks([self.vae.decoder], check):
+            x = self.vae.decode(latents.to(self.device, self.dtype), return_dict=False)[0]
         return ((x.float() + 1.0) / 2.0).clamp(0.0, 1.0).permute(0, 2, 3, 1).cpu()
 
     @torch.inference_mode()
-    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
+    def encode(self, pixels: torch.Tensor, check: StopCheck | None = None) -> torch.Tensor:
         # Crop to a multiple of the VAE's downscale, as ComfyUI does, so H/8 is exact.
         h = pixels.shape[1] // self.downscale * self.downscale
         w = pixels.shape[2] // self.downscale * self.downscale
         x = pixels[:, :h, :w, :3].permute(0, 3, 1, 2) * 2.0 - 1.0
-        dist = self.vae.encode(x.to(self.device, self.dtype), return_dict=False)[0]
+        with checked_blocks([self.vae.encoder], check):
+            dist = self.vae.encode(x.to(self.device, self.dtype), return_dict=False)[0]
         return dist.mode().float().cpu()  # the mean: encoding is deterministic, as in ComfyUI
 
 

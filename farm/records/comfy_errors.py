@@ -30,29 +30,42 @@ def prompt_rejection(error: dict, node_errors: dict | None = None) -> dict:
 
 
 def execution_error(node_id: str, node_type: str, executed: list[str], exception_message: str,
-                    exception_type: str) -> dict:
+                    exception_type: str, current_inputs: dict | None = None,
+                    current_outputs: list[str] | None = None) -> dict:
     """The execution_error event's body (without prompt_id and timestamp, which the sender
-    adds). The traceback stays empty: a stack from inside torch helps no user. node_id and
-    node_type are strings, "" when no node is to blame: ComfyUI's frontend drops a whole
-    jobs list whose execution_error has a null there."""
-    return {"node_id": node_id, "node_type": node_type, "executed": list(executed),
+    adds). node_id and node_type are strings, as ComfyUI's always are ("" when the farm,
+    not a node, failed). current_inputs: the failing node's inputs, each a one-item list;
+    current_outputs: the nodes whose outputs were cached when the prompt started (what
+    ComfyUI's execution.py sends now). The traceback stays empty: a stack from inside torch
+    helps no user."""
+    return {"node_id": node_id or "", "node_type": node_type or "", "executed": list(executed),
             "exception_message": exception_message, "exception_type": exception_type, "traceback": [],
-            "current_inputs": {}, "current_outputs": {}}
+            "current_inputs": dict(current_inputs or {}), "current_outputs": list(current_outputs or [])}
 
 
-def node_failure(error: NodeExecutionError, executed: list[str]) -> dict:
+def node_failure(error: NodeExecutionError, executed: list[str], current_inputs: dict | None = None,
+                 current_outputs: list[str] | None = None) -> dict:
     """execution_error for a node that raised while running (the engine's report)."""
     cause = error.cause  # its message in one line: never a stack from inside torch or Ray
     return execution_error(error.node_id, error.class_type, executed, one_line(cause, with_type=False),
-                           _type_name(cause))
+                           _type_name(cause), current_inputs, current_outputs)
 
 
 def farm_failure(message: str) -> dict:
     """execution_error for a failure the dispatcher decided (no node to blame: the workers
     died, the retries ran out)."""
-    return execution_error("", "", [], message, f"{FarmError.__module__}.{FarmError.__qualname__}")
+    return execution_error("", "", [], message, _type_name(FarmError("")))
+
+
+def input_value(value: Any) -> Any:
+    """How an input shows in current_inputs: a number, string or bool as it is, anything
+    else (a model, a tensor) by its type's name rather than its contents."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return f"<{type(value).__name__}>"
 
 
 def _type_name(exc: Any) -> str:
+    """As ComfyUI names an exception's type: module and qualified name, a builtin's bare."""
     cls = type(exc)
-    return f"{cls.__module__}.{cls.__name__}"
+    return cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"

@@ -17,6 +17,7 @@ class EventType(str, Enum):
     EXECUTION_CACHED = "execution_cached"
     EXECUTING = "executing"  # node None marks the end of a prompt
     PROGRESS = "progress"
+    PROGRESS_STATE = "progress_state"  # every started node's value/max/state, on each change
     EXECUTED = "executed"
     EXECUTION_SUCCESS = "execution_success"
     EXECUTION_ERROR = "execution_error"
@@ -25,10 +26,12 @@ class EventType(str, Enum):
 
 
 # Under pressure a client may miss these without losing track of a prompt: the next
-# progress supersedes the last, and a preview is only a picture of it.
-LOSSY_EVENTS = frozenset({EventType.PROGRESS, EventType.PREVIEW_IMAGE})
+# progress (or progress_state, which carries every node) supersedes the last, and a
+# preview is only a picture of it.
+LOSSY_EVENTS = frozenset({EventType.PROGRESS, EventType.PROGRESS_STATE, EventType.PREVIEW_IMAGE})
 
 BINARY_PREVIEW_IMAGE = 1  # ComfyUI's binary event type for an encoded preview
+BINARY_PREVIEW_IMAGE_WITH_METADATA = 4  # ... with a JSON header naming its node and prompt
 
 
 class ImageFormat(IntEnum):

@@ -153,7 +153,8 @@ class Ledger:
             self._keep_messages(report.prompt_id, report.messages)
             self._record(report, _write_error(report, failed_writes or {}))
         ids = [r.prompt_id for r in result.reports]
-        return Outcome(events=[*self._announce_failures(ids), *self._end_markers(ids), self._status()],
+        # ComfyUI's prompt worker: task_done (history stored, queue status sent), then the end marker
+        return Outcome(events=[*self._announce_failures(ids), self._status(), *self._end_markers(ids)],
                        finished=True)
 
     def worker_lost(self, worker_id: str, registered: bool) -> Outcome:
@@ -289,8 +290,7 @@ class Ledger:
             job = self.job(prompt_id)
             if job is not None and job.state.finished:
                 self.meter.finished(job)
-                events.append(FarmEvent(EventType.EXECUTING, {"node": None, "display_node": None,
-                                                              "prompt_id": prompt_id}, job.client_id))
+                events.append(FarmEvent(EventType.EXECUTING, {"node": None, "prompt_id": prompt_id}, job.client_id))
         return events
 
     def _keep_messages(self, prompt_id: str, messages: list[Message]) -> None:

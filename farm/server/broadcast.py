@@ -1,5 +1,13 @@
 """Websocket fan-out: how each farm event is framed for ComfyUI clients, and the
-broadcaster that hands every socket its own bounded queue."""
+broadcaster that hands every socket its own bounded queue.
+
+Who gets what follows ComfyUI's server.py and execution.py: an event of a prompt that
+names a client goes to that client's socket only. A prompt submitted without client_id
+has no listener for its lifecycle (ComfyUI sends execution_start, execution_cached,
+executing, executed, execution_success and execution_error only when a client_id is
+set); what ComfyUI sends with no target goes to every socket: queue status, progress,
+previews and execution_interrupted.
+"""
 from __future__ import annotations
 
 import asyncio
@@ -11,17 +19,39 @@ from typing import AsyncIterator, Callable
 
 from farm.records.events import (
     BINARY_PREVIEW_IMAGE,
+    BINARY_PREVIEW_IMAGE_WITH_METADATA,
     LOSSY_EVENTS,
     EventType,
     FarmEvent,
+    ImageFormat,
     PreviewImage,
 )
 
 log = logging.getLogger(__name__)
 
+# Sent to every socket when the prompt names no client (ComfyUI: sid None is a broadcast);
+# the rest of a client-less prompt's events reach nobody, as in ComfyUI.
+UNADDRESSED_BROADCAST = frozenset({EventType.STATUS, EventType.PROGRESS, EventType.PROGRESS_STATE,
+                                   EventType.PREVIEW_IMAGE, EventType.EXECUTION_INTERRUPTED})
+
+PREVIEW_METADATA_FLAG = "supports_preview_metadata"  # the client's feature flag for frame type 4
+
+
 def encode_preview(preview: PreviewImage) -> bytes:
-    """Big-endian uint32 event type, uint32 image format, then the image file."""
+    """Big-endian uint32 event type 1, uint32 image format (1 JPEG, 2 PNG), then the image file."""
     return struct.pack(">II", BINARY_PREVIEW_IMAGE, int(preview.format)) + preview.image
+
+
+def encode_preview_with_metadata(preview: PreviewImage) -> bytes:
+    """For a client that announced supports_preview_metadata: big-endian uint32 event type 4,
+    uint32 length of a JSON object naming the node, the prompt and the image's MIME type,
+    that JSON, then the image file (ComfyUI's send_image_with_metadata)."""
+    node = preview.node
+    metadata = {"node_id": node, "prompt_id": preview.prompt_id, "display_node_id": node,
+                "parent_node_id": None, "real_node_id": node,
+                "image_type": "image/png" if preview.format is ImageFormat.PNG else "image/jpeg"}
+    meta = json.dumps(metadata).encode("utf-8")
+    return struct.pack(">II", BINARY_PREVIEW_IMAGE_WITH_METADATA, len(meta)) + meta + preview.image
 
 
 def encode(event: FarmEvent) -> str | bytes:
@@ -43,10 +73,15 @@ class Subscriber:
 
     def __init__(self, client_id: str, capacity: int):
         self.client_id = client_id
+        self.feature_flags: dict = {}  # what the client announced in its first message
         self.capacity = max(2, capacity)
         self._frames: asyncio.Queue[Frame | None] = asyncio.Queue()  # None: close the socket
         self.skipped = 0  # lossy frames not sent to this client
         self.overflowed = False
+
+    @property
+    def wants_preview_metadata(self) -> bool:
+        return self.feature_flags.get(PREVIEW_METADATA_FLAG) is True
 
     def offer(self, frame: Frame, lossy: bool) -> None:
         if self.overflowed:
@@ -115,15 +150,18 @@ class Broadcaster:
 
     def publish(self, event: FarmEvent) -> None:
         self._remember_executing(event)
-        frame = encode(event)
         lossy = event.type in LOSSY_EVENTS
         if event.client_id is None:
-            targets = list(self._subscribers)
+            targets = list(self._subscribers) if event.type in UNADDRESSED_BROADCAST else []
         else:
             target = self._by_client.get(event.client_id)
             targets = [target] if target is not None else []
+        frames: dict[bool, Frame] = {}  # a preview is framed two ways, each once
         for sub in targets:
-            sub.offer(frame, lossy)
+            rich = isinstance(event.data, PreviewImage) and sub.wants_preview_metadata
+            if rich not in frames:
+                frames[rich] = encode_preview_with_metadata(event.data) if rich else encode(event)
+            sub.offer(frames[rich], lossy)
 
     def _remember_executing(self, event: FarmEvent) -> None:
         if event.type is not EventType.EXECUTING or event.client_id is None:

@@ -27,6 +27,7 @@ from torch import Tensor
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from farm.errors import InvalidInputError
+from farm.sampling.stop import StopCheck, checked_blocks
 from farm.text.conditioning import Conditioning
 from farm.text.tokenize import (
     CHUNK_LENGTH,
@@ -99,12 +100,15 @@ class ClipTextEncoder:
         """CLIPSetLastLayer: a copy that reads hidden layer `layer` (-1 last, -2 penultimate...)."""
         return dataclasses.replace(self, layer=layer)
 
-    def encode(self, text: str) -> Conditioning:
-        """CLIPTextEncode: embeds [1, 77*chunks, D] (SDXL: D = D_l + D_g) and SDXL's pooled [1, P]."""
+    def encode(self, text: str, check: StopCheck | None = None) -> Conditioning:
+        """CLIPTextEncode: embeds [1, 77*chunks, D] (SDXL: D = D_l + D_g) and SDXL's pooled [1, P].
+
+        `check` (an interrupt) runs before every encoder layer: a long prompt's chunks go
+        through in one forward, as in ComfyUI, so that is where a stop can land inside it."""
         towers = self._towers()
         # no_grad rather than inference_mode: inference tensors refuse in-place updates
         # later, and the conditioning is handed on to code that this module does not own.
-        with torch.no_grad():
+        with torch.no_grad(), checked_blocks([t.model for t in towers], check):
             outputs = [_encode_tower(text, tower, self.layer) for tower in towers]
         if len(outputs) == 1:  # SD1 (no pooled) or the refiner (bigG's pooled)
             return Conditioning(embeds=outputs[0][0], pooled=outputs[0][1])

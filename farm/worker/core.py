@@ -256,7 +256,7 @@ class WorkerCore:
             log.warning("prompt %s failed: %s", report.prompt_id, one_line(error, 2000), exc_info=error)
             report.failure, report.error = FailureKind.NODE, one_line(error)
         if isinstance(error, NodeExecutionError):
-            report.error_event = execution_error_payload(error, outcome.executed_nodes)
+            report.error_event = outcome.error_event or execution_error_payload(error, outcome.executed_nodes)
 
     # -- control (any thread) --------------------------------------------------------------
 

@@ -129,6 +129,73 @@ def test_interrupt_stops_at_a_sampler_step(renderer):
     assert "execution_interrupted" in seen and "executed" not in seen
 
 
+LONG_TEXT = "a red lighthouse on a cliff at dusk, waves, " * 400  # ~18,000 characters, ~50 CLIP chunks
+
+
+def stop_when_executing(renderer, node_id, seen):
+    def events(event):
+        seen.append(event)
+        if event.type is EventType.EXECUTING and event.data["node"] == node_id:
+            renderer.engine.interrupt.set()  # the node has started: the stop must land inside it
+    return events
+
+
+def interrupted_message(seen) -> dict:
+    [data] = [e.data for e in seen if e.type is EventType.EXECUTION_INTERRUPTED]
+    assert set(data) == {"prompt_id", "node_id", "node_type", "executed", "timestamp"}  # ComfyUI's keys
+    assert seen[-1].type is EventType.EXECUTING and seen[-1].data["node"] is None
+    return data
+
+
+def test_interrupt_during_text_encoding_of_a_long_prompt_stops_in_that_node(renderer):
+    seen = []
+    prepared, job = planned(renderer, txt2img(seed=21, text=LONG_TEXT), events=stop_when_executing(renderer, "6", seen))
+    outcome = renderer.engine.run(job)
+    assert isinstance(outcome.error, Interrupted)
+    stop = interrupted_message(seen)
+    assert (stop["node_id"], stop["node_type"]) == ("6", "CLIPTextEncode")
+    assert "6" not in stop["executed"] and "3" not in stop["executed"]
+    assert not any(e.type in (EventType.PROGRESS, EventType.EXECUTED) for e in seen)
+    assert renderer.run(renderer.prepare(txt2img(seed=21, text=LONG_TEXT))).ok  # the next job runs normally
+
+
+def test_interrupt_within_a_sampler_step_stops_before_the_step_ends(renderer):
+    seen = []
+    prepared, job = planned(renderer, txt2img(seed=22, steps=1), events=stop_when_executing(renderer, "3", seen))
+    outcome = renderer.engine.run(job)
+    assert isinstance(outcome.error, Interrupted)
+    stop = interrupted_message(seen)
+    assert (stop["node_id"], stop["node_type"]) == ("3", "KSampler")
+    assert not any(e.type is EventType.PROGRESS for e in seen)  # the one step never finished
+    assert renderer.run(renderer.prepare(txt2img(seed=22, steps=1))).ok
+
+
+def test_a_cached_output_node_is_announced_again_with_its_images(renderer):
+    first, again = [], []
+    renderer.run(renderer.prepare(txt2img(seed=23)), events=first.append)
+    renderer.run(renderer.prepare(txt2img(seed=23)), events=again.append)
+    types = [e.type.value for e in again]
+    assert types == ["execution_start", "execution_cached", "executed", "progress_state", "execution_success",
+                     "executing"]
+    assert again[1].data["nodes"] == ["4", "5", "6", "7", "3", "8", "9"]  # the prompt's order
+    [ran] = [e.data for e in first if e.type is EventType.EXECUTED]
+    assert again[2].data["node"] == "9" and again[2].data["output"] == ran["output"]
+    board = again[3].data["nodes"]
+    assert list(board) == ["9"] and board["9"]["state"] == "finished"
+
+
+def test_progress_state_marks_nodes_running_then_finished(renderer):
+    seen = []
+    renderer.run(renderer.prepare(txt2img(seed=24, steps=2)), events=seen.append)
+    kinds = [(e.type.value, e.data.get("node")) for e in seen if e.type.value in ("executing", "progress")]
+    boards = [e.data["nodes"] for e in seen if e.type is EventType.PROGRESS_STATE]
+    # one board before each node's executing, one before each step's progress, one when it finished
+    assert len(boards) == 2 * len([k for k in kinds if k[0] == "executing" and k[1]]) + 2
+    last = boards[-1]
+    assert all(entry["state"] == "finished" and entry["value"] == entry["max"] for entry in last.values())
+    assert last["3"]["max"] == 2 and set(last) == {"3", "4", "5", "6", "7", "8", "9"}
+
+
 def test_batched_jobs_equal_jobs_run_one_by_one(renderer):
     variants = [dict(seed=11, text="a red car", cfg=5.0), dict(seed=12, text="a blue boat, " * 30, cfg=7.5),
                 dict(seed=13, text="a green tree", cfg=1.0)]

@@ -109,10 +109,10 @@ def test_a_successful_batch_is_done_with_its_messages_in_history_and_an_end_mark
     clock.now_s += 5
     out = ledger.finish_batch(result(report("p0"), report("p1")))
     assert out.finished
-    assert kinds(out.events) == [EventType.EXECUTING, EventType.EXECUTING, EventType.STATUS]
-    assert [e.data for e in out.events[:2]] == [{"node": None, "display_node": None, "prompt_id": p}
-                                               for p in ("p0", "p1")]
-    assert all(e.client_id == "c1" for e in out.events[:2])
+    # ComfyUI's order: the queue status once history holds them, then each end marker
+    assert kinds(out.events) == [EventType.STATUS, EventType.EXECUTING, EventType.EXECUTING]
+    assert [e.data for e in out.events[1:]] == [{"node": None, "prompt_id": p} for p in ("p0", "p1")]
+    assert all(e.client_id == "c1" for e in out.events[1:])
     item = ledger.history_item("p0")
     assert item.status is HistoryStatus.SUCCESS and item.completed and item.outputs == IMAGES
     assert [m.event for m in item.messages] == [EventType.EXECUTION_START, EventType.EXECUTION_SUCCESS]
@@ -129,7 +129,7 @@ def test_a_node_failure_fails_at_once_and_the_worker_already_announced_it():
     ledger.submit([job(0)])
     run_on(ledger)
     out = ledger.finish_batch(result(report("p0", FailureKind.NODE, error="node 3: bad cfg")))
-    assert kinds(out.events) == [EventType.EXECUTING, EventType.STATUS]  # no second execution_error
+    assert kinds(out.events) == [EventType.STATUS, EventType.EXECUTING]  # no second execution_error
     item = ledger.history_item("p0")
     assert item.status is HistoryStatus.ERROR and not item.completed
     assert ledger.job("p0").error == "node 3: bad cfg"
@@ -147,7 +147,7 @@ def test_a_failed_write_retries_the_job_then_fails_it_with_the_writers_message()
     assert ledger.job_state("p0") is JobState.FAILED
     assert "writing the images failed: [Errno 28] No space left on device" in ledger.job("p0").error
     # nobody else told the client: the ledger announces it, then the end marker
-    assert kinds(out.events) == [EventType.EXECUTION_ERROR, EventType.EXECUTING, EventType.STATUS]
+    assert kinds(out.events) == [EventType.EXECUTION_ERROR, EventType.STATUS, EventType.EXECUTING]
     error = out.events[0].data
     assert error["prompt_id"] == "p0" and "No space left" in error["exception_message"]
     assert error["timestamp"] == 1_000_000  # the injected clock, in ms
@@ -162,7 +162,7 @@ def test_only_the_job_whose_write_failed_is_retried():
     out = ledger.finish_batch(result(report("p0", writes=[good]), report("p1", writes=[bad])),
                               {bad: OSError("read-only file system")})
     assert ledger.job_state("p0") is JobState.DONE and ledger.job_state("p1") is JobState.QUEUED
-    assert kinds(out.events) == [EventType.EXECUTING, EventType.STATUS]  # p1 is not finished: no marker
+    assert kinds(out.events) == [EventType.STATUS, EventType.EXECUTING]  # p1 is not finished: no marker
 
 
 def test_an_invalid_job_is_retried_elsewhere_and_an_out_of_memory_one_is_not():

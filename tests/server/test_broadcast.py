@@ -51,6 +51,44 @@ def test_binary_preview_frame():
     assert struct.unpack(">II", png[:8]) == (1, 2)
 
 
+def test_preview_with_metadata_goes_to_clients_that_announced_it():
+    """ComfyUI (comfy_execution/progress.py, server.py send_image_with_metadata): a client
+    whose feature_flags say supports_preview_metadata gets type 4 frames, uint32 length
+    of a JSON header, the header, the image; the others keep the type 1 frame."""
+    jpeg = b"\xff\xd8\xff\xe0fake-jpeg"
+    hub = Broadcaster(capacity=16)
+    plain, rich = hub.subscribe("plain"), hub.subscribe("rich")
+    rich.feature_flags = {"supports_preview_metadata": True}
+    for client in ("plain", "rich"):
+        hub.publish(FarmEvent(EventType.PREVIEW_IMAGE, PreviewImage(ImageFormat.JPEG, jpeg, "p1", "3"), client))
+    [old] = drain(plain)
+    assert struct.unpack(">II", old[:8]) == (1, 1) and old[8:] == jpeg
+    [frame] = drain(rich)
+    kind, length = struct.unpack(">II", frame[:8])
+    assert kind == 4
+    header = json.loads(frame[8:8 + length])
+    assert header == {"node_id": "3", "prompt_id": "p1", "display_node_id": "3", "parent_node_id": None,
+                      "real_node_id": "3", "image_type": "image/jpeg"}
+    assert frame[8 + length:] == jpeg
+
+
+def test_a_prompt_without_client_reaches_sockets_only_where_comfyui_broadcasts():
+    """ComfyUI sends a client-less prompt's lifecycle to nobody (execution.py checks
+    client_id), but progress, progress_state and execution_interrupted go to every socket."""
+    hub = Broadcaster(capacity=16)
+    a = hub.subscribe("a")
+    for kind in (EventType.EXECUTION_START, EventType.EXECUTION_CACHED, EventType.EXECUTED,
+                 EventType.EXECUTION_SUCCESS, EventType.EXECUTION_ERROR):
+        hub.publish(FarmEvent(kind, {"prompt_id": "p1"}, None))
+    hub.publish(executing("3", client_id=None))
+    hub.publish(progress(1, client_id=None))
+    hub.publish(FarmEvent(EventType.PROGRESS_STATE, {"prompt_id": "p1", "nodes": {}}, None))
+    hub.publish(FarmEvent(EventType.EXECUTION_INTERRUPTED, {"prompt_id": "p1"}, None))
+    hub.publish(status_event(0))
+    assert [json.loads(f)["type"] for f in drain(a)] == ["progress", "progress_state", "execution_interrupted",
+                                                         "status"]
+
+
 def test_event_data_must_match_its_type():
     with pytest.raises(TypeError):
         FarmEvent(EventType.PREVIEW_IMAGE, {"node": "3"})

@@ -29,7 +29,7 @@ def test_feature_flags_handshake(start_server):
         reply = json.loads(ws.recv(timeout=5))
     assert reply["type"] == "feature_flags"
     assert reply["data"]["max_upload_size"] == 12345
-    assert reply["data"]["supports_preview_metadata"] is False  # previews are plain type-1 frames
+    assert reply["data"]["supports_preview_metadata"] is True  # previews with node and prompt: type-4 frames
 
 
 def test_other_messages_get_no_reply_and_the_socket_stays_open(server):

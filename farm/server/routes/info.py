@@ -96,7 +96,8 @@ async def embeddings(state: State) -> list[str]:
 def server_features(max_body_bytes: int) -> dict:
     """What a client may rely on (ComfyUI's feature flags, where the farm has them)."""
     return {
-        "supports_preview_metadata": False,  # previews go out as plain binary frames (type 1)
+        # previews go to a client that announced it too as frames of type 4 (with node and prompt)
+        "supports_preview_metadata": True,
         "max_upload_size": max_body_bytes,
     }
 

@@ -52,7 +52,8 @@ async def _send_frames(ws: WebSocket, sub: Subscriber) -> None:
 
 async def _read_client(ws: WebSocket, sub: Subscriber, state: ServerState) -> None:
     """Until the client goes. Its only message that means anything is a first
-    {"type": "feature_flags"}, answered with the server's flags (ComfyUI's handshake)."""
+    {"type": "feature_flags", "data": {...}}: kept on the subscriber (previews are framed
+    by it) and answered with the server's flags (ComfyUI's handshake)."""
     first = True
     while True:
         message = await ws.receive()
@@ -61,7 +62,10 @@ async def _read_client(ws: WebSocket, sub: Subscriber, state: ServerState) -> No
         text = message.get("text")
         if first and text:
             with contextlib.suppress(ValueError, AttributeError):
-                if json.loads(text).get("type") == "feature_flags":
+                message = json.loads(text)
+                if message.get("type") == "feature_flags":
+                    flags = message.get("data")
+                    sub.feature_flags = flags if isinstance(flags, dict) else {}
                     reply = {"type": "feature_flags", "data": server_features(state.config.max_body_bytes)}
                     sub.offer(json.dumps(reply), lossy=False)  # through the outbox: one writer per socket
         first = False
