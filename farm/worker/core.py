@@ -354,8 +354,9 @@ def _failed_before_running(job: PlannedJob, error: NodeExecutionError) -> JobOut
     """A job the engine never ran: its listeners get what the engine would have sent."""
     from farm.engine.executor import execution_error_payload
 
-    job.context.emit(EventType.EXECUTION_START, {})
-    job.context.emit(EventType.EXECUTION_ERROR, execution_error_payload(error, []))
+    stamp = {"timestamp": int(time.time() * 1000)}  # as ComfyUI stamps lifecycle messages
+    job.context.emit(EventType.EXECUTION_START, stamp)
+    job.context.emit(EventType.EXECUTION_ERROR, {**execution_error_payload(error, []), **stamp})
     return JobOutcome(job.context.prompt_id, error=error)
 
 
