@@ -138,6 +138,13 @@ def _named(name: str):
         return None
 
 
+def _raise_if_it_cannot_start(exc: BaseException) -> None:
+    """A dispatcher whose __init__ raised (its queue database is locked or no database)
+    fails the same way on every restart: say why now instead of retrying for a minute."""
+    if getattr(exc, "actor_init_failed", False):
+        raise FarmUnavailable(f"the dispatcher could not start: {one_line(exc)}") from None
+
+
 class FarmCluster:
     """Handles to one farm's actors, and blocking or awaitable calls to them."""
 
@@ -200,6 +207,7 @@ class FarmCluster:
             except GetTimeoutError:
                 raise TimeoutError(f"the dispatcher did not answer {method} within {timeout_s} s") from None
             except (ActorDiedError, ActorUnavailableError, RayActorError) as exc:
+                _raise_if_it_cannot_start(exc)
                 if time.monotonic() > deadline:
                     raise FarmUnavailable(f"the dispatcher is gone and did not come back: {one_line(exc)}") from exc
                 time.sleep(0.5)
@@ -213,6 +221,7 @@ class FarmCluster:
             try:
                 return await getattr(self.dispatcher, method).remote(*args, **kwargs)
             except (ActorDiedError, ActorUnavailableError, RayActorError) as exc:
+                _raise_if_it_cannot_start(exc)
                 if time.monotonic() > deadline:
                     raise FarmUnavailable(f"the dispatcher is gone and did not come back: {one_line(exc)}") from exc
                 await asyncio.sleep(0.5)

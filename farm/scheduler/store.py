@@ -53,6 +53,23 @@ _PENDING_ORDER = "ORDER BY front DESC, number, seq"
 _FINISHED = tuple(s.value for s in JobState if s.finished)
 
 
+BUSY_TIMEOUT_S = 5.0  # how long a statement waits for another connection's lock before it fails
+
+
+def _start_error(path: str, exc: sqlite3.Error, busy_timeout_s: float) -> ConfigError:
+    """The one-line reason a queue database cannot be used, and what to do about it."""
+    text = str(exc)
+    if "locked" in text or "busy" in text:
+        return ConfigError(f"the queue database {path} is locked by another process (still locked after "
+                           f"{busy_timeout_s:g} s; another farm on the same --db?): stop that process, or give "
+                           "this farm its own --db")
+    if isinstance(exc, sqlite3.DatabaseError) and ("not a database" in text or "malformed" in text
+                                                   or "corrupt" in text):
+        return ConfigError(f"{path} is not a readable queue database ({text}): move it aside to start with an "
+                           "empty queue, or restore it from a backup")
+    return ConfigError(f"cannot use the queue database {path} ({text})")
+
+
 def _spec_json(job: Job) -> str:
     spec = {name: getattr(job, name) for name in _SPEC_FIELDS}
     spec["plan"] = job.plan.to_json() if job.plan is not None else None
@@ -74,10 +91,27 @@ class JobStore:
     """SQLite-backed job table. Methods that change a job return whether they did, so
     callers can make completion idempotent (a late duplicate is a no-op)."""
 
-    def __init__(self, path: str | Path = ":memory:"):
+    def __init__(self, path: str | Path = ":memory:", busy_timeout_s: float = BUSY_TIMEOUT_S):
         self.path = str(path)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        try:
+            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None,
+                                       timeout=busy_timeout_s)
+        except sqlite3.Error as exc:
+            raise ConfigError(f"cannot open the queue database {self.path} ({exc}): give --db a file in a "
+                              "folder this user can write") from None
+        try:
+            self._open()
+        except sqlite3.Error as exc:
+            self._db.close()
+            raise _start_error(self.path, exc, busy_timeout_s) from None
+        except BaseException:
+            self._db.close()
+            raise
+
+    def _open(self) -> None:
+        """Journal mode, schema and a write probe: a database another process holds locked
+        or a file that is no database is found here, at start, not at the first submit."""
         if self.path != ":memory:":
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
@@ -90,6 +124,11 @@ class JobStore:
                 raise ConfigError(
                     f"{self.path} holds queue schema v{found[0]}; this farm reads v{SCHEMA_VERSION}. "
                     "Use a new queue file or a matching farm version.")
+            # an existing schema is read without a write lock: take one once, so a lock held
+            # elsewhere shows now (after the busy timeout) rather than as a failed submit later
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute("COMMIT")
+            self._db.execute("PRAGMA quick_check(1)")  # a damaged page: refuse it before a job is lost in it
 
     @contextmanager
     def _tx(self) -> Iterator[None]:
