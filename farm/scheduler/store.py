@@ -58,7 +58,7 @@ BUSY_TIMEOUT_S = 5.0  # how long a statement waits for another connection's lock
 
 def _start_error(path: str, exc: sqlite3.Error, busy_timeout_s: float) -> ConfigError:
     """The one-line reason a queue database cannot be used, and what to do about it."""
-    text = str(exc)
+    text = " ".join(str(exc).split())  # quick_check's report spans lines
     if "locked" in text or "busy" in text:
         return ConfigError(f"the queue database {path} is locked by another process (still locked after "
                            f"{busy_timeout_s:g} s; another farm on the same --db?): stop that process, or give "
@@ -128,7 +128,10 @@ class JobStore:
             # elsewhere shows now (after the busy timeout) rather than as a failed submit later
             self._db.execute("BEGIN IMMEDIATE")
             self._db.execute("COMMIT")
-            self._db.execute("PRAGMA quick_check(1)")  # a damaged page: refuse it before a job is lost in it
+            # a damaged page: refuse it before a job is lost in it (quick_check reports, it does not raise)
+            verdict = self._db.execute("PRAGMA quick_check(1)").fetchone()
+            if verdict is not None and verdict[0] != "ok":
+                raise sqlite3.DatabaseError(f"database disk image is malformed: {verdict[0]}")
 
     @contextmanager
     def _tx(self) -> Iterator[None]:

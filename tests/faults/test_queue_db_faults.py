@@ -35,12 +35,20 @@ def real_db(tmp_path):
 
 def corrupt(path, how: str) -> None:
     data = path.read_bytes()
+    if how == "one page":  # header and schema intact, a table page overwritten: only a check finds it
+        store = JobStore(path)
+        for i in range(200):
+            store.add(a_job(f"filler{i}"))
+        store.close()
+        data = bytearray(path.read_bytes())
+        data[4096 * 5: 4096 * 6] = b"\x5a" * 4096
     path.write_bytes({"garbage": b"not a database at all " * 200,
                       "truncated": data[: len(data) // 3],
-                      "pages": data[:100] + bytes((i * 131) % 256 for i in range(len(data) - 100))}[how])
+                      "pages": data[:100] + bytes((i * 131) % 256 for i in range(len(data) - 100)),
+                      "one page": data}[how])
 
 
-@pytest.mark.parametrize("how", ["garbage", "truncated", "pages"])
+@pytest.mark.parametrize("how", ["garbage", "truncated", "pages", "one page"])
 def test_a_corrupt_queue_file_is_one_clear_error(real_db, how):
     corrupt(real_db, how)
     with pytest.raises(ConfigError) as caught:
