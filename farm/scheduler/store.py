@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from farm.errors import ConfigError, DuplicatePromptError, UnknownJobError
+from farm.errors import ConfigError, DuplicatePromptError, QueueLocked, UnknownJobError
 from farm.scheduler.jobs import Job, JobState
 from farm.workflow.plan import Plan
 
@@ -53,7 +53,10 @@ _PENDING_ORDER = "ORDER BY front DESC, number, seq"
 _FINISHED = tuple(s.value for s in JobState if s.finished)
 
 
-BUSY_TIMEOUT_S = 5.0  # how long a statement waits for another connection's lock before it fails
+BUSY_TIMEOUT_S = 5.0  # how long opening the file, or a submit, waits for another connection's lock
+# How long the farm's own writes (claim, complete, fail, requeue) wait for a lock: such a write
+# must not fail, or a job that ran would never end. The dispatcher waits meanwhile.
+WRITE_PATIENCE_S = 120.0
 
 
 def _start_error(path: str, exc: sqlite3.Error, busy_timeout_s: float) -> ConfigError:
@@ -91,8 +94,10 @@ class JobStore:
     """SQLite-backed job table. Methods that change a job return whether they did, so
     callers can make completion idempotent (a late duplicate is a no-op)."""
 
-    def __init__(self, path: str | Path = ":memory:", busy_timeout_s: float = BUSY_TIMEOUT_S):
+    def __init__(self, path: str | Path = ":memory:", busy_timeout_s: float = BUSY_TIMEOUT_S,
+                 write_patience_s: float = WRITE_PATIENCE_S):
         self.path = str(path)
+        self.busy_timeout_s, self.write_patience_s = busy_timeout_s, write_patience_s
         self._lock = threading.Lock()
         try:
             self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None,
@@ -108,6 +113,10 @@ class JobStore:
         except BaseException:
             self._db.close()
             raise
+        self._busy(write_patience_s)
+
+    def _busy(self, seconds: float) -> None:
+        self._db.execute(f"PRAGMA busy_timeout = {int(seconds * 1000)}")
 
     def _open(self) -> None:
         """Journal mode, schema and a write probe: a database another process holds locked
@@ -157,15 +166,25 @@ class JobStore:
         spec = _spec_json(job)
         try:
             with self._lock:  # one statement: atomic on its own
-                cur = self._db.execute(
-                    "INSERT INTO jobs (job_id, number, front, state, attempts, created_s, spec, outputs) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, '{}')",
-                    (job.job_id, job.number, int(job.front), JobState.QUEUED.value, job.attempts,
-                     job.created_s, spec))
+                self._busy(self.busy_timeout_s)  # a submitter is told soon; its prompt is not queued
+                try:
+                    cur = self._db.execute(
+                        "INSERT INTO jobs (job_id, number, front, state, attempts, created_s, spec, outputs) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, '{}')",
+                        (job.job_id, job.number, int(job.front), JobState.QUEUED.value, job.attempts,
+                         job.created_s, spec))
+                finally:
+                    self._busy(self.write_patience_s)
         except sqlite3.IntegrityError:
             raise DuplicatePromptError(
                 f"prompt_id {job.job_id} is already queued or in history; "
                 "submit with a new prompt_id (or none)") from None
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc):
+                raise
+            raise QueueLocked(f"the queue database {self.path} is locked by another process (for over "
+                              f"{self.busy_timeout_s:g} s): prompt {job.job_id} was not queued; send it again") \
+                from None
         job.seq, job.state = cur.lastrowid, JobState.QUEUED
         return job
 

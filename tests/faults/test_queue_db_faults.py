@@ -126,3 +126,27 @@ def test_a_dispatcher_on_a_corrupt_queue_fails_at_once_naming_the_file(ray_farm,
         assert "not a readable queue database" in str(caught.value)
     finally:
         ray.kill(handle)
+
+
+def test_a_lock_taken_while_the_farm_runs_refuses_new_prompts_and_is_waited_out_by_running_ones(real_db):
+    """A submit meets the lock: QueueLocked soon (the prompt is not queued: nothing lost).
+    The farm's own write (a running job completing) waits the lock out instead of failing:
+    a failed completion would leave a job that ran never ending."""
+    import threading
+
+    from farm.errors import QueueLocked
+
+    store = JobStore(real_db, busy_timeout_s=BUSY_S, write_patience_s=30)
+    store.claim(["kept"], "w1", now_s=1.0)
+    holder = sqlite3.connect(real_db, isolation_level=None, check_same_thread=False)  # released by a timer
+    holder.execute("BEGIN EXCLUSIVE")
+    with pytest.raises(QueueLocked, match=r"is locked by another process .*was not queued; send it again"):
+        store.add(a_job("refused"))
+    assert store.get("refused") is None
+    threading.Timer(1.5, lambda: (holder.execute("ROLLBACK"), holder.close())).start()
+    started = time.monotonic()
+    assert store.complete("kept", {"9": {"images": []}}, now_s=2.0)  # waited, then written
+    assert 1.0 < time.monotonic() - started < 30
+    assert store.get("kept").state.value == "done"
+    store.add(a_job("later"))  # the lock is gone: submits work again
+    store.close()

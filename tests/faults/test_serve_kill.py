@@ -85,9 +85,11 @@ def serve_root(tiny_models, tmp_path):
 
 def test_sigkill_of_farm_serve_mid_queue_then_a_restart_finishes_the_queue(serve_root, txt2img):
     root, started = serve_root
+    t0 = time.monotonic()
     first = Serve(root, "first.log")
     started.append(first)
     first.wait_answering()
+    print(f"first answering after {time.monotonic() - t0:.1f} s")
     accepted = []
     with httpx.Client(base_url=first.url, timeout=30) as client:
         for i in range(PROMPTS):
@@ -99,15 +101,16 @@ def test_sigkill_of_farm_serve_mid_queue_then_a_restart_finishes_the_queue(serve
         queue = client.get("/queue").json()
     assert queue["queue_pending"], "everything already ran: the kill would prove nothing"
     os.kill(first.proc.pid, signal.SIGKILL)  # acknowledged means in SQLite: each must survive this
-    first.proc.wait(30)
-    deadline = time.monotonic() + 60  # its embedded Ray notices and goes (tests/test_cli.py checks that it does)
-    while session_pids(first.proc.pid) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    first.end()  # whatever did not go by itself: two dispatchers must not share the file
+    print(f"killed after {time.monotonic() - t0:.1f} s")
+    # and its embedded Ray with it, at once, as a crash of the machine would: that Ray goes by
+    # itself too, but only after a while (tests/test_cli.py checks that it does), and two
+    # dispatchers must never share the file
+    first.end()
 
     second = Serve(root, "second.log")
     started.append(second)
     second.wait_answering()
+    print(f"second answering after {time.monotonic() - t0:.1f} s")
     deadline = time.monotonic() + 300
     with httpx.Client(base_url=second.url, timeout=30) as client:
         while True:
@@ -116,6 +119,7 @@ def test_sigkill_of_farm_serve_mid_queue_then_a_restart_finishes_the_queue(serve
                 break
             assert time.monotonic() < deadline, f"not finished after the restart: {set(accepted) - set(history)}"
             time.sleep(0.5)
+        print(f"all done after {time.monotonic() - t0:.1f} s")
         assert client.get("/queue").json() == {"queue_running": [], "queue_pending": []}
     for prompt_id in accepted:
         status = history[prompt_id]["status"]
