@@ -150,3 +150,31 @@ def test_a_lock_taken_while_the_farm_runs_refuses_new_prompts_and_is_waited_out_
     assert store.get("kept").state.value == "done"
     store.add(a_job("later"))  # the lock is gone: submits work again
     store.close()
+
+
+def test_on_the_farm_a_lock_refuses_a_submit_in_one_line_and_a_running_job_still_ends(farm, txt2img):
+    """The session farm's own queue file, locked from outside while a job runs."""
+    import threading
+
+    from farm.errors import QueueLocked
+
+    db = farm.paths.input.parent / "queue.sqlite"  # tests/conftest.py puts it in the farm's root
+    assert db.is_file(), db
+    running = farm.submit(txt2img, {"3.steps": 30, "3.seed": 1300})  # ends while the lock is held
+    deadline = time.monotonic() + 120
+    while not any(i.prompt_id == running.prompt_id for i in farm.status().queue.running):
+        assert time.monotonic() < deadline, "the job never started"
+        time.sleep(0.05)
+    holder = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN EXCLUSIVE")
+    release = threading.Timer(8.0, lambda: (holder.execute("ROLLBACK"), holder.close()))
+    release.start()
+    try:
+        with pytest.raises(QueueLocked) as caught:  # after the store's 5 s busy timeout
+            farm.submit(txt2img, {"3.seed": 1301})
+        assert "\n" not in str(caught.value) and str(db) in str(caught.value), str(caught.value)
+        result = running.outcome(120)  # its completion waited for the lock instead of failing
+        assert result.ok and result.attempts == 1, result.error
+    finally:
+        release.join()
+    assert farm.submit(txt2img, {"3.seed": 1302}).result(120).ok
