@@ -21,10 +21,11 @@ from ray.exceptions import (
     ActorUnavailableError,
     GetTimeoutError,
     RayActorError,
+    RayTaskError,
 )
 
 from actors import ACTOR_NAMESPACE, DISPATCHER_NAME, EVENT_HUB_NAME, OUTPUT_WRITER_NAME
-from farm.errors import FarmUnavailable, one_line
+from farm.errors import FarmError, FarmUnavailable, one_line
 from farm.models.compiled import CompileConfig
 from farm.models.tiers import TierConfig
 from farm.records.paths import FarmPaths
@@ -141,6 +142,22 @@ def _named(name: str):
         return None
 
 
+def _raise_farm_error(exc: BaseException):
+    """A FarmError the dispatcher raised (a duplicate or unknown prompt, a locked queue)
+    reaches the caller as itself: its one-line message, not Ray's remote traceback."""
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, FarmError):
+        raise cause from None
+    raise exc
+
+
+def _raise_if_it_cannot_start(exc: BaseException) -> None:
+    """A dispatcher whose __init__ raised (its queue database is locked or no database)
+    fails the same way on every restart: say why now instead of retrying for a minute."""
+    if getattr(exc, "actor_init_failed", False):
+        raise FarmUnavailable(f"the dispatcher could not start: {one_line(exc)}") from None
+
+
 class FarmCluster:
     """Handles to one farm's actors, and blocking or awaitable calls to them."""
 
@@ -202,7 +219,10 @@ class FarmCluster:
                 return ray.get(ref, timeout=timeout_s)
             except GetTimeoutError:
                 raise TimeoutError(f"the dispatcher did not answer {method} within {timeout_s} s") from None
+            except RayTaskError as exc:
+                _raise_farm_error(exc)
             except (ActorDiedError, ActorUnavailableError, RayActorError) as exc:
+                _raise_if_it_cannot_start(exc)
                 if time.monotonic() > deadline:
                     raise FarmUnavailable(f"the dispatcher is gone and did not come back: {one_line(exc)}") from exc
                 time.sleep(0.5)
@@ -215,7 +235,10 @@ class FarmCluster:
         while True:
             try:
                 return await getattr(self.dispatcher, method).remote(*args, **kwargs)
+            except RayTaskError as exc:
+                _raise_farm_error(exc)
             except (ActorDiedError, ActorUnavailableError, RayActorError) as exc:
+                _raise_if_it_cannot_start(exc)
                 if time.monotonic() > deadline:
                     raise FarmUnavailable(f"the dispatcher is gone and did not come back: {one_line(exc)}") from exc
                 await asyncio.sleep(0.5)

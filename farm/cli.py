@@ -149,6 +149,8 @@ def cmd_serve(args) -> int:
     """The ComfyUI-compatible server over the farm: an embedded Ray unless --address, where
     it joins the farm running there or starts one. $RAY_ADDRESS alone does not make it
     join a cluster (it may be a stranger's, or stale): `--address auto` reads it."""
+    if not args.address:  # before Ray and its imports: a locked or corrupt queue is answered at once
+        _check_queue_db(args.db.absolute())
     from actors import cluster
     from actors.service import RayFarmService
     from farm.server.app import serve
@@ -163,7 +165,6 @@ def cmd_serve(args) -> int:
         db = args.db.absolute()
         cluster.init_local()
         paths.create()
-        db.parent.mkdir(parents=True, exist_ok=True)
         farm_cluster = cluster.FarmCluster.start(cluster.FarmConfig(paths=paths, db=db))
     config = ServerConfig(models_dir=paths.models, input_dir=paths.input, output_dir=paths.output,
                           temp_dir=paths.temp, limits=limits, host=args.host, port=args.port, token=args.token,
@@ -172,6 +173,15 @@ def cmd_serve(args) -> int:
           f"dashboard at /farm")
     serve(RayFarmService(farm_cluster, paths), config)
     return 0
+
+
+def _check_queue_db(db: Path) -> None:
+    """Open the queue database once before Ray starts: a locked or corrupt file is one
+    line at once (a ConfigError from the store), not a dispatcher that cannot start."""
+    from farm.scheduler.store import JobStore
+
+    db.parent.mkdir(parents=True, exist_ok=True)
+    JobStore(db).close()
 
 
 def _address(args) -> str | None:

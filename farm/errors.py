@@ -52,6 +52,11 @@ class FarmUnavailable(FarmError):
     actors.cluster; here so that code below the Ray side can name it."""
 
 
+class QueueLocked(FarmUnavailable):
+    """Another process holds the queue database locked: a new prompt is refused (not queued,
+    so nothing is lost; send it again), while the farm's own bookkeeping waits the lock out."""
+
+
 class DuplicatePromptError(FarmError):
     """A prompt_id that is already queued or in history (POST /prompt answers 409)."""
 

@@ -111,13 +111,17 @@ class LocalImageWriter:
 
     @staticmethod
     def _write(path: Path, pixels: np.ndarray, text_chunks: dict[str, str]) -> None:
+        tmp = path.with_suffix(".png.part")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             image, info = encode_png(pixels, text_chunks)
-            tmp = path.with_suffix(".png.part")
             image.save(tmp, format="PNG", pnginfo=info, compress_level=PNG_COMPRESS_LEVEL)
             tmp.replace(path)  # a reader never sees half a PNG
         except OSError as exc:
+            try:  # a full disk leaves the part written so far: free it, it is no image
+                tmp.unlink(missing_ok=True)
+            except OSError:
+                pass
             raise OutputWriteError(f"cannot write {path}: {exc.strerror or exc}; check that its folder "
                                    f"is a writable directory with free space") from exc
 

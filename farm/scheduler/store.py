@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from farm.errors import ConfigError, DuplicatePromptError, UnknownJobError
+from farm.errors import ConfigError, DuplicatePromptError, QueueLocked, UnknownJobError
 from farm.scheduler.jobs import Job, JobState
 from farm.workflow.plan import Plan
 
@@ -54,6 +54,26 @@ _PENDING_ORDER = "ORDER BY front DESC, number, seq"
 _FINISHED = tuple(s.value for s in JobState if s.finished)
 
 
+BUSY_TIMEOUT_S = 5.0  # how long opening the file, or a submit, waits for another connection's lock
+# How long the farm's own writes (claim, complete, fail, requeue) wait for a lock: such a write
+# must not fail, or a job that ran would never end. The dispatcher waits meanwhile.
+WRITE_PATIENCE_S = 120.0
+
+
+def _start_error(path: str, exc: sqlite3.Error, busy_timeout_s: float) -> ConfigError:
+    """The one-line reason a queue database cannot be used, and what to do about it."""
+    text = " ".join(str(exc).split())  # quick_check's report spans lines
+    if "locked" in text or "busy" in text:
+        return ConfigError(f"the queue database {path} is locked by another process (still locked after "
+                           f"{busy_timeout_s:g} s; another farm on the same --db?): stop that process, or give "
+                           "this farm its own --db")
+    if isinstance(exc, sqlite3.DatabaseError) and ("not a database" in text or "malformed" in text
+                                                   or "corrupt" in text):
+        return ConfigError(f"{path} is not a readable queue database ({text}): move it aside to start with an "
+                           "empty queue, or restore it from a backup")
+    return ConfigError(f"cannot use the queue database {path} ({text})")
+
+
 def _spec_json(job: Job) -> str:
     spec = {name: getattr(job, name) for name in _SPEC_FIELDS}
     spec["plan"] = job.plan.to_json() if job.plan is not None else None
@@ -75,10 +95,33 @@ class JobStore:
     """SQLite-backed job table. Methods that change a job return whether they did, so
     callers can make completion idempotent (a late duplicate is a no-op)."""
 
-    def __init__(self, path: str | Path = ":memory:"):
+    def __init__(self, path: str | Path = ":memory:", busy_timeout_s: float = BUSY_TIMEOUT_S,
+                 write_patience_s: float = WRITE_PATIENCE_S):
         self.path = str(path)
+        self.busy_timeout_s, self.write_patience_s = busy_timeout_s, write_patience_s
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        try:
+            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None,
+                                       timeout=busy_timeout_s)
+        except sqlite3.Error as exc:
+            raise ConfigError(f"cannot open the queue database {self.path} ({exc}): give --db a file in a "
+                              "folder this user can write") from None
+        try:
+            self._open()
+        except sqlite3.Error as exc:
+            self._db.close()
+            raise _start_error(self.path, exc, busy_timeout_s) from None
+        except BaseException:
+            self._db.close()
+            raise
+        self._busy(write_patience_s)
+
+    def _busy(self, seconds: float) -> None:
+        self._db.execute(f"PRAGMA busy_timeout = {int(seconds * 1000)}")
+
+    def _open(self) -> None:
+        """Journal mode, schema and a write probe: a database another process holds locked
+        or a file that is no database is found here, at start, not at the first submit."""
         if self.path != ":memory:":
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
@@ -91,6 +134,14 @@ class JobStore:
                 raise ConfigError(
                     f"{self.path} holds queue schema v{found[0]}; this farm reads v{SCHEMA_VERSION}. "
                     "Use a new queue file or a matching farm version.")
+            # an existing schema is read without a write lock: take one once, so a lock held
+            # elsewhere shows now (after the busy timeout) rather than as a failed submit later
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute("COMMIT")
+            # a damaged page: refuse it before a job is lost in it (quick_check reports, it does not raise)
+            verdict = self._db.execute("PRAGMA quick_check(1)").fetchone()
+            if verdict is not None and verdict[0] != "ok":
+                raise sqlite3.DatabaseError(f"database disk image is malformed: {verdict[0]}")
 
     @contextmanager
     def _tx(self) -> Iterator[None]:
@@ -116,15 +167,25 @@ class JobStore:
         spec = _spec_json(job)
         try:
             with self._lock:  # one statement: atomic on its own
-                cur = self._db.execute(
-                    "INSERT INTO jobs (job_id, number, front, state, attempts, created_s, spec, outputs) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, '{}')",
-                    (job.job_id, job.number, int(job.front), JobState.QUEUED.value, job.attempts,
-                     job.created_s, spec))
+                self._busy(self.busy_timeout_s)  # a submitter is told soon; its prompt is not queued
+                try:
+                    cur = self._db.execute(
+                        "INSERT INTO jobs (job_id, number, front, state, attempts, created_s, spec, outputs) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, '{}')",
+                        (job.job_id, job.number, int(job.front), JobState.QUEUED.value, job.attempts,
+                         job.created_s, spec))
+                finally:
+                    self._busy(self.write_patience_s)
         except sqlite3.IntegrityError:
             raise DuplicatePromptError(
                 f"prompt_id {job.job_id} is already queued or in history; "
                 "submit with a new prompt_id (or none)") from None
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc):
+                raise
+            raise QueueLocked(f"the queue database {self.path} is locked by another process (for over "
+                              f"{self.busy_timeout_s:g} s): prompt {job.job_id} was not queued; send it again") \
+                from None
         job.seq, job.state = cur.lastrowid, JobState.QUEUED
         return job
 

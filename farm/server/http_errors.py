@@ -1,6 +1,7 @@
 """Which answer each error gets over HTTP, in one place: a refused prompt is a 400 in
 ComfyUI's {"error", "node_errors"} shape (farm.records.comfy_errors spells it), a malformed
-request a 400 {"error": message}, a server without a farm a 503, a duplicate prompt_id a 409.
+request a 400 {"error": message}, a server without a farm (or a farm that cannot take work
+now: FarmUnavailable) a 503, a duplicate prompt_id a 409.
 Every route's error path ends here; routes raise or return what this module builds."""
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from farm.errors import FarmError, WorkflowFormatError
+from farm.errors import FarmError, FarmUnavailable, WorkflowFormatError, one_line
 from farm.records import comfy_errors
 from farm.workflow.prepare import ValidationFailed
 
@@ -81,5 +82,11 @@ def install_error_handlers(app: FastAPI) -> None:
     async def invalid_body(request, exc: RequestValidationError) -> JSONResponse:
         return error_response(400, f"bad request body: {describe(exc.errors())}")
 
+    async def farm_unavailable(request, exc: FarmUnavailable) -> JSONResponse:
+        # the farm cannot take the request now (dispatcher gone, queue database locked):
+        # nothing was queued, the client may send it again
+        return error_response(503, one_line(exc))  # a Ray wrapper's text is a remote traceback
+
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(RequestValidationError, invalid_body)
+    app.add_exception_handler(FarmUnavailable, farm_unavailable)

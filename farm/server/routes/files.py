@@ -6,6 +6,7 @@ are compared after resolving symlinks, so a link inside output/ cannot expose th
 """
 from __future__ import annotations
 
+import errno
 import io
 import mimetypes
 import os
@@ -19,7 +20,7 @@ from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
 from farm.server.deps import State
-from farm.server.http_errors import BadRequest
+from farm.server.http_errors import BadRequest, error_response
 from farm.server.multipart import MultipartError, Part, parse_form
 
 router = APIRouter()
@@ -74,7 +75,11 @@ async def view(request: Request, state: State) -> Response:
         return Response(status_code=403)
     name = os.path.basename(filename)
     path = directory / name
-    if not name or not path.is_file():
+    try:
+        found = bool(name) and path.is_file()
+    except OSError:  # a name longer than the filesystem takes (ENAMETOOLONG) names no file
+        found = False
+    if not found:
         return Response(status_code=404)
     disposition = {"Content-Disposition": _disposition(name)}
     if "preview" in query:
@@ -107,7 +112,8 @@ def _preview(path: Path, spec: str, channel: str) -> tuple[bytes, str]:
     """?preview=webp;90 or jpeg;80: a re-encoded copy (webp when alpha is asked for)."""
     parts = spec.split(";")
     image_format = parts[0] if parts[0] in ("webp", "jpeg") and "a" not in channel else "webp"
-    quality = int(parts[-1]) if parts[-1].isdigit() else 90
+    # isdecimal and ASCII: "²".isdigit() holds but int() refuses it; Pillow refuses a quality past 100
+    quality = min(100, int(parts[-1])) if parts[-1].isascii() and parts[-1].isdecimal() else 90
     with Image.open(path) as img:
         if image_format == "jpeg" or channel == "rgb":
             img = img.convert("RGB")
@@ -151,8 +157,12 @@ def _claim(path: Path, data: bytes) -> bool:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     except FileExistsError:
         return False
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+    except OSError:  # a full disk: leave no truncated file that a later upload would be numbered around
+        path.unlink(missing_ok=True)
+        raise
     return True
 
 
@@ -208,4 +218,8 @@ async def upload_image(request: Request, state: State) -> Response:
         name = await run_in_threadpool(store_upload, Path(folder), subfolder, image.filename, image.data, overwrite)
     except Escapes:
         return Response(status_code=400)
+    except OSError as exc:  # the folder's filesystem refused it: a name it cannot hold, or no room
+        if exc.errno == errno.ENAMETOOLONG:
+            raise BadRequest("the file name or subfolder is longer than the filesystem allows") from None
+        return error_response(507, f"the upload could not be stored in {kind}/: {exc.strerror or exc}")
     return JSONResponse({"name": name, "subfolder": subfolder, "type": kind})

@@ -8,6 +8,7 @@ from starlette.concurrency import run_in_threadpool
 from farm.errors import DuplicatePromptError
 from farm.server.deps import Service, State, parse_body, read_json, require_farm
 from farm.server.http_errors import (
+    BadRequest,
     PromptRejected,
     duplicate_prompt_response,
     reject,
@@ -33,14 +34,16 @@ async def get_prompt(service: Service) -> dict:
 async def post_prompt(request: Request, state: State) -> JSONResponse:
     """Validation answers before the farm is asked anything, so a bad prompt costs the
     farm nothing; only a valid one needs the farm."""
-    data = await read_json(request)
     try:
+        data = await read_json(request)
         await run_in_threadpool(check_request_caps, data, state)  # a big body takes a while to walk
         body = parse_body(PromptRequest, data)
         if body.prompt is None:
             raise reject("no_prompt", "no prompt in the request", 'send {"prompt": <API-format workflow>}')
         prompt_id = check_prompt_id(body.prompt_id)
         validated = await validate_prompt(state, body.prompt, prompt_id, body.partial_execution_targets)
+    except BadRequest as exc:  # ComfyUI's clients read every 400 of /prompt as {"error": {...}, "node_errors"}
+        return rejected_response(reject("invalid_prompt", "the request body cannot be read", exc.detail))
     except PromptRejected as rejected:
         return rejected_response(rejected)
     service = require_farm(request)
