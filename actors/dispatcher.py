@@ -55,7 +55,8 @@ class Dispatcher:
     def __init__(self, config):
         self.config = config  # actors.cluster.FarmConfig
         self.ledger = Ledger(JobStore(config.db), FarmPolicy(**config.dispatcher_options), time.time,
-                             CoreConfig(max_batch=config.max_batch, max_attempts=config.max_attempts))
+                             CoreConfig(max_batch=config.max_batch, max_attempts=config.max_attempts,
+                                        fetch_bytes_per_s=config.fetch_bytes_per_s))
         self.hub = ray.get_actor(EVENT_HUB_NAME, namespace=ACTOR_NAMESPACE)
         self.writer = ray.get_actor(OUTPUT_WRITER_NAME, namespace=ACTOR_NAMESPACE)
         self._slots: dict[str, _Slot] = {}  # worker_id -> slot

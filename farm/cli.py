@@ -22,6 +22,21 @@ def _add_paths(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", type=Path, help="where images are written (default: .farm/output)")
 
 
+def _add_farm_setup(p: argparse.ArgumentParser) -> None:
+    """What a farm started on a cluster is set up with (farm serve and farm start)."""
+    p.add_argument("--model-source", metavar="PATH_OR_URI",
+                   help="where a node fetches a model file its models folder lacks: a shared folder or an fsspec "
+                        "URI laid out like models/ (e.g. s3://bucket/models with s3fs installed)")
+
+
+def _model_source(args) -> str | None:
+    """A local folder as an absolute path (the farm's actors do not run in this folder)."""
+    source = getattr(args, "model_source", None)
+    if not source or "://" in source:
+        return source or None
+    return str(Path(source).expanduser().resolve())
+
+
 def _add_limits(p: argparse.ArgumentParser) -> None:
     """The caps of farm.settings.Limits; a flag not given leaves FARM_<NAME>, the settings
     file, then the default in force."""
@@ -164,7 +179,8 @@ def cmd_serve(args) -> int:
         farm_cluster = cluster.FarmCluster.start(cluster.FarmConfig(paths=paths, db=db))
     config = ServerConfig(models_dir=paths.models, input_dir=paths.input, output_dir=paths.output,
                           temp_dir=paths.temp, limits=limits, host=args.host, port=args.port, token=args.token,
-                          frontend_root=args.front_end_root, web_ui=not args.no_web_ui)
+                          frontend_root=args.front_end_root, web_ui=not args.no_web_ui,
+                          model_source=paths.model_source)
     print(f"serving the farm on http://{args.host}:{args.port} (models: {paths.models}, output: {paths.output}); "
           f"dashboard at /farm")
     serve(RayFarmService(farm_cluster, paths), config)
@@ -178,7 +194,7 @@ def _address(args) -> str | None:
 def _paths(args):
     from farm.records.paths import FarmPaths
 
-    return FarmPaths.under(DEFAULT_ROOT, args.models, args.output)
+    return FarmPaths.under(DEFAULT_ROOT, args.models, args.output, _model_source(args))
 
 
 def _start_or_join(args, address: str):
@@ -204,7 +220,8 @@ def _absolute_paths(args):
     from farm.records.paths import FarmPaths
 
     p = _paths(args)
-    return FarmPaths(*(Path(x).expanduser().resolve() for x in (p.models, p.output, p.input, p.temp)))
+    return FarmPaths(*(Path(x).expanduser().resolve() for x in (p.models, p.output, p.input, p.temp)),
+                     model_source=p.model_source)
 
 
 def cmd_start(args) -> int:
@@ -267,6 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "join its farm, or start one there, instead of an embedded Ray")
     p.add_argument("--db", type=Path, default=DEFAULT_ROOT / "queue.sqlite", help="the durable queue (SQLite)")
     p.add_argument("--token", help="require this bearer token on every route (default: $FARM_TOKEN)")
+    _add_farm_setup(p)
     _add_limits(p)
     p.add_argument("--front-end-root", type=Path, help="serve this built ComfyUI frontend at / "
                                                        "(default: the comfyui-frontend-package's, if installed)")
@@ -280,6 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--db", type=Path, default=DEFAULT_ROOT / "queue.sqlite",
                    help="the durable queue (SQLite) on the head")
     p.add_argument("--workers", type=int, help="GPU workers to start (default: one per GPU of the cluster)")
+    _add_farm_setup(p)
     p.set_defaults(func=cmd_start)
 
     p = sub.add_parser("stop", help="stop the farm's actors on a Ray cluster (the queue database stays)")

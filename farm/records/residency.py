@@ -91,6 +91,13 @@ class ResidencyReport:
     disk: frozenset[str] = frozenset()  # ... on local disk
     gpu_free_bytes: int = 0  # VRAM budget for weights not in use
     evict_order: tuple[tuple[str, int], ...] = ()  # VRAM (checkpoint, bytes), least valuable first
+    # checkpoint files on the worker's node, reported where a model source is configured (a
+    # file not among them is fetched first); None: every file is on every node
+    on_node: frozenset[str] | None = None
+
+    def needs_fetch(self, checkpoint: str) -> bool:
+        """A load of `checkpoint` here must first fetch its file from the model source."""
+        return self.on_node is not None and checkpoint not in self.on_node and self.source(checkpoint) is Tier.STORE
 
     def victims(self, checkpoint: str, size_bytes: int,
                 keep: frozenset[str] = frozenset()) -> tuple[str, ...]:

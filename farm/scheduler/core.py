@@ -22,6 +22,7 @@ from typing import Any, Callable
 from farm.errors import UnknownJobError
 from farm.records.residency import LoadCostModel, ResidencyReport, Tier
 from farm.scheduler.batching import Batch
+from farm.scheduler.costs import DEFAULT_FETCH_BYTES_PER_S
 from farm.scheduler.fleet import Fleet
 from farm.scheduler.jobs import Job, JobState
 from farm.scheduler.placement import Placement, PlacementPolicy
@@ -32,6 +33,7 @@ from farm.scheduler.store import JobStore
 class CoreConfig:
     max_batch: int = 8  # most jobs in one batched call
     max_attempts: int = 3  # dispatches before a job that keeps losing its worker fails
+    fetch_bytes_per_s: float = DEFAULT_FETCH_BYTES_PER_S  # model source bandwidth, for placement
 
 
 @dataclass(frozen=True)
@@ -49,7 +51,7 @@ class DispatcherCore:
         self.policy = policy  # placement decisions
         self.clock = clock  # seconds; injected so tests and the simulator control time
         self.config = config
-        self.fleet = Fleet(config.max_batch, costs or LoadCostModel())  # workers and queues
+        self.fleet = Fleet(config.max_batch, costs or LoadCostModel(), config.fetch_bytes_per_s)  # workers and queues
         self._jobs: dict[str, Job] = {}  # job_id -> Job, queued or running
         self._interrupted: set[str] = set()  # running job ids asked to stop
         for job in store.recover(config.max_attempts, clock()):

@@ -15,6 +15,7 @@ from typing import Collection, Iterator
 from farm.errors import UnknownJobError
 from farm.records.residency import LoadCostModel, ResidencyReport, Tier
 from farm.scheduler.batching import Batch, form_batch
+from farm.scheduler.costs import DEFAULT_FETCH_BYTES_PER_S, fetch_s
 from farm.scheduler.jobs import Job
 from farm.scheduler.queues import KeyedQueue
 
@@ -42,9 +43,10 @@ class WorkerView:
 
 
 class Fleet:
-    def __init__(self, max_batch: int, costs: LoadCostModel):
+    def __init__(self, max_batch: int, costs: LoadCostModel, fetch_bytes_per_s: float = DEFAULT_FETCH_BYTES_PER_S):
         self.max_batch = max_batch  # batch limit
         self.costs = costs  # load-time estimates per tier (shared with the workers' reports)
+        self.fetch_bytes_per_s = fetch_bytes_per_s  # from the model source, for a file a node lacks
         self.workers: dict[str, WorkerView] = {}  # worker_id -> view, in registration order
         self.pool = KeyedQueue(max_batch)  # jobs not reserved for any worker
         self._owner: dict[str, str | None] = {}  # queued job_id -> worker_id, or None (pool)
@@ -135,7 +137,10 @@ class Fleet:
         """Expected seconds for this worker to bring the checkpoint into VRAM."""
         if checkpoint is None:
             return 0.0
-        return self.costs.estimate_s(view.residency.source(checkpoint), size_bytes)
+        load_s = self.costs.estimate_s(view.residency.source(checkpoint), size_bytes)
+        if view.residency.needs_fetch(checkpoint):  # on no tier, not even this node's disk
+            load_s += fetch_s(size_bytes, self.fetch_bytes_per_s)
+        return load_s
 
     def source(self, view: WorkerView, checkpoint: str | None) -> Tier:
         return Tier.GPU if checkpoint is None else view.residency.source(checkpoint)
