@@ -27,6 +27,43 @@ def _add_farm_setup(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model-source", metavar="PATH_OR_URI",
                    help="where a node fetches a model file its models folder lacks: a shared folder or an fsspec "
                         "URI laid out like models/ (e.g. s3://bucket/models with s3fs installed)")
+    p.add_argument("--max-gpus", type=int, metavar="N",
+                   help="most GPU workers as nodes join, and with autoscaling the most GPUs asked for "
+                        "(default: every GPU; 8 asked for)")
+    p.add_argument("--autoscale", action="store_true",
+                   help="ask Ray's autoscaler for GPUs from the queue's backlog and retire idle workers when it "
+                        "shrinks (implied by the three options below)")
+    p.add_argument("--target-backlog-s", type=float, metavar="S",
+                   help="autoscale: GPU seconds of queued work each GPU may carry (default 60)")
+    p.add_argument("--scale-down-delay-s", type=float, metavar="S",
+                   help="autoscale: how long a lower GPU count must hold before GPUs are given back (default 300)")
+    p.add_argument("--min-gpus", type=int, metavar="N", help="autoscale: GPUs always kept (default 0)")
+
+
+def _scaling(args):
+    """(max_workers, ScaleKnobs or None) from the flags; a bad value is a FarmError."""
+    from farm.scheduler.autoscale import ScaleKnobs, ScaleKnobsError
+
+    max_gpus = getattr(args, "max_gpus", None)
+    if max_gpus is not None and max_gpus < 1:
+        raise ScaleKnobsError(f"--max-gpus is {max_gpus}; it must be at least 1")
+    given = {name: value for name, value in (("target_backlog_s", getattr(args, "target_backlog_s", None)),
+                                             ("scale_down_delay_s", getattr(args, "scale_down_delay_s", None)),
+                                             ("min_gpus", getattr(args, "min_gpus", None))) if value is not None}
+    if not (getattr(args, "autoscale", False) or given):
+        return max_gpus, None
+    if max_gpus is not None:
+        given["max_gpus"] = max_gpus
+    return max_gpus, ScaleKnobs(**given)
+
+
+def _farm_config(args, paths, db):
+    """The FarmConfig of a farm this command starts."""
+    from actors import cluster
+
+    max_workers, knobs = _scaling(args)
+    return cluster.FarmConfig(paths=paths, db=db, num_workers=getattr(args, "workers", None),
+                              max_workers=max_workers, autoscale=knobs)
 
 
 def _model_source(args) -> str | None:
@@ -167,6 +204,7 @@ def cmd_serve(args) -> int:
     from farm.server.config import ServerConfig
 
     limits = _limits(args)  # before Ray starts: a bad setting is answered at once
+    _scaling(args)
     if args.address:
         farm_cluster, paths, _ = _start_or_join(args, args.address)
     else:
@@ -176,7 +214,7 @@ def cmd_serve(args) -> int:
         cluster.init_local()
         paths.create()
         db.parent.mkdir(parents=True, exist_ok=True)
-        farm_cluster = cluster.FarmCluster.start(cluster.FarmConfig(paths=paths, db=db))
+        farm_cluster = cluster.FarmCluster.start(_farm_config(args, paths, db))
     config = ServerConfig(models_dir=paths.models, input_dir=paths.input, output_dir=paths.output,
                           temp_dir=paths.temp, limits=limits, host=args.host, port=args.port, token=args.token,
                           frontend_root=args.front_end_root, web_ui=not args.no_web_ui,
@@ -202,18 +240,22 @@ def _start_or_join(args, address: str):
     outlive this process). Returns (FarmCluster, the farm's paths, True if started here)."""
     from actors import cluster
 
+    _, knobs = _scaling(args)  # a bad value is refused before anything is joined
     cluster.init_connect(address)
     try:
         found = cluster.FarmCluster.find()
-        return found, found.call("paths"), False
     except cluster.FarmUnavailable:
-        pass
+        found = None
+    if found is not None:
+        if knobs is not None:  # the running farm takes new knobs live (until its dispatcher restarts)
+            found.call("set_autoscale", knobs)
+            print(f"autoscaling the running farm: {knobs}", file=sys.stderr)
+        return found, found.call("paths"), False
     # absolute: the actors do not run in this folder
     paths = _absolute_paths(args)
     db = Path(args.db).expanduser().resolve()
     db.parent.mkdir(parents=True, exist_ok=True)
-    config = cluster.FarmConfig(paths=paths, db=db, num_workers=getattr(args, "workers", None))
-    return cluster.FarmCluster.start(config), paths, True
+    return cluster.FarmCluster.start(_farm_config(args, paths, db)), paths, True
 
 
 def _absolute_paths(args):
