@@ -31,6 +31,7 @@ from farm.models.tiers import TierConfig
 from farm.records.paths import FarmPaths
 from farm.scheduler.autoscale import ScaleKnobs
 from farm.scheduler.batch_size import BatchSizer
+from farm.scheduler.costs import DEFAULT_FETCH_BYTES_PER_S
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,9 @@ class FarmConfig:
     compile: CompileConfig = field(default_factory=CompileConfig)  # torch.compile of the UNet (on for CUDA)
     pipeline_depth: int = 2  # batches a worker holds at once: one sampling, one decoding or waiting
     worker_gpus: float = 1.0  # GPUs per worker; 0.5 puts two workers on each GPU (Ray's fractional GPUs)
+    # bandwidth from paths.model_source (where a node fetches a file it lacks): placement adds
+    # size / this to the load cost of such a file
+    fetch_bytes_per_s: float = DEFAULT_FETCH_BYTES_PER_S
 
 
 def init_local(num_gpus: int | None = None, num_cpus: int | None = None) -> None:

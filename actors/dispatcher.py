@@ -56,7 +56,8 @@ class Dispatcher:
         self.config = config  # actors.cluster.FarmConfig
         self.ledger = Ledger(JobStore(config.db), FarmPolicy(**config.dispatcher_options), time.time,
                              CoreConfig(max_batch=config.max_batch, max_attempts=config.max_attempts,
-                                        sizer=config.batch_sizer))
+                                        sizer=config.batch_sizer,
+                                        fetch_bytes_per_s=config.fetch_bytes_per_s))
         self.hub = ray.get_actor(EVENT_HUB_NAME, namespace=ACTOR_NAMESPACE)
         self.writer = ray.get_actor(OUTPUT_WRITER_NAME, namespace=ACTOR_NAMESPACE)
         self._slots: dict[str, _Slot] = {}  # worker_id -> slot
@@ -64,6 +65,7 @@ class Dispatcher:
         self._stopping = False
         self._failed_starts = 0  # workers in a row that died before their first report
         self._replacing = 0  # lost workers whose replacement is not started yet
+        self.retired = 0  # idle workers stopped on scale-down
         self.elastic = ElasticPool(config.num_workers, config.max_workers, config.autoscale)
         self._outbox: asyncio.Queue[list] = asyncio.Queue()  # events for the hub, in order
         loop = asyncio.get_event_loop()
@@ -200,8 +202,27 @@ class Dispatcher:
                     for _ in range(self.elastic.missing_workers(len(self._slots) + self._replacing)):
                         self._spawn()
                 self.elastic.update_request(self.ledger.core.fleet)
+                for worker_id in self.elastic.to_retire(self.ledger.core.fleet, list(self._slots)):
+                    await self._retire(worker_id)
             except Exception:
                 log.exception("dispatcher tick failed")
+
+    async def _retire(self, worker_id: str) -> None:
+        """Stop an idle worker the queue no longer wants, freeing its GPU (and in the end its
+        node) for the autoscaler; it is not replaced."""
+        view = self.ledger.core.fleet.workers.get(worker_id)
+        if view is None or view.running or len(view.queue) or worker_id not in self._slots:
+            return  # given a batch since it was picked (an earlier retirement awaited)
+        slot = self._slots.pop(worker_id)
+        if slot.task is not None:
+            slot.task.cancel()  # before the kill: its loop must not see a death and replace it
+        await self._apply(self.ledger.worker_lost(worker_id, True))  # nothing runs there: nothing requeued
+        try:
+            ray.kill(slot.handle)
+        except Exception as exc:  # already gone
+            log.debug("retiring %s: %s", worker_id, exc)
+        self.retired += 1
+        log.info("retired idle worker %s: the queue wants fewer GPUs", worker_id)
 
     async def _publish_in_order(self) -> None:
         """One publish at a time: the hub is an async actor, which does not promise to run

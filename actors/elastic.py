@@ -9,6 +9,11 @@ Two checks the dispatcher makes from its tick:
   into a GPU count, sent with `ray.autoscaler.sdk.request_resources` whenever it changes
   (an empty request withdraws it). On a cluster without an autoscaler the request is only
   stored (internal KV key "autoscaler_resource_request"): harmless, and readable back.
+- scale-down: while autoscaling, the pool grows only to the wanted count, and once that
+  count has stayed below the live workers for `scale_down_delay_s`, idle workers above it
+  are retired (farm.scheduler.autoscale.RetirePolicy): killed, so that their GPUs are free
+  and the autoscaler can end the node. A worker with a running or reserved batch is never
+  picked; it goes on a later tick once it is idle.
 """
 from __future__ import annotations
 
@@ -19,10 +24,12 @@ from typing import Callable
 import ray
 
 from farm.scheduler.autoscale import (
+    RetirePolicy,
     ScaleKnobs,
     ScalePolicy,
     fleet_backlog_s,
     fleet_busy,
+    retirable,
 )
 from farm.scheduler.fleet import Fleet
 
@@ -52,6 +59,7 @@ class ElasticPool:
         self.max_workers = max_workers if max_workers is not None else num_workers
         self.clock = clock
         self.scale: ScalePolicy | None = None
+        self.retire: RetirePolicy | None = None
         self.requested: int | None = None  # GPUs last sent to the autoscaler; None: nothing sent
         self._next_check = 0.0
         self.configure(knobs)
@@ -64,7 +72,16 @@ class ElasticPool:
         self._next_check = now + POOL_CHECK_S
         gpus = int(ray.cluster_resources().get("GPU", 0))
         cap = gpus if self.max_workers is None else min(gpus, self.max_workers)
+        if self.scale is not None:  # autoscaling: as many as the queue wants (it rises at once)
+            cap = min(cap, self.scale.wanted)
         return max(0, cap - workers)
+
+    def to_retire(self, fleet: Fleet, live: list[str]) -> list[str]:
+        """Idle workers to stop now (none unless autoscaling)."""
+        if self.scale is None or self.retire is None:
+            return []
+        idle = [w for w in retirable(fleet) if w in set(live)]
+        return self.retire.pick(self.scale.wanted, len(live), idle)
 
     def update_request(self, fleet: Fleet) -> None:
         """Ask the autoscaler for what the backlog wants, when that changed."""
@@ -77,11 +94,12 @@ class ElasticPool:
     def configure(self, knobs: ScaleKnobs | None) -> None:
         """New knobs (None: stop asking, and withdraw what was asked)."""
         if knobs is None:
-            self.scale = None
+            self.scale = self.retire = None
             if self.requested:
                 self._send(0)
             return
         self.scale = ScalePolicy(knobs, self.clock)
+        self.retire = RetirePolicy(knobs, self.clock)
         if self.requested is not None:  # a lower count waits for the delay, as any fall does
             self.scale.requested = max(knobs.min_gpus, min(knobs.max_gpus, self.requested))
 

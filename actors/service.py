@@ -35,7 +35,7 @@ class RayFarmService:
         self.paths = paths
 
     async def submit(self, req: SubmitRequest) -> SubmitResult:
-        job = Job.from_prepared(req.prepared, ModelFolders(self.paths.models), extra_data=req.extra_data,
+        job = Job.from_prepared(req.prepared, ModelFolders.for_paths(self.paths), extra_data=req.extra_data,
                                 client_id=req.client_id, number=req.number, front=req.front,
                                 outputs_to_execute=req.outputs_to_execute)
         (result,) = await self.cluster.call_async("submit", [job])

@@ -22,6 +22,58 @@ def _add_paths(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", type=Path, help="where images are written (default: .farm/output)")
 
 
+def _add_farm_setup(p: argparse.ArgumentParser) -> None:
+    """What a farm started on a cluster is set up with (farm serve and farm start)."""
+    p.add_argument("--model-source", metavar="PATH_OR_URI",
+                   help="where a node fetches a model file its models folder lacks: a shared folder or an fsspec "
+                        "URI laid out like models/ (e.g. s3://bucket/models with s3fs installed)")
+    p.add_argument("--max-gpus", type=int, metavar="N",
+                   help="most GPU workers as nodes join, and with autoscaling the most GPUs asked for "
+                        "(default: every GPU; 8 asked for)")
+    p.add_argument("--autoscale", action="store_true",
+                   help="ask Ray's autoscaler for GPUs from the queue's backlog and retire idle workers when it "
+                        "shrinks (implied by the three options below)")
+    p.add_argument("--target-backlog-s", type=float, metavar="S",
+                   help="autoscale: GPU seconds of queued work each GPU may carry (default 60)")
+    p.add_argument("--scale-down-delay-s", type=float, metavar="S",
+                   help="autoscale: how long a lower GPU count must hold before GPUs are given back (default 300)")
+    p.add_argument("--min-gpus", type=int, metavar="N", help="autoscale: GPUs always kept (default 0)")
+
+
+def _scaling(args):
+    """(max_workers, ScaleKnobs or None) from the flags; a bad value is a FarmError."""
+    from farm.scheduler.autoscale import ScaleKnobs, ScaleKnobsError
+
+    max_gpus = getattr(args, "max_gpus", None)
+    if max_gpus is not None and max_gpus < 1:
+        raise ScaleKnobsError(f"--max-gpus is {max_gpus}; it must be at least 1")
+    given = {name: value for name, value in (("target_backlog_s", getattr(args, "target_backlog_s", None)),
+                                             ("scale_down_delay_s", getattr(args, "scale_down_delay_s", None)),
+                                             ("min_gpus", getattr(args, "min_gpus", None))) if value is not None}
+    if not (getattr(args, "autoscale", False) or given):
+        return max_gpus, None
+    if max_gpus is not None:
+        given["max_gpus"] = max_gpus
+    return max_gpus, ScaleKnobs(**given)
+
+
+def _farm_config(args, paths, db):
+    """The FarmConfig of a farm this command starts."""
+    from actors import cluster
+
+    max_workers, knobs = _scaling(args)
+    return cluster.FarmConfig(paths=paths, db=db, num_workers=getattr(args, "workers", None),
+                              max_workers=max_workers, autoscale=knobs)
+
+
+def _model_source(args) -> str | None:
+    """A local folder as an absolute path (the farm's actors do not run in this folder)."""
+    source = getattr(args, "model_source", None)
+    if not source or "://" in source:
+        return source or None
+    return str(Path(source).expanduser().resolve())
+
+
 def _add_limits(p: argparse.ArgumentParser) -> None:
     """The caps of farm.settings.Limits; a flag not given leaves FARM_<NAME>, the settings
     file, then the default in force."""
@@ -157,6 +209,7 @@ def cmd_serve(args) -> int:
     from farm.server.config import ServerConfig
 
     limits = _limits(args)  # before Ray starts: a bad setting is answered at once
+    _scaling(args)
     if args.address:
         farm_cluster, paths, _ = _start_or_join(args, args.address)
     else:
@@ -165,10 +218,12 @@ def cmd_serve(args) -> int:
         db = args.db.absolute()
         cluster.init_local()
         paths.create()
-        farm_cluster = cluster.FarmCluster.start(cluster.FarmConfig(paths=paths, db=db))
+        db.parent.mkdir(parents=True, exist_ok=True)
+        farm_cluster = cluster.FarmCluster.start(_farm_config(args, paths, db))
     config = ServerConfig(models_dir=paths.models, input_dir=paths.input, output_dir=paths.output,
                           temp_dir=paths.temp, limits=limits, host=args.host, port=args.port, token=args.token,
-                          frontend_root=args.front_end_root, web_ui=not args.no_web_ui)
+                          frontend_root=args.front_end_root, web_ui=not args.no_web_ui,
+                          model_source=paths.model_source)
     print(f"serving the farm on http://{args.host}:{args.port} (models: {paths.models}, output: {paths.output}); "
           f"dashboard at /farm")
     serve(RayFarmService(farm_cluster, paths), config)
@@ -191,7 +246,7 @@ def _address(args) -> str | None:
 def _paths(args):
     from farm.records.paths import FarmPaths
 
-    return FarmPaths.under(DEFAULT_ROOT, args.models, args.output)
+    return FarmPaths.under(DEFAULT_ROOT, args.models, args.output, _model_source(args))
 
 
 def _start_or_join(args, address: str):
@@ -199,25 +254,30 @@ def _start_or_join(args, address: str):
     outlive this process). Returns (FarmCluster, the farm's paths, True if started here)."""
     from actors import cluster
 
+    _, knobs = _scaling(args)  # a bad value is refused before anything is joined
     cluster.init_connect(address)
     try:
         found = cluster.FarmCluster.find()
-        return found, found.call("paths"), False
     except cluster.FarmUnavailable:
-        pass
+        found = None
+    if found is not None:
+        if knobs is not None:  # the running farm takes new knobs live (until its dispatcher restarts)
+            found.call("set_autoscale", knobs)
+            print(f"autoscaling the running farm: {knobs}", file=sys.stderr)
+        return found, found.call("paths"), False
     # absolute: the actors do not run in this folder
     paths = _absolute_paths(args)
     db = Path(args.db).expanduser().resolve()
     db.parent.mkdir(parents=True, exist_ok=True)
-    config = cluster.FarmConfig(paths=paths, db=db, num_workers=getattr(args, "workers", None))
-    return cluster.FarmCluster.start(config), paths, True
+    return cluster.FarmCluster.start(_farm_config(args, paths, db)), paths, True
 
 
 def _absolute_paths(args):
     from farm.records.paths import FarmPaths
 
     p = _paths(args)
-    return FarmPaths(*(Path(x).expanduser().resolve() for x in (p.models, p.output, p.input, p.temp)))
+    return FarmPaths(*(Path(x).expanduser().resolve() for x in (p.models, p.output, p.input, p.temp)),
+                     model_source=p.model_source)
 
 
 def cmd_start(args) -> int:
@@ -280,6 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "join its farm, or start one there, instead of an embedded Ray")
     p.add_argument("--db", type=Path, default=DEFAULT_ROOT / "queue.sqlite", help="the durable queue (SQLite)")
     p.add_argument("--token", help="require this bearer token on every route (default: $FARM_TOKEN)")
+    _add_farm_setup(p)
     _add_limits(p)
     p.add_argument("--front-end-root", type=Path, help="serve this built ComfyUI frontend at / "
                                                        "(default: the comfyui-frontend-package's, if installed)")
@@ -293,6 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--db", type=Path, default=DEFAULT_ROOT / "queue.sqlite",
                    help="the durable queue (SQLite) on the head")
     p.add_argument("--workers", type=int, help="GPU workers to start (default: one per GPU of the cluster)")
+    _add_farm_setup(p)
     p.set_defaults(func=cmd_start)
 
     p = sub.add_parser("stop", help="stop the farm's actors on a Ray cluster (the queue database stays)")

@@ -16,6 +16,7 @@ ComfyUI's node_errors and the farm never sees it.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import threading
 import time
@@ -79,12 +80,14 @@ class Farm:
               db: str | Path | None = None, *, root: str | Path = ".farm", num_workers: int | None = None,
               tiers: TierConfig = TierConfig(), max_batch: int = 8, max_attempts: int = 3,
               num_cpus: int | None = None, limits: Limits | None = None,
-              compile: CompileConfig = CompileConfig(), pipeline_depth: int = 2, worker_gpus: float = 1.0) -> "Farm":
+              compile: CompileConfig = CompileConfig(), pipeline_depth: int = 2, worker_gpus: float = 1.0,
+              model_source: str | None = None) -> "Farm":
         """A farm in an embedded Ray on this machine: one worker per GPU; on a machine
         without GPUs, `num_gpus` logical ones (default 1) whose workers run on the CPU.
-        If this process already runs Ray (and a farm), that one is used."""
+        If this process already runs Ray (and a farm), that one is used. `model_source`: a
+        folder or fsspec URI a worker fetches model files from that `models` lacks."""
         root = Path(root).absolute()
-        paths = FarmPaths.under(root, Path(models), Path(output) if output else None).create()
+        paths = FarmPaths.under(root, Path(models), Path(output) if output else None, model_source).create()
         owns = not ray_cluster.is_initialized()
         ray_cluster.init_local(num_gpus=num_gpus, num_cpus=num_cpus)
         config = ray_cluster.FarmConfig(paths=paths, db=Path(db).absolute() if db else root / "queue.sqlite",
@@ -103,7 +106,7 @@ class Farm:
         found = ray_cluster.FarmCluster.find()
         paths: FarmPaths = found.call("paths")
         if models is not None:
-            paths = FarmPaths(Path(models), paths.output, paths.input, paths.temp)
+            paths = dataclasses.replace(paths, models=Path(models))
         return cls(found, paths, limits=limits)
 
     def close(self, stop: bool | None = None) -> None:
@@ -153,7 +156,7 @@ class Farm:
         """Queue prompts already validated by `prepare` (the CLI validates before it starts
         Ray); each job carries its plan to the worker, so nothing is planned twice."""
         extra = {"extra_pnginfo": extra_pnginfo} if extra_pnginfo else {}
-        folders = ModelFolders(self.paths.models)
+        folders = ModelFolders.for_paths(self.paths)
         jobs = [Job.from_prepared(p, folders, extra_data=extra, front=front) for p in prepared]
         futures = [JobFuture(self, job.job_id) for job in jobs]
         if on_progress is not None:

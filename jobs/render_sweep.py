@@ -19,8 +19,11 @@ from __future__ import annotations
 
 import argparse
 import queue
+import signal
 import sys
+import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,6 +41,24 @@ MAX_ROW_ERRORS = 10  # listed in a refusal; the count says how many more
 
 class SweepRowError(WorkflowFormatError):
     """One or more rows of the sweep do not validate; nothing was queued."""
+
+
+class SweepInterrupted(Exception):
+    """The driver was told to stop (SIGINT, SIGTERM: `ray job stop`); the sweep's jobs still
+    queued in the farm were cancelled, and a re-run resumes."""
+
+    def __init__(self, signame: str, cancelled: int = 0, unfinished: int = 0):
+        super().__init__(signame)
+        self.signame, self.cancelled, self.unfinished = signame, cancelled, unfinished
+
+    def __str__(self) -> str:
+        return (f"render_sweep: {self.signame}: cancelled {self.cancelled} job(s) still queued in the farm; "
+                f"{self.unfinished - self.cancelled} already running finish there but are not recorded. "
+                "Run the same command again to resume: done renders are skipped.")
+
+
+class _Interrupt(Exception):
+    """Raised in the main thread by the SIGTERM handler."""
 
 
 @dataclass
@@ -131,16 +152,20 @@ def run(farm, workflow: object, rows: list[SweepRow], destination: Destination, 
         report.entries = [entries[k] for k in order] + [e for k, e in previous.items() if k not in entries]
         destination.write_manifest(report.entries)
 
+    restore = _raise_on_sigterm()
     try:
         for start in range(0, len(todo), SUBMIT_CHUNK):
             chunk = todo[start:start + SUBMIT_CHUNK]
-            futures = farm.submit_many(workflow, [row.overrides for _, row in chunk])
+            ids = [str(uuid.uuid4()) for _ in chunk]
+            for (key, _), prompt_id in zip(chunk, ids):  # known before the call: an interrupt cancels them
+                entries[key]["prompt_id"] = prompt_id
+            futures = farm.submit_many(workflow, [row.overrides for _, row in chunk], prompt_ids=ids)
             for (key, row), future in zip(chunk, futures):
-                entries[key].update(prompt_id=future.prompt_id, status="queued")
+                entries[key]["status"] = "queued"
                 future.add_done_callback(lambda f, key=key: finished.put((key, f)))
         flush()  # a crash from here on resumes with what is known
         for _ in range(len(todo)):
-            key, future = finished.get()
+            key, future = _next(finished)
             entry = entries[key]
             _record(entry, future, destination, farm, nodes)
             report.images += len(entry.get("outputs", []))
@@ -156,7 +181,16 @@ def run(farm, workflow: object, rows: list[SweepRow], destination: Destination, 
             if time.monotonic() - last_write > MANIFEST_EVERY_S:
                 flush()
                 last_write = time.monotonic()
+    except (KeyboardInterrupt, _Interrupt) as exc:
+        signame = "SIGINT" if isinstance(exc, KeyboardInterrupt) else "SIGTERM"
+        unfinished = [e for e in entries.values() if e["status"] in ("pending", "queued")]
+        ids = [e["prompt_id"] for e in unfinished if "prompt_id" in e]
+        cancelled = farm.cluster.call("delete_queued", ids, timeout_s=30) if ids else 0
+        for entry in unfinished:
+            entry.update(status="interrupted", error=f"the sweep was stopped ({signame}) before it finished")
+        raise SweepInterrupted(signame, cancelled, len(ids)) from None
     finally:
+        restore()
         if bar is not None:
             bar.close()
         flush()
@@ -165,6 +199,28 @@ def run(farm, workflow: object, rows: list[SweepRow], destination: Destination, 
                      force=True)
     report.elapsed_s = time.monotonic() - started
     return report
+
+
+def _next(finished: queue.Queue):
+    """The next finished job; a timeout now and then so that a signal is seen at once."""
+    while True:
+        try:
+            return finished.get(timeout=0.5)
+        except queue.Empty:
+            continue
+
+
+def _raise_on_sigterm():
+    """SIGTERM (`ray job stop`, a scheduler's kill) stops the sweep as Ctrl-C does; returns
+    the undo. Only the main thread may set handlers: elsewhere nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def handler(signum, frame):
+        raise _Interrupt()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    return lambda: signal.signal(signal.SIGTERM, previous)
 
 
 def _record(entry: dict, future, destination: Destination, farm, nodes: dict[str, str]) -> None:
@@ -226,17 +282,26 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from farm.client import Farm
+    from jobs.head_destination import HeadDestination
 
+    destination = None
     try:
         rows = load_sweep(args.sweep)
         workflow = load_json_file(args.workflow)
-        destination = Destination(args.output_dir)
         farm = Farm.connect(args.address, models=args.models)
+        # on the head, where the farm's images are and a plain path means a folder
+        destination = HeadDestination(args.output_dir)
         report = run(farm, workflow, rows, destination, progress="bar" if sys.stderr.isatty() else "lines",
                      progress_every_s=args.progress_every)
     except FarmError as exc:
         print(f"render_sweep: {exc}", file=sys.stderr)
         return 2
+    except SweepInterrupted as exc:
+        print(exc, file=sys.stderr)
+        return 130
+    finally:
+        if destination is not None:
+            destination.close()
     print(summary(report, destination), file=sys.stderr)
     return 1 if report.failed else 0
 

@@ -12,14 +12,20 @@ extra_model_paths.yaml (ComfyUI's format): top-level groups, each with an option
 holds one path per line, relative to base_path. The file is read from $FARM_EXTRA_MODEL_PATHS,
 else `extra_model_paths.yaml` beside the models folder (ComfyUI keeps it beside models/)
 or inside it.
+
+With a model source (farm.models.source: a shared folder or fsspec URI laid out like a
+models folder), the source's files are listed too, and `ensure` fetches one this node
+lacks into the fetch folder beside the models folder, which is then searched last.
 """
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from farm.errors import CheckpointError
+from farm.models.source import fetched_root, model_source
+from farm.models.source import name_parts as _name_parts
 
 SAFE_EXTENSIONS = (".safetensors", ".sft")
 PICKLE_EXTENSIONS = (".ckpt", ".pt", ".pth", ".bin", ".pkl")
@@ -33,10 +39,19 @@ class ModelFolders:
     root: Path  # the "models" folder itself
     # (kind, folder) pairs from extra_model_paths.yaml; None: found and read at construction
     extra: tuple[tuple[str, Path, bool], ...] | None = field(default=None)
+    source: str | None = None  # a model source (folder or fsspec URI) for files this node lacks
 
     def __post_init__(self) -> None:
         if self.extra is None:
             object.__setattr__(self, "extra", tuple(read_extra_paths(find_extra_paths_file(Path(self.root)))))
+
+    @classmethod
+    def for_paths(cls, paths) -> "ModelFolders":
+        """The folders of a farm (farm.records.paths.FarmPaths), with its model source."""
+        return cls(Path(paths.models), source=getattr(paths, "model_source", None))
+
+    def _source(self):
+        return model_source(self.source)
 
     def folder(self, kind: str) -> Path:
         """The folder of `kind` below the models root (where new files go)."""
@@ -49,6 +64,8 @@ class ModelFolders:
         main = self.folder(kind)
         first = [p for k, p, default in self.extra if k == kind and default]
         rest = [p for k, p, default in self.extra if k == kind and not default]
+        if self.source:
+            rest.append(fetched_root(Path(self.root)) / kind)
         seen, out = set(), []
         for path in (*first, main, *rest):
             if path not in seen:
@@ -61,10 +78,27 @@ class ModelFolders:
         (a model_index.json inside), sorted, a name found twice listed once. Pickle files
         are listed too so that choosing one gets the clear refusal, not a confusing 'not in
         list'."""
+        found = set(self.local_names(kind))
+        if self.source:
+            found.update(self._source().names(kind))
+        return sorted(found)
+
+    def local_names(self, kind: str) -> list[str]:
+        """What this node's own folders hold (the fetch folder included, the source not)."""
         found: set[str] = set()
         for base in self.folders(kind):
             found.update(_entries(base))
         return sorted(found)
+
+    def ensure(self, kind: str, name: str) -> Path:
+        """The path of `name` on this node, fetched from the model source first when only
+        the source has it (no source: as resolve)."""
+        try:
+            return self.resolve(kind, name)
+        except CheckpointError:
+            if not self.source:
+                raise
+        return self._source().fetch(kind, name, fetched_root(Path(self.root)))
 
     def resolve(self, kind: str, name: str) -> Path:
         """The path of a listed name (symlinks kept: the loader follows them). Names that
@@ -79,20 +113,17 @@ class ModelFolders:
 
     def size_bytes(self, kind: str, name: str) -> int:
         """Bytes on disk of a model (a diffusers folder: all its files); placement weighs
-        load costs with it."""
-        path = self.resolve(kind, name)
+        load costs with it. A file only the model source holds: its size there."""
+        try:
+            path = self.resolve(kind, name)
+        except CheckpointError:
+            if not self.source:
+                raise
+            _name_parts(kind, name)  # a name that climbs out is refused, not looked up
+            return self._source().size_bytes(kind, name)
         if path.is_dir():
             return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
         return path.stat().st_size
-
-
-def _name_parts(kind: str, name: str) -> tuple[str, ...]:
-    text = str(name).replace("\\", "/")
-    pure = PurePosixPath(text)
-    if not text or pure.is_absolute() or ".." in pure.parts or (len(text) > 1 and text[1] == ":"):
-        raise CheckpointError(f"{name!r} is outside the {kind} folder: give a name relative to it, "
-                              "e.g. 'sd15/model.safetensors'")
-    return tuple(p for p in pure.parts if p not in ("", "."))
 
 
 def _entries(base: Path) -> list[str]:

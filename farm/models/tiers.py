@@ -21,6 +21,7 @@ checkpoint stays loaded while the accounting holds it in either memory tier.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import threading
@@ -38,6 +39,7 @@ from farm.records.residency import Residency, ResidencyReport, Tier
 
 GiB = 1024**3
 UNBOUNDED_BYTES = 1 << 60  # the disk tier without a local copy: the models folder itself
+ON_NODE_TTL_S = 30.0  # the node's file listing is read again after this long (or after a fetch)
 
 
 @dataclass(frozen=True)
@@ -175,6 +177,7 @@ class TieredModelProvider:
         # used by the running batches (a worker overlaps two): stays on the device; name -> batches
         self._kept: Counter[str] = Counter()
         self.compiler = None  # farm.models.compiled.UNetCompiler; the worker sets it
+        self._on_node: tuple[float, frozenset[str]] | None = None  # (listed at, checkpoint files here)
         self._lock = threading.RLock()
 
     @property
@@ -222,8 +225,29 @@ class TieredModelProvider:
 
     def report(self) -> ResidencyReport:
         """What this worker holds, for the dispatcher. Without a local copy folder the
-        models folder counts as local disk for whatever this worker has read before."""
-        return self.residency.report()
+        models folder counts as local disk for whatever this worker has read before. With
+        a model source, also the files on this node (the rest would be fetched)."""
+        report = self.residency.report()
+        if self.folders.source:
+            report = dataclasses.replace(report, on_node=self._files_on_node())
+        return report
+
+    def ensure_file(self, name: str) -> Path:
+        """The checkpoint's file on this node, fetched from the model source if only it has it."""
+        path = self.folders.ensure("checkpoints", name)
+        with self._lock:
+            self._on_node = None  # it may be new here
+        return path
+
+    def _files_on_node(self) -> frozenset[str]:
+        with self._lock:
+            cached = self._on_node
+            if cached is not None and time.monotonic() - cached[0] < ON_NODE_TTL_S:
+                return cached[1]
+        names = frozenset(self.folders.local_names("checkpoints"))
+        with self._lock:
+            self._on_node = (time.monotonic(), names)
+        return names
 
     def unload(self) -> None:
         """Leave device memory (POST /free, out of memory): pinned copies stay."""

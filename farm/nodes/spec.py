@@ -49,7 +49,7 @@ class NodeContext:
 
     @classmethod
     def for_paths(cls, paths: FarmPaths, limits: Limits | None = None) -> "NodeContext":
-        return cls(ModelFolders(paths.models), paths.input, paths.output, paths.temp, limits or default_limits())
+        return cls(ModelFolders.for_paths(paths), paths.input, paths.output, paths.temp, limits or default_limits())
 
 
 Choices = Union[tuple[str, ...], Callable[[NodeContext], Sequence[str]]]

@@ -13,13 +13,17 @@ class FarmPaths:
     output: Path
     input: Path
     temp: Path
+    # where a node fetches a model file its models folder lacks (a folder or an fsspec URI,
+    # laid out like models/); None: every node's models folder must hold every file
+    model_source: str | None = None
 
     @classmethod
-    def under(cls, root: Path, models: Path | None = None, output: Path | None = None) -> "FarmPaths":
+    def under(cls, root: Path, models: Path | None = None, output: Path | None = None,
+              model_source: str | None = None) -> "FarmPaths":
         """Absolute paths: they are handed to actors, whose working folder is not ours."""
         root = Path(root).absolute()
         return cls(Path(models or root / "models").absolute(), Path(output or root / "output").absolute(),
-                   root / "input", root / "temp")
+                   root / "input", root / "temp", model_source)
 
     def create(self) -> "FarmPaths":
         """Make the folders the farm writes to (not models/: that one is the user's)."""

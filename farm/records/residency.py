@@ -111,6 +111,13 @@ class ResidencyReport:
         if checkpoint is None or checkpoint != self.lora_checkpoint or checkpoint not in self.gpu:
             return ()
         return self.loras
+    # checkpoint files on the worker's node, reported where a model source is configured (a
+    # file not among them is fetched first); None: every file is on every node
+    on_node: frozenset[str] | None = None
+
+    def needs_fetch(self, checkpoint: str) -> bool:
+        """A load of `checkpoint` here must first fetch its file from the model source."""
+        return self.on_node is not None and checkpoint not in self.on_node and self.source(checkpoint) is Tier.STORE
 
     def victims(self, checkpoint: str, size_bytes: int,
                 keep: frozenset[str] = frozenset()) -> tuple[str, ...]:

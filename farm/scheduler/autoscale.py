@@ -99,3 +99,38 @@ class ScalePolicy:
             self._lower_since = None if wanted >= self.requested else now
             self._lower_peak = wanted
         return self.requested
+
+
+def retirable(fleet: Fleet) -> list[str]:
+    """Workers that may be stopped now: idle (asked for work, got none), nothing running,
+    nothing reserved for them; the one idle longest first."""
+    return [view.worker_id for view in fleet.idle_workers() if not view.running and not len(view.queue)]
+
+
+class RetirePolicy:
+    """Which idle workers to stop so that their nodes can be given back: once the wanted
+    GPU count has stayed below the live workers for `scale_down_delay_s`, the idle ones
+    above the highest count wanted during that wait. Ray's autoscaler removes a node only
+    when nothing runs on it, and a GpuWorker holds its GPU as long as it lives."""
+
+    def __init__(self, knobs: ScaleKnobs, clock: Callable[[], float]):
+        self.knobs = knobs
+        self.clock = clock
+        self._below_since: float | None = None  # when wanted fell below the live workers
+        self._peak = 0  # highest wanted since then
+
+    def pick(self, wanted: int, live: int, idle: list[str]) -> list[str]:
+        """Worker ids to retire now (from `idle`, in its order), given the count wanted now,
+        the live workers, and those of them that are idle."""
+        now = self.clock()
+        wanted = max(wanted, self.knobs.min_gpus)
+        if wanted >= live:
+            self._below_since = None
+            return []
+        if self._below_since is None:
+            self._below_since, self._peak = now, wanted
+        self._peak = max(self._peak, wanted)
+        if now - self._below_since < self.knobs.scale_down_delay_s:
+            return []
+        # the wait is over; what still stands above the peak goes, a busy worker when it is idle
+        return idle[:max(0, live - self._peak)]

@@ -23,7 +23,7 @@ from farm.errors import UnknownJobError
 from farm.records.residency import LoadCostModel, ResidencyReport, Tier
 from farm.scheduler.batch_size import LATENT_FACTOR, BatchSizer
 from farm.scheduler.batching import Batch
-from farm.scheduler.costs import LORA_SWITCH_S
+from farm.scheduler.costs import DEFAULT_FETCH_BYTES_PER_S, LORA_SWITCH_S
 from farm.scheduler.fleet import Fleet
 from farm.scheduler.jobs import Job, JobState
 from farm.scheduler.placement import Placement, PlacementPolicy
@@ -37,6 +37,7 @@ class CoreConfig:
     lora_switch_s: float = LORA_SWITCH_S  # seconds per LoRA patched in or out (placement's cost)
     sizer: BatchSizer | None = None  # jobs per call by architecture, size and free memory;
     # None: BatchSizer's defaults under max_batch
+    fetch_bytes_per_s: float = DEFAULT_FETCH_BYTES_PER_S  # model source bandwidth, for placement
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,8 @@ class DispatcherCore:
         self.policy = policy  # placement decisions
         self.clock = clock  # seconds; injected so tests and the simulator control time
         self.config = config
-        self.fleet = Fleet(config.max_batch, costs or LoadCostModel(), config.lora_switch_s)  # workers and queues
+        self.fleet = Fleet(config.max_batch, costs or LoadCostModel(), config.lora_switch_s,
+                           config.fetch_bytes_per_s)  # workers and queues
         self.sizer = config.sizer or BatchSizer(max_batch=config.max_batch)
         self._jobs: dict[str, Job] = {}  # job_id -> Job, queued or running
         self._interrupted: set[str] = set()  # running job ids asked to stop

@@ -44,6 +44,15 @@ def batch_s(arch: ArchProfile, steps: int, size: int) -> float:
     return (steps * interpolate(arch.unet_step_ms, size) + interpolate(arch.vae_decode_ms, size)) / 1000
 
 
+DEFAULT_FETCH_BYTES_PER_S = 200e6  # a model source over the network (S3 to EC2, one stream)
+
+
+def fetch_s(size_bytes: int, bytes_per_s: float = DEFAULT_FETCH_BYTES_PER_S) -> float:
+    """Seconds to fetch a file its worker's node lacks from the farm's model source, on top
+    of the cold load that follows (placement: farm.scheduler.fleet.Fleet.switch_s)."""
+    return max(0, size_bytes) / bytes_per_s if bytes_per_s > 0 else 0.0
+
+
 def job_estimates(arch: ArchProfile, steps: int, max_batch: int) -> tuple[float, float]:
     """(est_run_s, est_extra_s) for a job: seconds alone, and seconds each further job adds
     (the chord from batch 1 to the batch limit)."""

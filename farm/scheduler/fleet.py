@@ -16,7 +16,12 @@ from typing import Collection, Iterator
 from farm.errors import UnknownJobError
 from farm.records.residency import LoadCostModel, LoraSet, ResidencyReport, Tier
 from farm.scheduler.batching import Batch, form_batch
-from farm.scheduler.costs import LORA_SWITCH_S, lora_switch_s
+from farm.scheduler.costs import (
+    DEFAULT_FETCH_BYTES_PER_S,
+    LORA_SWITCH_S,
+    fetch_s,
+    lora_switch_s,
+)
 from farm.scheduler.jobs import Job
 from farm.scheduler.queues import KeyedQueue
 
@@ -44,10 +49,12 @@ class WorkerView:
 
 
 class Fleet:
-    def __init__(self, max_batch: int, costs: LoadCostModel, lora_s: float = LORA_SWITCH_S):
+    def __init__(self, max_batch: int, costs: LoadCostModel, lora_s: float = LORA_SWITCH_S,
+                 fetch_bytes_per_s: float = DEFAULT_FETCH_BYTES_PER_S):
         self.max_batch = max_batch  # batch limit
         self.costs = costs  # load-time estimates per tier (shared with the workers' reports)
         self.lora_s = lora_s  # seconds per LoRA patched in or out (costs.lora_switch_s)
+        self.fetch_bytes_per_s = fetch_bytes_per_s  # from the model source, for a file a node lacks
         self.workers: dict[str, WorkerView] = {}  # worker_id -> view, in registration order
         self.pool = KeyedQueue(max_batch)  # jobs not reserved for any worker
         self._owner: dict[str, str | None] = {}  # queued job_id -> worker_id, or None (pool)
@@ -150,6 +157,8 @@ class Fleet:
         if checkpoint is None:
             return 0.0
         load_s = self.costs.estimate_s(view.residency.source(checkpoint), size_bytes)
+        if view.residency.needs_fetch(checkpoint):  # on no tier, not even this node's disk
+            load_s += fetch_s(size_bytes, self.fetch_bytes_per_s)
         if loras is None:
             return load_s
         return load_s + lora_switch_s(view.residency.applied_loras(checkpoint), loras, self.lora_s)

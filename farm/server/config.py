@@ -30,6 +30,7 @@ class ServerConfig:
     user_dir: Path | None = None  # saved settings and workflows; None: user/ beside input/, as in ComfyUI
     frontend_root: Path | None = None  # the web UI's static files; None: comfyui-frontend-package's, if installed
     web_ui: bool = True  # False: the API only; / says how to get the UI
+    model_source: str | None = None  # its files are listed and accepted too (farm.models.source)
 
     @classmethod
     def under(cls, root: Path, **options) -> "ServerConfig":
@@ -44,7 +45,7 @@ class ServerConfig:
         return self.token or os.environ.get(TOKEN_ENV) or None
 
     def node_context(self) -> NodeContext:
-        return NodeContext(ModelFolders(Path(self.models_dir)), Path(self.input_dir), Path(self.output_dir),
+        return NodeContext(ModelFolders(Path(self.models_dir), source=self.model_source), Path(self.input_dir), Path(self.output_dir),
                            Path(self.temp_dir), self.limits)
 
     def folder_for(self, kind: str) -> Path | None:

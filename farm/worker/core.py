@@ -89,7 +89,7 @@ class WorkerCore:
         self.events = events
         budgets = derive_budgets(tiers, device, workers_on_host)
         residency = Residency(budgets.vram_bytes, budgets.pinned_bytes, budgets.disk_bytes)
-        self.models = TieredModelProvider(ModelFolders(paths.models), device, dtype, residency,
+        self.models = TieredModelProvider(ModelFolders.for_paths(paths), device, dtype, residency,
                                           local_dir=tiers.local_dir)
         self.models.compiler = UNetCompiler(compile, device, paths.temp.parent / "state")
         self._loads_seen = 0
@@ -193,15 +193,16 @@ class WorkerCore:
 
     def _admit(self, item: WorkItem, report: JobReport) -> PlannedJob | None:
         """The job as the engine runs it, from the plan made at submission. What can differ
-        on this node is only whether the model files exist here."""
+        on this node is only whether the model files exist here (a file only the farm's model
+        source holds is fetched now, in the batch's own time: placement counted it)."""
         context = JobContext(item.prompt_id, item.prompt, item.extra_pnginfo, item.client_id,
                              self._job_events(report))
         try:
             if item.plan is None:
                 raise WorkflowFormatError("the job was stored without a plan (by an older farm); submit it again")
             for name in item.plan.checkpoints:
-                self.models.folders.resolve("checkpoints", name)
-            for folder, name in item.plan.model_files:  # ControlNets, LoRAs
+                self.models.ensure_file(name)  # fetched from the model source when this node lacks it
+            for folder, name in item.plan.model_files:  # ControlNets, LoRAs, VAEs
                 self.models.folders.resolve(folder, name)
         except FarmError as exc:
             report.failure, report.error = FailureKind.INVALID, f"cannot run on worker {self.worker_id}: {one_line(exc)}"

@@ -39,6 +39,9 @@ def autoscaling(ray_farm):
         ray_farm.cluster.call("set_autoscale", None)
         send_request(0)  # even if a dispatcher restart lost track of what it had asked
         assert requested_bundles() in (None, [])
+        # an autoscaling farm retires idle workers once the queue drains; without autoscaling
+        # the pool grows back to one per GPU, which the other tests expect
+        ray_farm.wait_for_workers(2)
 
 
 def test_the_queue_asks_the_autoscaler_for_gpus_and_withdraws_once_it_drains(ray_farm, txt2img, autoscaling):
@@ -66,3 +69,22 @@ def test_the_pool_grows_to_the_clusters_gpus_up_to_its_cap(ray_farm):
     assert ElasticPool(None, 8, None).missing_workers(0) == gpus
     # the farm itself: as many workers as GPUs, none started twice
     assert len(ray_farm.cluster.call("worker_ids")) == gpus
+
+
+def test_an_idle_worker_above_the_wanted_count_is_retired_and_its_gpu_freed(ray_farm, txt2img, autoscaling):
+    farm = ray_farm
+    farm.wait_for_workers(2)
+    # an empty queue wants min_gpus (1): after the delay one of the two idle workers goes
+    autoscaling(ScaleKnobs(max_gpus=2, target_backlog_s=60.0, scale_down_delay_s=1.0, min_gpus=1))
+    deadline = time.monotonic() + 30
+    while len(farm.cluster.call("worker_ids")) > 1 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    (left,) = farm.cluster.call("worker_ids")
+    deadline = time.monotonic() + 30  # ray.kill returns before the GCS frees the GPU
+    while ray.available_resources().get("GPU", 0) < 1 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert ray.available_resources().get("GPU", 0) >= 1, "the retired worker's GPU was not freed"
+    time.sleep(6)  # past the pool check: the free GPU is not given a new worker
+    assert farm.cluster.call("worker_ids") == [left]
+    result = farm.submit(txt2img, {"3.seed": 401}).outcome(120)  # the one left still renders
+    assert result.ok and result.worker_id == left, result.error

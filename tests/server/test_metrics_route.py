@@ -75,6 +75,7 @@ def test_the_autoscaler_request_is_exported(farm_server, ray_farm):
     finally:
         ray_farm.cluster.call("set_autoscale", None)
         send_request(0)
+        ray_farm.wait_for_workers(2)  # an empty queue under autoscaling retires a worker: back to two
 
 
 def test_the_grafana_dashboard_plots_only_exported_metrics(farm_server):
