@@ -48,6 +48,7 @@ class _Slot:
     handle: object  # ray ActorHandle of actors.gpu_worker.GpuWorker
     wake: asyncio.Event = field(default_factory=asyncio.Event)  # set: ask the ledger for work now
     task: asyncio.Task | None = None  # its pull loop
+    retired: bool = False  # stopped on scale-down: its loop ends, and it is not replaced
 
 
 @ray.remote(num_cpus=0)
@@ -125,7 +126,7 @@ class Dispatcher:
             depth = max(1, self.config.pipeline_depth)
             inflight: list[tuple[tuple[str, ...], object]] = []  # (job ids, run_batch ObjectRef), oldest first
             finishing: set[str] = set()  # job ids returned whose files are not yet on disk
-            while not self._stopping:
+            while not self._stopping and not slot.retired:
                 if len(inflight) < depth:
                     busy = tuple(j for ids, _ in inflight for j in ids)
                     dispatch = self.ledger.next_batch(slot.worker_id, report, busy, tuple(finishing))
@@ -146,6 +147,8 @@ class Dispatcher:
                 finishing.update(ids)
                 asyncio.get_event_loop().create_task(self._finish(slot, ids, result, finishing))
         except RayActorError as exc:
+            if slot.retired:
+                return
             await self._lost(slot, registered, f"worker {slot.worker_id} died: {_short(exc)}")
         except asyncio.CancelledError:
             raise
@@ -167,6 +170,8 @@ class Dispatcher:
             finishing.difference_update(ids)
 
     async def _lost(self, slot: _Slot, registered: bool, reason: str) -> None:
+        if slot.retired:  # stopped on purpose: _retire did the bookkeeping, nothing replaces it
+            return
         self._slots.pop(slot.worker_id, None)
         self._replacing += 1  # the pool check counts it: its replacement is on the way
         try:
@@ -214,8 +219,11 @@ class Dispatcher:
         if view is None or view.running or len(view.queue) or worker_id not in self._slots:
             return  # given a batch since it was picked (an earlier retirement awaited)
         slot = self._slots.pop(worker_id)
+        # before the kill: its loop must neither ask for work again nor see a death and replace
+        # it (a cancel alone is not enough: asyncio.wait_for may swallow it on Python 3.11)
+        slot.retired = True
         if slot.task is not None:
-            slot.task.cancel()  # before the kill: its loop must not see a death and replace it
+            slot.task.cancel()
         await self._apply(self.ledger.worker_lost(worker_id, True))  # nothing runs there: nothing requeued
         try:
             ray.kill(slot.handle)
