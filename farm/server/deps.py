@@ -72,7 +72,14 @@ Service = Annotated[FarmService, Depends(require_farm)]
 async def read_json(request: Request) -> object:
     raw = await request.body()
     try:
-        return json.loads(raw) if raw.strip() else {}
+        data = json.loads(raw) if raw.strip() else {}
+        # JSON may spell a lone UTF-16 surrogate ("\\ud800"), which is no text: refused here,
+        # or every answer that echoes it (an error, history) could not be written
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+        return data
+    except UnicodeEncodeError:
+        raise BadRequest("the request body holds a lone UTF-16 surrogate (\\ud800-\\udfff), which is "
+                         "not text: send valid Unicode") from None
     except (ValueError, UnicodeDecodeError) as exc:  # ValueError: also an int of over 4300 digits
         raise BadRequest(f"the request body is not valid JSON: {exc}") from None
     except RecursionError:  # the decoder's own guard, far deeper than the farm's cap

@@ -120,3 +120,12 @@ def test_batch_body_is_checked(ckpt_server):
     assert post(ckpt_server, {"overrides": [{"3.seed": 1}]}, path="/batch").status_code == 400
     valid = post(ckpt_server, {"prompt": WORKFLOW, "overrides": [{"3.seed": 1}, {"3.seed": 2}]}, path="/batch")
     assert valid.status_code == 503  # valid; nowhere to queue it
+
+
+def test_a_lone_surrogate_in_the_body_is_a_400_not_a_500(server):
+    """Found by the HTTP fuzz suite: "\\ud800" is valid JSON but no text, so the 400 that
+    echoed it could not be written."""
+    answer = post(server, b'{"prompt": {"1": {"class_type": "\\ud800", "inputs": {}}}}')
+    assert answer.status_code == 400
+    assert "surrogate" in answer.json()["error"]["message"] + answer.json()["error"].get("details", "")
+    assert answer.json()["node_errors"] == {}
