@@ -34,6 +34,7 @@ from farm.errors import (
 from farm.models.arch import shipped_configs
 from farm.models.store import PICKLE_EXTENSIONS, SAFE_EXTENSIONS
 from farm.sampling.control import ControlHint
+from farm.sampling.crop import center_crop_to_aspect
 
 log = logging.getLogger(__name__)
 
@@ -198,15 +199,7 @@ def _hint_pixels(hint: ControlHint, height: int, width: int, device: torch.devic
     nearest-exact, as ComfyUI's common_upscale(..., "center"). Kept per size."""
     key = (height, width, str(device), dtype)
     if key not in hint.prepared:
-        image = hint.image
-        old_h, old_w = image.shape[-2:]
-        old_aspect, new_aspect = old_w / old_h, width / height
-        dx = dy = 0
-        if old_aspect > new_aspect:
-            dx = round((old_w - old_w * (new_aspect / old_aspect)) / 2)
-        elif old_aspect < new_aspect:
-            dy = round((old_h - old_h * (old_aspect / new_aspect)) / 2)
-        image = image[..., dy:old_h - dy, dx:old_w - dx].float()
+        image = center_crop_to_aspect(hint.image, width, height).float()
         hint.prepared[key] = F.interpolate(image, size=(height, width), mode=HINT_UPSCALE).to(device, dtype)
     return hint.prepared[key]
 
