@@ -312,6 +312,14 @@ def _print(arch: str, size: int, a: BenchArgs, r: ModeResult) -> None:
           f"({r.jobs} jobs in {r.seconds:.1f} s, batch {r.batch}), {util}{lat}{mem}", flush=True)
 
 
+def _say_fallbacks(where: str, compile_report: dict) -> None:
+    """A compiled UNet or VAE that fell back to eager makes every figure after it an eager
+    one: say so on the bench's output, not only in its JSON."""
+    for label, entry in compile_report.items():
+        if isinstance(entry, dict) and entry.get("fallback"):
+            print(f"warning: {where}: compiled {label} fell back to eager: {entry['fallback']}", flush=True)
+
+
 def bench_arch(arch: str, root: Path, a: BenchArgs) -> dict:
     size = DEFAULT_SIZE[arch]
     names = _checkpoints(arch, root, a.checkpoints)
@@ -321,9 +329,12 @@ def bench_arch(arch: str, root: Path, a: BenchArgs) -> dict:
     if "raw" in a.modes:
         raw, info["raw"] = bench_raw(arch, root, names[0], size, a)
         modes += raw
+        _say_fallbacks("raw", info["raw"]["compile"])
         batch = best_batch(raw, info["raw"]["device_total_gib"]) if raw else 1
         print(f"{arch} {size}px: best batch {batch}", flush=True)
     farm_modes, info["farm"] = bench_farm_modes(arch, root, names, size, batch, a)
+    for worker in info["farm"].get("farm_workers", []):
+        _say_fallbacks(f"farm {worker.get('worker_id')}", worker.get("compile") or {})
     modes += farm_modes
     by_mode = {m.mode: m for m in modes}
     ratio = None

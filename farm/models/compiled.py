@@ -25,14 +25,18 @@ import os
 import threading
 import time
 import weakref
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
 from farm.errors import ConfigError
 from farm.models.arch import ARCH_FAMILY
+
+if TYPE_CHECKING:
+    from farm.models.compiled_vae import CompiledDecoder
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +57,10 @@ class CompileConfig:
     cache_dir: Path | None = None  # inductor's on-disk cache; None: <farm root>/state/inductor
     warm_shapes: tuple[WarmShape, ...] = ()  # compiled when a worker starts, e.g. ("sd15", 8, 64, 64):
     # SD1.5, batches of 8 jobs (16 UNet rows with CFG), 512 x 512 px
+    # The levers below change only the memory layout or which kernels run, not the maths;
+    # their effect on images and speed is measured by benchmarks/gpu_profile.py.
+    channels_last: bool = True  # the compiled UNet in NHWC: inductor then skips cuDNN's layout copies
+    vae: bool = True  # the VAE decoder compiled too (inductor's default mode: no CUDA graphs)
 
     def __post_init__(self) -> None:
         for shape in self.warm_shapes:
@@ -129,6 +137,8 @@ class CompiledUNet:
         self.unet, self.config, self.device, self.label = unet, config, device, label
         mode = config.mode if device.type == "cuda" else None
         _raise_recompile_limit()
+        self._memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+        unet.to(memory_format=self._memory_format)
         self._compiled = torch.compile(unet, backend=config.backend, mode=mode if config.backend == "inductor"
                                        else None, dynamic=None)
         self._cuda_graphs = device.type == "cuda" and mode is not None and "reduce-overhead" in mode
@@ -142,6 +152,7 @@ class CompiledUNet:
         rows = x.shape[0]
         bucket = self.config.bucket(rows)
         args = [_pad(t, bucket) for t in (x, timestep, embeds)]
+        args[0] = args[0].contiguous(memory_format=self._memory_format)
         added_p = None if added is None else {k: _pad(v, bucket) for k, v in added.items()}
         for t in [*args, *(added_p or {}).values()]:
             torch._dynamo.maybe_mark_dynamic(t, 0)  # one graph for every bucket
@@ -154,6 +165,7 @@ class CompiledUNet:
         started = time.perf_counter()
         try:
             if self._cuda_graphs:
+                adopt_cuda_graph_state()
                 torch.compiler.cudagraph_mark_step_begin()  # the last replay's outputs are ours already
             out = self._compiled(args[0], args[1], encoder_hidden_states=args[2], added_cond_kwargs=added_p,
                                  return_dict=False)[0]
@@ -162,6 +174,7 @@ class CompiledUNet:
         except Exception as exc:  # a compiler fault must not fail jobs: eager from now on
             self.stats.fallback = f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
             log.warning("compiled UNet %s failed (%s); running eager", self.label, self.stats.fallback)
+            self.unet.to(memory_format=torch.contiguous_format)  # eager convolutions prefer NCHW here
             return self._eager(x, timestep, embeds, added)
         out = out[:rows].clone()
         if first:
@@ -174,6 +187,28 @@ class CompiledUNet:
 
     def _eager(self, x, timestep, embeds, added) -> torch.Tensor:
         return self.unet(x, timestep, encoder_hidden_states=embeds, added_cond_kwargs=added, return_dict=False)[0]
+
+
+def adopt_cuda_graph_state() -> None:
+    """Give this thread the CUDA graph trees' per-thread state if it lacks it.
+
+    torch keeps the graph trees' managers in thread-local state that only the thread which
+    imported inductor (and autograd's threads) receive. Before torch 2.13 (pytorch issue
+    123177) any other thread's first reduce-overhead call failed with a bare AssertionError:
+    on an H200 under torch 2.11 every compiled UNet in the farm's sampling thread fell back to
+    eager that way. Newer torch sets the state up lazily, and then this finds it present."""
+    try:
+        from torch._inductor import cudagraph_trees as trees
+    except ImportError:  # an inductor without graph trees: nothing to set up
+        return
+    state = trees.local
+    if hasattr(state, "tree_manager_containers") or torch._C._is_key_in_tls("tree_manager_containers"):
+        return
+    state.tree_manager_containers = {}
+    state.tree_manager_locks = defaultdict(threading.Lock)
+    # stashed as the importing thread's are, so threads started from here inherit them
+    torch._C._stash_obj_in_tls("tree_manager_containers", state.tree_manager_containers)
+    torch._C._stash_obj_in_tls("tree_manager_locks", state.tree_manager_locks)
 
 
 def _pad(t: torch.Tensor, rows: int) -> torch.Tensor:
@@ -193,6 +228,7 @@ class UNetCompiler:
         # Runners live on their UNet (a plain attribute, not a submodule), so a checkpoint that
         # leaves memory takes its compiled graphs with it; this set only lists them.
         self._runners: "weakref.WeakSet[CompiledUNet]" = weakref.WeakSet()
+        self._decoders: "weakref.WeakSet[CompiledDecoder]" = weakref.WeakSet()
         self._lock = threading.Lock()
         self.warmed: dict[str, float] = {}  # "arch jobs x h x w" -> seconds its warm-up took
         if self.enabled:
@@ -210,6 +246,20 @@ class UNetCompiler:
                 found = CompiledUNet(unet, self.config, self.device, label)
                 object.__setattr__(unet, _ATTR, found)  # bypass nn.Module: not a child module
                 self._runners.add(found)
+            return found
+
+    def decoder(self, vae: torch.nn.Module, label: str = "") -> "CompiledDecoder | None":
+        """The compiled decode of this VAE, or None when compiling (or its VAE lever) is off."""
+        if not self.enabled or not self.config.vae:
+            return None
+        from farm.models.compiled_vae import CompiledDecoder
+
+        with self._lock:
+            found = vae.__dict__.get(_ATTR)
+            if found is None:
+                found = CompiledDecoder(vae, self.config, label)
+                object.__setattr__(vae, _ATTR, found)
+                self._decoders.add(found)
             return found
 
     def warm(self, dtype: torch.dtype) -> dict[str, float]:
@@ -244,12 +294,17 @@ class UNetCompiler:
     def report(self) -> dict[str, Any]:
         """For the bench and /workers: compile seconds and shapes per checkpoint."""
         with self._lock:
-            runners = list(self._runners)
-        return {r.label or str(i): {"compile_s": round(r.stats.compile_s, 2), "fallback": r.stats.fallback,
-                                    "rows": r.stats.rows, "padded_rows": r.stats.padded_rows,
-                                    "shapes": {k: {"first_call_s": round(s.first_call_s, 2), "calls": s.calls}
-                                               for k, s in r.stats.shapes.items()}}
-                for i, r in enumerate(runners)}
+            runners, decoders = list(self._runners), list(self._decoders)
+        report: dict[str, Any] = {
+            r.label or str(i): {"compile_s": round(r.stats.compile_s, 2), "fallback": r.stats.fallback,
+                                "rows": r.stats.rows, "padded_rows": r.stats.padded_rows,
+                                "shapes": {k: {"first_call_s": round(s.first_call_s, 2), "calls": s.calls}
+                                           for k, s in r.stats.shapes.items()}}
+            for i, r in enumerate(runners)}
+        for i, d in enumerate(decoders):
+            report[f"vae:{d.label or i}"] = {"compile_s": round(d.first_call_s, 2), "fallback": d.fallback,
+                                             "calls": d.calls}
+        return report
 
 
 def _random_unet(arch: str, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:

@@ -82,6 +82,7 @@ class VaeModel:
 
     vae: torch.nn.Module
     downscale: int = 8
+    compiled_decode: Callable[[torch.Tensor], torch.Tensor] | None = None  # farm.models.compiled_vae
 
     @property
     def device(self) -> torch.device:
@@ -95,8 +96,12 @@ class VaeModel:
     def decode(self, latents: torch.Tensor, check: StopCheck | None = None) -> torch.Tensor:
         """`check` (an interrupt) runs before each of the decoder's resnet blocks, which see
         the whole batch: a big batch stops within one block."""
-        with checked_blocks([self.vae.decoder], check):
-            x = self.vae.decode(latents.to(self.device, self.dtype), return_dict=False)[0]
+        latents = latents.to(self.device, self.dtype)
+        if self.compiled_decode is not None:  # one graph: an interrupt waits for its end
+            x = self.compiled_decode(latents)
+        else:
+            with checked_blocks([self.vae.decoder], check):
+                x = self.vae.decode(latents, return_dict=False)[0]
         return ((x.float() + 1.0) / 2.0).clamp(0.0, 1.0).permute(0, 2, 3, 1).cpu()
 
     @torch.inference_mode()

@@ -16,7 +16,7 @@ from farm.engine.context import JobContext, RunContext
 from farm.models.compiled import CompileConfig, UNetCompiler
 from farm.models.load import load_checkpoint
 from farm.nodes.ksampling import SamplerCall, run_sampler_calls
-from farm.nodes.values import DiffusionModel, Latent
+from farm.nodes.values import DiffusionModel, Latent, VaeModel
 from farm.sampling import Conditioning
 from farm.sampling.model_sampling import DiscreteSchedule
 
@@ -106,3 +106,45 @@ def test_a_warm_shape_that_is_not_one_is_refused_by_name():
     for bad in (("sd3", 8, 64, 64), ("sd15", 0, 64, 64), ("sd15", 8, 64)):
         with pytest.raises(ConfigError, match="warm shape"):
             CompileConfig(warm_shapes=(bad,))
+
+
+def test_compiled_vae_decode_equals_eager(tiny_checkpoints, tmp_path):
+    ck = load_checkpoint(tiny_checkpoints["tiny-sd15"].single_file, CPU, torch.float32)
+    compiler = UNetCompiler(CompileConfig(enabled=True, backend="aot_eager", cache_dir=tmp_path / "inductor"), CPU)
+    decoder = compiler.decoder(ck.vae, "tiny")
+    assert compiler.decoder(ck.vae, "tiny") is decoder  # one per VAE
+    assert UNetCompiler(CompileConfig(enabled=True, vae=False), CPU).decoder(ck.vae) is None  # the lever's off switch
+    eager, compiled = VaeModel(ck.vae), VaeModel(ck.vae, compiled_decode=decoder)
+    g = torch.Generator().manual_seed(5)
+    for rows in (1, 3, 2):  # one image; then the dynamic batch dimension
+        latents = torch.randn(rows, 4, 8, 8, generator=g)
+        torch.testing.assert_close(compiled.decode(latents), eager.decode(latents), rtol=1e-4, atol=1e-4)
+    assert decoder.fallback is None, decoder.fallback  # it really ran compiled
+    assert decoder.calls == 3 and compiler.report()["vae:tiny"]["compile_s"] > 0
+
+
+def test_a_thread_without_cuda_graph_state_is_given_its_own():
+    """torch before 2.13 asserted (bare AssertionError) in any thread but the importing one
+    on a reduce-overhead call; the farm samples on its own thread."""
+    import threading
+
+    from torch._inductor import cudagraph_trees as trees
+
+    from farm.models.compiled import adopt_cuda_graph_state
+
+    seen: dict[str, object] = {}
+
+    def fresh_thread() -> None:
+        seen["before"] = hasattr(trees.local, "tree_manager_containers")
+        adopt_cuda_graph_state()
+        seen["local"] = trees.local.tree_manager_containers
+        seen["tls"] = torch._C._is_key_in_tls("tree_manager_containers")
+        adopt_cuda_graph_state()  # a second call keeps what the first set up
+        seen["same"] = trees.local.tree_manager_containers is seen["local"]
+
+    thread = threading.Thread(target=fresh_thread)
+    thread.start()
+    thread.join()
+    assert seen["before"] is False  # a new thread really starts without it
+    assert seen["local"] == {} and seen["tls"] is True and seen["same"] is True
+    assert seen["local"] is not trees.get_obj(trees.local, "tree_manager_containers")  # its own, not the main thread's
