@@ -6,6 +6,7 @@ equals running the jobs one by one, to float tolerance."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 from dataclasses import dataclass
 
@@ -31,7 +32,10 @@ from farm.sampling.regions import (
     resolve_regions,
 )
 from farm.sampling.stage import run_sampling
+from farm.sampling.step_cache import StepCache
 from farm.sampling.stop import checked_blocks
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, eq=False)
@@ -92,6 +96,7 @@ def _run_batch(rc, calls: list[SamplerCall]) -> list[Latent]:
     latent_in = torch.cat([c.latent.samples for c in calls]).to(device) * model.latent_scale
     cfg = torch.tensor([c.cfg for c in calls], dtype=torch.float32).repeat_interleave(rows)
     denoiser = _denoiser(model, calls, shape, rows, cfg)
+    step_cache = getattr(denoiser, "eps_fn", None)  # a StepCache when the workflow asked for EasyCache
     if any(c.latent.noise_mask is not None for c in calls):
         # rows without a mask get mask 1, which leaves them exactly as unmasked sampling would
         mask = torch.cat([torch.ones(shape) if c.latent.noise_mask is None else latent_mask(c.latent.noise_mask, shape)
@@ -113,6 +118,8 @@ def _run_batch(rc, calls: list[SamplerCall]) -> list[Latent]:
         blocks = [model.unet] if model.runner is None else []
         with model.patched(), torch.inference_mode(), checked_blocks(blocks, rc.check_interrupt):
             out = sample(denoiser, latent_in, noise, sigmas, first.sampler_name, callback=on_step, seeds=seeds)
+        if isinstance(step_cache, StepCache):
+            log.info("%s (%s)", step_cache.summary(), model.checkpoint_name)
         return (out / model.latent_scale).float()
 
     # The loop runs on the device's sampling thread; the copy to the host waits here, so
@@ -132,7 +139,12 @@ def _denoiser(model: DiffusionModel, calls: list[SamplerCall], shape: tuple, row
         positive = _side([c.positive for c in calls], rows, [ids("positive")(c.positive) for c in calls])
         negatives = [fill_uncond(c.positive, c.negative) for c in calls]
         negative = _side(negatives, rows, [ids("negative")(n) for n in negatives])
-        return CFGDenoiser(model.eps, model.schedule, positive, negative, cfg)
+        eps_fn = model.eps
+        if model.step_cache is not None:
+            eps_fn = StepCache(model.eps, model.step_cache, model.schedule, rows * len(calls))
+        return CFGDenoiser(eps_fn, model.schedule, positive, negative, cfg)
+    if model.step_cache is not None:
+        log.warning("EasyCache is not applied to areas, timestep ranges or combined conditioning: every step runs")
     if any(e.control for c in calls for side in (c.positive, c.negative) for e in side.entries()):
         raise InvalidInputError("a ControlNet together with areas, timestep ranges or combined conditioning "
                                 "is not supported yet: apply the ControlNet to a plain prompt")

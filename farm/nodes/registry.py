@@ -37,6 +37,7 @@ from farm.nodes.lora import LoraLoader, LoraLoaderModelOnly
 from farm.nodes.sampler import KSampler, KSamplerAdvanced
 from farm.nodes.sdxl_text import CLIPTextEncodeSDXL, CLIPTextEncodeSDXLRefiner
 from farm.nodes.spec import Node, NodeContext, NodeSpec
+from farm.nodes.step_cache import EasyCache
 from farm.nodes.vae_loader import VAELoader
 
 BUILTIN_NODES: tuple[type[Node], ...] = (
@@ -48,7 +49,7 @@ BUILTIN_NODES: tuple[type[Node], ...] = (
     ControlNetLoader, ControlNetApplyAdvanced, ControlNetApply, Canny,
 )
 BUILTIN_NODES += (VAELoader, ConditioningCombine, ConditioningSetArea, ConditioningSetAreaPercentage,
-                  ConditioningSetTimestepRange, CLIPTextEncodeSDXL, CLIPTextEncodeSDXLRefiner)
+                  ConditioningSetTimestepRange, CLIPTextEncodeSDXL, CLIPTextEncodeSDXLRefiner, EasyCache)
 # ComfyUI's frontend files core nodes under this module name.
 CORE_PYTHON_MODULE = "nodes"
 

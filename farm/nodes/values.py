@@ -9,6 +9,7 @@ from typing import Callable, ClassVar, Iterator
 
 import torch
 
+from farm.sampling.step_cache import StepCacheSettings
 from farm.sampling.stop import StopCheck, checked_blocks
 
 
@@ -29,6 +30,9 @@ class DiffusionModel:
     # is never left changed, so the base and every LoRA variant of it share one copy.
     loras: tuple = ()
     aesthetic_ids: bool = False  # the SDXL refiner: its time ids end in an aesthetic score
+    # the EasyCache node's settings (farm.sampling.step_cache): skip predictable UNet calls,
+    # an approximation the workflow opts into; None: every step runs
+    step_cache: "StepCacheSettings | None" = None
 
     @contextlib.contextmanager
     def patched(self) -> Iterator[None]:

@@ -30,7 +30,7 @@ def test_default_registry_has_the_builtins():
         "ImageScaleToTotalPixels", "ImageInvert", "LoadImageMask", "ConditioningConcat",
         "ControlNetLoader", "ControlNetApplyAdvanced", "ControlNetApply", "Canny",
         "VAELoader", "ConditioningCombine", "ConditioningSetArea", "ConditioningSetAreaPercentage",
-        "ConditioningSetTimestepRange", "CLIPTextEncodeSDXL", "CLIPTextEncodeSDXLRefiner"}
+        "ConditioningSetTimestepRange", "CLIPTextEncodeSDXL", "CLIPTextEncodeSDXLRefiner", "EasyCache"}
 
 
 def test_object_info_ksampler_shape(ctx):
