@@ -101,7 +101,9 @@ class VaeModel:
         """`check` (an interrupt) runs before each of the decoder's resnet blocks, which see
         the whole batch: a big batch stops within one block."""
         latents = latents.to(self.device, self.dtype)
-        if self.compiled_decode is not None:  # one graph: an interrupt waits for its end
+        if self.compiled_decode is not None:  # one graph: an interrupt is honoured before it only
+            if check is not None:
+                check()
             x = self.compiled_decode(latents)
         else:
             with checked_blocks([self.vae.decoder], check):

@@ -122,6 +122,16 @@ def test_compiled_vae_decode_equals_eager(tiny_checkpoints, tmp_path):
     assert decoder.fallback is None, decoder.fallback  # it really ran compiled
     assert decoder.calls == 3 and compiler.report()["vae:tiny"]["compile_s"] > 0
 
+    class Interrupted(Exception):
+        pass
+
+    def stop() -> None:
+        raise Interrupted
+
+    with pytest.raises(Interrupted):  # a compiled decode is one graph: the check runs before it
+        compiled.decode(latents, check=stop)
+    assert decoder.calls == 3
+
 
 def test_a_thread_without_cuda_graph_state_is_given_its_own():
     """torch before 2.13 asserted (bare AssertionError) in any thread but the importing one
