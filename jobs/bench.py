@@ -37,6 +37,7 @@ from farm.models.compiled import CompileConfig
 from farm.models.make import make_checkpoint
 from farm.records.paths import FarmPaths
 from farm.worker.nvml import NvmlSampler, gpu_identity, percentile
+from jobs.bench_switch import measure_switches
 
 DEFAULT_SIZE = {"sd15": 512, "sdxl": 1024, "tiny-sd15": 64, "tiny-sdxl": 64}
 SUBJECTS = ("a lighthouse", "a red fox", "a city at night", "a bowl of fruit", "a mountain lake",
@@ -332,6 +333,10 @@ def bench_arch(arch: str, root: Path, a: BenchArgs) -> dict:
         _say_fallbacks("raw", info["raw"]["compile"])
         batch = best_batch(raw, info["raw"]["device_total_gib"]) if raw else 1
         print(f"{arch} {size}px: best batch {batch}", flush=True)
+        device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+        info["switch"] = measure_switches(FarmPaths.under(root).models, names, device)
+        gc.collect()
+        print(f"{arch}: checkpoint switch into device memory, by source: {info['switch']}", flush=True)
     farm_modes, info["farm"] = bench_farm_modes(arch, root, names, size, batch, a)
     for worker in info["farm"].get("farm_workers", []):
         _say_fallbacks(f"farm {worker.get('worker_id')}", worker.get("compile") or {})

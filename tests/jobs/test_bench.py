@@ -36,6 +36,9 @@ def test_bench_runs_every_mode_on_the_cpu(tmp_path):
     assert worker["pipeline_depth"] == 2
     assert {load["checkpoint"] for load in worker["loads"]} == set(result["checkpoints"])
     assert len(result["checkpoints"]) == 2
+    # a budget of one checkpoint: each switch evicts the other to host RAM, and back
+    switch = result["switch"]
+    assert switch["store"]["loads"] == 2 and switch["pinned"]["loads"] == 6, switch
     assert (out / report_path.with_suffix(".png").name).exists() == (report["plot"] is not None)
     assert "best batch" in proc.stdout and "farm:" in proc.stdout
 
