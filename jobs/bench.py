@@ -73,6 +73,12 @@ class ModeResult:
     latency_p50_s: float | None = None  # submit -> result, farm modes
     latency_p99_s: float | None = None
     peak_vram_gib: float | None = None  # raw modes: torch's peak allocation in the batch
+    # Farm modes, the steady state: from the first job finished (the pipeline is full) to the
+    # last job started (a next batch is still waiting), seconds since the mode started. The
+    # ramp before and the drain after are in the whole-run figures above.
+    steady_window_s: tuple[float, float] | None = None
+    steady_util_mean: float | None = None
+    steady_util_p5: float | None = None
     timeline: list[tuple[float, int]] = field(default_factory=list)  # (s, util %), plotted, not printed
 
 
@@ -236,8 +242,24 @@ def _worker_stats(farm) -> list[dict]:
     return out
 
 
-def _through_farm(farm, prepared: list, nvml: NvmlSampler, one_at_a_time: bool) -> tuple[float, list[float]]:
+def _steady(nvml: NvmlSampler, results: list) -> dict:
+    """ModeResult's steady_* fields from the jobs' own timings (unix seconds)."""
+    finished = [r.timings.finished_at_s for r in results if r.timings.finished_at_s is not None]
+    started = [r.timings.started_at_s for r in results if r.timings.started_at_s is not None]
+    if not finished or not started:
+        return {}
+    window = (min(finished) - nvml.started_wall_s, max(started) - nvml.started_wall_s)
+    util = nvml.summary(window) if window[1] > window[0] else None
+    if util is None:
+        return {}
+    return {"steady_window_s": (round(window[0], 2), round(window[1], 2)), "steady_util_mean": util.mean_util,
+            "steady_util_p5": util.p5_util}
+
+
+def _through_farm(farm, prepared: list, nvml: NvmlSampler, one_at_a_time: bool) -> tuple[float, list[float], list]:
+    """Seconds for all, each job's latency (submit to files written), and the results."""
     latencies: list[float] = []
+    results = []
     started = time.perf_counter()
     with nvml:
         if one_at_a_time:
@@ -247,6 +269,7 @@ def _through_farm(farm, prepared: list, nvml: NvmlSampler, one_at_a_time: bool) 
                 if not result.ok:
                     raise RuntimeError(f"naive job failed: {result.error}")
                 latencies.append(time.perf_counter() - t)
+                results.append(result)
         else:
             t = time.perf_counter()
             futures = farm.submit_prepared(prepared)
@@ -257,8 +280,9 @@ def _through_farm(farm, prepared: list, nvml: NvmlSampler, one_at_a_time: bool) 
                 result = f.outcome(900)
                 if not result.ok:
                     raise RuntimeError(f"farm job failed: {result.error}")
+                results.append(result)
             latencies = [done.get(f.prompt_id, time.perf_counter()) - t for f in futures]
-    return time.perf_counter() - started, latencies
+    return time.perf_counter() - started, latencies, results
 
 
 def bench_farm_modes(arch: str, root: Path, names: list[str], size: int, batch: int,
@@ -272,7 +296,7 @@ def bench_farm_modes(arch: str, root: Path, names: list[str], size: int, batch: 
             prepared = [farm.prepare(workflow(names[0], 210_000 + i, size, a.steps, a.sampler))
                         for i in range(a.naive_jobs)]
             nvml = NvmlSampler(period_s=0.05)
-            seconds, lat = _through_farm(farm, prepared, nvml, one_at_a_time=True)
+            seconds, lat, _ = _through_farm(farm, prepared, nvml, one_at_a_time=True)
             results.append(_summary("naive", len(prepared), seconds, 1, nvml, latency_p50_s=percentile(lat, 50),
                                     latency_p99_s=percentile(lat, 99)))
             _print(arch, size, a, results[-1])
@@ -292,9 +316,9 @@ def bench_farm_modes(arch: str, root: Path, names: list[str], size: int, batch: 
             prepared = [farm.prepare(workflow(names[i % len(names)], 310_000 + i, size, a.steps, a.sampler))
                         for i in range(a.jobs)]
             nvml = NvmlSampler(period_s=0.05)
-            seconds, lat = _through_farm(farm, prepared, nvml, one_at_a_time=False)
+            seconds, lat, done = _through_farm(farm, prepared, nvml, one_at_a_time=False)
             results.append(_summary("farm", len(prepared), seconds, batch, nvml, latency_p50_s=percentile(lat, 50),
-                                    latency_p99_s=percentile(lat, 99)))
+                                    latency_p99_s=percentile(lat, 99), **_steady(nvml, done)))
             _print(arch, size, a, results[-1])
             info["farm_workers"] = _worker_stats(farm)
         finally:
@@ -309,6 +333,9 @@ def _print(arch: str, size: int, a: BenchArgs, r: ModeResult) -> None:
             else "NVML n/a")
     lat = f", latency p50 {r.latency_p50_s:.2f} s p99 {r.latency_p99_s:.2f} s" if r.latency_p50_s is not None else ""
     mem = f", peak {r.peak_vram_gib:.1f} GiB" if r.peak_vram_gib is not None else ""
+    if r.steady_util_mean is not None:
+        util += f" (steady {r.steady_window_s[0]:.1f}-{r.steady_window_s[1]:.1f} s: {r.steady_util_mean:.0f}% " \
+                f"p5 {r.steady_util_p5:.0f}%)"
     print(f"{arch} {size}px {a.steps} steps {a.sampler}: {r.mode:>8}: {r.images_per_s:.2f} images/s "
           f"({r.jobs} jobs in {r.seconds:.1f} s, batch {r.batch}), {util}{lat}{mem}", flush=True)
 
@@ -376,7 +403,10 @@ def plot(report: dict, path: Path) -> Path | None:
                 label = (f"{m['mode']}: {m['images_per_s']:.2f} img/s, mean {m['nvml_util_mean'] or 0:.0f}% "
                          f"p5 {m['nvml_util_p5'] or 0:.0f}%")
                 ax.plot(ts, us, label=label, linewidth=0.8)
-        ax.set_title(f"{res['arch']} {res['size']}px, {res['steps']} steps {res['sampler']} on {report['device']}")
+                if m.get("steady_window_s"):
+                    ax.axvspan(*m["steady_window_s"], color="tab:green", alpha=0.08)
+        ax.set_title(f"{res['arch']} {res['size']}px, {res['steps']} steps {res['sampler']} on {report['device']}"
+                     " (shaded: the farm's steady state)")
         ax.set_xlabel("seconds since the mode started")
         ax.set_ylabel("NVML GPU busy %")
         ax.set_ylim(-2, 102)

@@ -166,7 +166,10 @@ class FarmPolicy:
         waiting), plus nothing once no job has arrived for `quiet_after_s` (the queue is
         draining; finishing it sooner is all that is left to win).
     That is "expected to finish first" with the cost of a load counted as more than its
-    seconds: every load evicts something that may be needed again. A load never evicts
+    seconds: every load evicts something that may be needed again. A load that evicts
+    nothing (a worker that just joined, or one with room to spare) needs neither the plan
+    nor the margin: it pays once c's holders are behind by more than the load takes.
+    Jobs that need no checkpoint go to any worker that asks. A load never evicts
     what the plan wants on this worker, nor the last copy of a checkpoint with queued
     jobs. No job waits longer than `max_wait_s`: a worker that asks for work takes the
     oldest job first once it is overdue, whatever the load costs.
@@ -225,7 +228,8 @@ class FarmPolicy:
         if checkpoint is None or checkpoint in worker.gpu:
             return None
         keep = self.plan.wants(worker.worker_id)
-        for victim in worker.residency.victims(checkpoint, size_bytes, keep):
+        victims = worker.residency.victims(checkpoint, size_bytes, keep)
+        for victim in victims:
             if victim in keep or (fleet.holder_count(victim) <= 1 and fleet.pool.count_of(victim)):
                 return None
         count = fleet.holder_count(checkpoint)
@@ -234,10 +238,15 @@ class FarmPolicy:
         behind_s = fleet.pool.work_s(checkpoint) / count
         if checkpoint in keep:
             return behind_s
+        switch_s = fleet.switch_s(worker, checkpoint, size_bytes)
+        if not victims:
+            # Free room (a worker that just joined, or one with VRAM to spare): the load
+            # costs its seconds and nothing else, so it pays as soon as it saves them.
+            return behind_s if behind_s > switch_s else None
         if self.plan.made_s == -math.inf:
             return None  # no extra copies until demand is measured: the first plan places them
         margin_s = 0.0 if self._draining(now_s) else self.burst_margin_s
-        if behind_s - fleet.switch_s(worker, checkpoint, size_bytes) > margin_s:
+        if behind_s - switch_s > margin_s:
             return behind_s
         return None
 
@@ -269,14 +278,14 @@ class FarmPolicy:
 
     def _idle_candidates(self, checkpoint: str | None, fleet: Fleet, now_s: float) -> list[WorkerView]:
         """Idle workers that load_score may accept for a new job of c, found without
-        scanning the fleet: while c's holders are within the margin only a worker the plan
-        wants c on qualifies; otherwise the `sample` longest idle."""
-        count = fleet.holder_count(checkpoint)
-        margin_s = 0.0 if self._draining(now_s) else self.burst_margin_s
-        if checkpoint is not None and count and fleet.pool.work_s(checkpoint) / count <= margin_s:
-            planned = (fleet.workers.get(w) for w in self.plan.placed.get(checkpoint, ()))
-            return [view for view in planned if view is not None and view.idle][:self.sample]
-        return list(itertools.islice(fleet.idle_workers(), self.sample))
+        scanning the fleet: the idle workers the plan wants c on, then the `sample`
+        longest idle (while c's holders are within the margin, only those with room to
+        load c without evicting anything can qualify; load_score decides)."""
+        planned = (fleet.workers.get(w) for w in self.plan.placed.get(checkpoint, ()))
+        found = {view.worker_id: view for view in planned if view is not None and view.idle}
+        for view in itertools.islice(fleet.idle_workers(), self.sample):
+            found.setdefault(view.worker_id, view)
+        return list(found.values())[:2 * self.sample]
 
     def pick(self, worker: WorkerView, fleet: Fleet, now_s: float) -> Pick | None:
         self._replan(fleet, now_s)
@@ -286,8 +295,8 @@ class FarmPolicy:
         oldest = pool.oldest()
         if oldest is not None and now_s - oldest.created_s >= self.max_wait_s:
             return Pick(None, oldest.group_key, keep)
-        # 2. Work for a checkpoint already in VRAM costs no load.
-        job = pool.best_head(worker.gpu)
+        # 2. Work for a checkpoint already in VRAM, or for none at all, costs no load.
+        job = pool.best_head(worker.gpu | {None})
         if job is not None:
             return Pick(None, job.group_key, keep)
         # 3. Nothing of its own: load the checkpoint whose holders are furthest behind, of

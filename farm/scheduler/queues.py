@@ -137,7 +137,7 @@ class KeyedQueue:
         """Expected GPU seconds to run this checkpoint's queued jobs in full batches."""
         return self._work_s.get(checkpoint, 0.0)
 
-    def best_head(self, checkpoints: frozenset[str] | set[str]) -> Job | None:
+    def best_head(self, checkpoints: Iterable[str | None]) -> Job | None:
         """The best-priority job among the keys of the given checkpoints."""
         best: Job | None = None
         for checkpoint in checkpoints:

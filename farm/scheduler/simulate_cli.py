@@ -64,15 +64,15 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         print(f"unknown policies {unknown}; choose from {', '.join(POLICY_NAMES)}")
         return 2
-    spec = TraceSpec(jobs=args.jobs, workers=args.workers, checkpoints=args.checkpoints,
-                     zipf=args.zipf, seed=args.seed, load=args.load, arrivals=args.arrivals,
-                     max_batch=args.max_batch, gpu_gb=args.gpu_gb, pinned_gb=args.pinned_gb, loras=args.loras)
-    trace = make_trace(spec)
     try:
+        spec = TraceSpec(jobs=args.jobs, workers=args.workers, checkpoints=args.checkpoints,
+                         zipf=args.zipf, seed=args.seed, load=args.load, arrivals=args.arrivals,
+                         max_batch=args.max_batch, gpu_gb=args.gpu_gb, pinned_gb=args.pinned_gb, loras=args.loras)
         scaling = autoscale.scaling_of(args) if args.autoscale else None
     except FarmError as exc:
         print(exc)
         return 2
+    trace = make_trace(spec)
     processes = args.processes or (min(len(names), os.cpu_count() or 1) if spec.jobs >= 20_000 else 1)
     if processes > 1:  # policies are independent runs: one per core
         with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("fork")) as pool:

@@ -47,6 +47,23 @@ class TraceSpec:
     disk_gb: float = 200.0  # local disk cache per worker
     loras: int = 0  # LoRAs per checkpoint (0: jobs apply none)
 
+    def __post_init__(self) -> None:
+        at_least_one = {"jobs": self.jobs, "workers": self.workers, "checkpoints": self.checkpoints,
+                        "max_batch": self.max_batch}
+        for name, value in at_least_one.items():
+            if value < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} {value}: give at least 1")
+        positive = {"load": self.load, "mean_burst": self.mean_burst, "gpu_gb": self.gpu_gb}
+        for name, value in positive.items():
+            if not value > 0 or math.isinf(value):
+                raise ConfigError(f"--{name.replace('_', '-')} {value}: give a positive number")
+        for name, value in {"zipf": self.zipf, "pinned_gb": self.pinned_gb, "disk_gb": self.disk_gb,
+                            "loras": self.loras}.items():
+            if not value >= 0 or math.isinf(value):
+                raise ConfigError(f"--{name.replace('_', '-')} {value}: give a number of 0 or more")
+        if self.arrivals not in ("poisson", "bursty"):
+            raise ConfigError(f"--arrivals {self.arrivals!r}: give poisson or bursty")
+
 
 @dataclass(frozen=True)
 class Template:

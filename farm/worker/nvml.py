@@ -77,6 +77,7 @@ class NvmlSampler:
         self._times.clear()
         self._stop.clear()
         self._started = time.perf_counter()
+        self.started_wall_s = time.time()  # to place events stamped in unix seconds on the timeline
         if self.available:
             self._thread = threading.Thread(target=self._loop, daemon=True)
             self._thread.start()
@@ -87,11 +88,13 @@ class NvmlSampler:
         if self._thread is not None:
             self._thread.join()
 
-    def summary(self) -> UtilSummary | None:
-        if not self._values:
+    def summary(self, window: tuple[float, float] | None = None) -> UtilSummary | None:
+        """Over every sample, or over those taken within `window` (seconds since start)."""
+        values = self._values if window is None else [
+            v for t, v in zip(self._times, self._values) if window[0] <= t <= window[1]]
+        if not values:
             return None
-        return UtilSummary(sum(self._values) / len(self._values), len(self._values), self.period_s,
-                           percentile(self._values, 5))
+        return UtilSummary(sum(values) / len(values), len(values), self.period_s, percentile(values, 5))
 
     def timeline(self) -> list[tuple[float, int]]:
         """(seconds since start, percent) per sample, for plots."""

@@ -30,7 +30,8 @@ from jobs.render_sweep import run  # noqa: E402
 from jobs.sweep import SweepRow  # noqa: E402
 
 TINY = {"5.width": 64, "5.height": 64, "5.batch_size": 1}
-JOBS = 40  # one at a time (max_batch=1): the sweep outlasts the new worker's start
+JOBS = 40  # one at a time (max_batch=1), 24 steps each: ~30 s on one CPU worker, which outlasts the
+# new node's worker start (13-22 s here) and its first render reaching the manifest
 t0 = time.monotonic()
 
 
@@ -65,7 +66,7 @@ def main(models: Path, work: Path) -> None:
 
     wait(lambda: len(alive()) == 1, "one worker on the head's GPU")
     workflow = json.loads((ROOT / "farm" / "workflows" / "txt2img.json").read_text())
-    rows = [SweepRow({**TINY, "3.seed": 500 + i, "3.steps": 8}, i + 1) for i in range(JOBS)]
+    rows = [SweepRow({**TINY, "3.seed": 500 + i, "3.steps": 24}, i + 1) for i in range(JOBS)]
     destination = HeadDestination(str(work / "renders"))
     outcome: dict = {}
     sweep = threading.Thread(target=lambda: outcome.update(report=run(farm, workflow, rows, destination,
@@ -75,9 +76,19 @@ def main(models: Path, work: Path) -> None:
     new = wait(lambda: [w for w in alive().values() if node.node_id[:8] in w.node], "a node joined: a worker on it",
                90)[0].worker_id
     def took_work():
+        if outcome:
+            fail(f"the sweep ended before {new} on the new node took a job (too short a sweep for this machine?)")
         mine = alive().get(new)
-        return mine is not None and (mine.running or mine.backlog) and not outcome
+        return mine is not None and (mine.running or mine.backlog)
     wait(took_work, f"{new} on the new node has taken jobs (the sweep still runs)", 90)
+
+    def finished_one():
+        if outcome:
+            fail(f"the sweep ended before a render by {new} reached the manifest")
+        manifest = work / "renders" / "manifest.jsonl"
+        lines = manifest.read_text().splitlines() if manifest.is_file() else []
+        return any(json.loads(line).get("worker") == new for line in lines if line.strip())
+    wait(finished_one, f"a render by {new} is in the manifest (rewritten every few seconds)", 60)
 
     @ray.remote(num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(node.node_id, soft=False))
     def open_from_the_new_node(target: str):

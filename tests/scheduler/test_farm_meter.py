@@ -39,6 +39,8 @@ def test_finished_jobs_are_counted_once_with_their_images_and_latency():
     assert metrics.backlog_gpu_s == pytest.approx(3 * 2.0 + 2 * 0.5)
     assert metrics.workers[0].alive is False
     assert metrics.workers[0].gpu.utilization_reason == "the worker did not answer"
+    assert core.worker_ready("w1", EMPTY).job_ids == ("p4",)  # needs no load: first
+    core.complete("p4", {})
     batch = core.worker_ready("w1", EMPTY)
     assert batch.job_ids == ("p0", "p1", "p2")
     clock.now_s = 7.0

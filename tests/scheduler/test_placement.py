@@ -47,14 +47,15 @@ def make_job(n: int, checkpoint: str = "A", run_s: float = 2.0, extra_s: float =
 
 
 def test_farm_prefers_the_vram_holder_until_its_backlog_outweighs_a_load():
-    """A holder of A in VRAM is busy; an idle worker holds nothing. Jobs for A stay with
-    the holder while its queue is short; the first job that would wait longer than the
-    idle worker's load (3.7 s from cold disk, DESIGN.md) plus the 30 s margin goes there."""
+    """A holder of A in VRAM is busy; an idle worker's VRAM is full of checkpoints nobody
+    queued (a load there evicts one). Jobs for A stay with the holder while its queue is
+    short; the first job that would wait longer than the idle worker's load (3.7 s from
+    cold disk, DESIGN.md) plus the 30 s margin goes there."""
     # One replica plan, made at the first submit after the warm-up, from a quiet history:
     # it keeps A where it is and asks nothing of the idle worker.
     policy = FarmPolicy(burst_margin_s=30.0, demand_warmup_s=100.0, replan_every_s=1e9)
-    core, clock = core_with(policy, {"hot": worker("A"), "cold": worker()})
-    assert core.worker_ready("cold", worker()) is None  # idle
+    core, clock = core_with(policy, {"hot": worker("A"), "cold": worker("B", "C")})
+    assert core.worker_ready("cold", worker("B", "C")) is None  # idle
     core.submit(make_job(0))
     assert core.worker_ready("hot", worker("A")).job_ids == ("A0",)  # busy from now on
     clock.now_s = 200.0
@@ -65,7 +66,7 @@ def test_farm_prefers_the_vram_holder_until_its_backlog_outweighs_a_load():
     assert targets[:30] == ["hot"] * 30 and not any(p.wake for p in placements[:30])
     assert targets[30] == "cold" and placements[30].wake
     assert placements[30].source_tier is Tier.STORE
-    batch = core.worker_ready("cold", worker())
+    batch = core.worker_ready("cold", worker("B", "C"))
     assert batch.checkpoint == "A" and batch.source_tier is Tier.STORE
     assert batch.expected_load_s == pytest.approx(3.7)
     assert len(batch.jobs) == 8 and batch.job_ids[0] == "A1"  # the best-priority jobs of A
@@ -73,8 +74,8 @@ def test_farm_prefers_the_vram_holder_until_its_backlog_outweighs_a_load():
 
 def test_once_submissions_stop_an_idle_worker_helps_drain_the_queue():
     policy = FarmPolicy(burst_margin_s=30.0, quiet_after_s=5.0, demand_warmup_s=100.0)
-    core, clock = core_with(policy, {"hot": worker("A"), "cold": worker()})
-    core.worker_ready("cold", worker())
+    core, clock = core_with(policy, {"hot": worker("A"), "cold": worker("B", "C")})
+    core.worker_ready("cold", worker("B", "C"))
     core.submit(make_job(0))
     core.worker_ready("hot", worker("A"))
     clock.now_s = 200.0
@@ -85,7 +86,38 @@ def test_once_submissions_stop_an_idle_worker_helps_drain_the_queue():
     assert core.tick() == []
     clock.now_s = 205.0  # quiet: 6 s of queue beats the 3.7 s load now
     assert core.tick() == ["cold"]
-    assert core.worker_ready("cold", worker()).job_ids == ("A1", "A2", "A3", "A4", "A5")
+    assert core.worker_ready("cold", worker("B", "C")).job_ids == ("A1", "A2", "A3", "A4", "A5")
+
+
+def test_a_worker_with_room_takes_overflow_once_it_saves_its_load_time():
+    """A worker that just joined (nothing in VRAM: a load evicts nothing) needs no margin
+    and no replica plan: it loads A as soon as A's holder is behind by more than the load
+    takes (3.7 s from cold disk), even while jobs keep arriving."""
+    policy = FarmPolicy(burst_margin_s=30.0, demand_warmup_s=100.0, replan_every_s=1e9)
+    core, clock = core_with(policy, {"hot": worker("A")})
+    core.submit(make_job(0))
+    assert core.worker_ready("hot", worker("A")).job_ids == ("A0",)  # busy from now on
+    for n in range(1, 4):
+        core.submit(make_job(n))  # 2 + 2 * 1.0 = 4 s queued: more than the 3.7 s load
+    core.register_worker("joined", worker())
+    batch = core.worker_ready("joined", worker())
+    assert batch.checkpoint == "A" and batch.source_tier is Tier.STORE
+    assert batch.job_ids == ("A1", "A2", "A3")
+
+
+def test_a_job_that_needs_no_checkpoint_goes_to_any_idle_worker():
+    """A workflow with no model loader (an image-only graph) waits for nobody's load and
+    is not held back by the starvation bound: the first worker that asks takes it."""
+    core, _ = core_with(FarmPolicy(), {"hot": worker("A")})
+    core.submit(make_job(0))
+    core.worker_ready("hot", worker("A"))  # busy
+    core.register_worker("idle", worker())
+    assert core.worker_ready("idle", worker()) is None  # nothing queued yet: it waits
+    none_job = Job(job_id="x", number=1, checkpoint=None, checkpoint_bytes=0, batch_key="none",
+                   est_run_s=0.1, est_extra_s=0.0)
+    placement = core.submit(none_job)
+    assert (placement.worker_id, placement.wake) == ("idle", True)
+    assert core.worker_ready("idle", worker()).job_ids == ("x",)
 
 
 def test_farm_sends_a_cold_checkpoint_to_an_idle_worker_at_once():

@@ -74,3 +74,12 @@ def test_trace_is_deterministic_and_offers_the_asked_load():
     counts = info["jobs_per_checkpoint"]
     assert max(counts, key=counts.get).startswith("ckpt0-sdxl")  # Zipf rank 0 is the hottest
     assert sum(counts.values()) == 4000 and not math.isnan(info["span_s"])
+
+
+@pytest.mark.parametrize("flags, named", [(["--workers", "0"], "--workers 0"), (["--jobs", "-5"], "--jobs -5"),
+                                          (["--max-batch", "0"], "--max-batch 0"), (["--load", "0"], "--load 0.0"),
+                                          (["--load", "nan"], "--load nan"), (["--zipf", "-1"], "--zipf -1.0")])
+def test_arguments_that_cannot_make_a_trace_are_one_line_and_exit_2(capsys, flags, named):
+    assert main(["--jobs", "20", *flags]) == 2
+    out = capsys.readouterr().out.strip()
+    assert out.startswith(named) and "\n" not in out and "Traceback" not in out
