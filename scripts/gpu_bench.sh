@@ -6,6 +6,7 @@
 # still leaves the other's JSON, PNG and log in $OUT.
 #
 #   OUT=/some/folder scripts/gpu_bench.sh [SD15_LIMIT_S [SDXL_LIMIT_S]] [-- extra farm bench flags]
+#   (a limit of 0 skips that architecture)
 set -uo pipefail
 out=${OUT:?set OUT to the folder the results go to}
 sd15_limit=${1:-290}
@@ -20,11 +21,11 @@ fi
 export PYTHONUNBUFFERED=1 RAY_USAGE_STATS_ENABLED=0
 root=/tmp/farm-bench  # full-size checkpoints (GBs) stay on the machine, never in $OUT
 start=$(date +%s)
-timeout "$sd15_limit" python3 -m farm bench --arch sd15 --jobs 192 --buckets 1,8,16,32 --root "$root" --out "$out" "$@" \
+[ "$sd15_limit" -gt 0 ] && timeout "$sd15_limit" python3 -m farm bench --arch sd15 --jobs 192 --buckets 1,8,16,32 --root "$root" --out "$out" "$@" \
   2>&1 | tee "$out/bench-sd15.log"
 echo "sd15 took $(( $(date +%s) - start )) s" | tee -a "$out/bench-sd15.log"
 start=$(date +%s)
-timeout "$sdxl_limit" python3 -m farm bench --arch sdxl --jobs 48 --checkpoints 2 --naive-jobs 6 --raw-jobs 16 \
+[ "$sdxl_limit" -gt 0 ] && timeout "$sdxl_limit" python3 -m farm bench --arch sdxl --jobs 48 --checkpoints 2 --naive-jobs 6 --raw-jobs 16 \
   --buckets 1,4,8 --root "$root" --out "$out" "$@" 2>&1 | tee "$out/bench-sdxl.log"
 echo "sdxl took $(( $(date +%s) - start )) s" | tee -a "$out/bench-sdxl.log"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$out/gpu.txt"

@@ -40,10 +40,7 @@ WORKFLOW = json.loads(files("farm").joinpath("workflows/txt2img.json").read_text
 # save, and the workflows folder's index file (the UI reads each 404 as "none yet").
 EXPECTED_404 = ("/user.css", "/api/userdata/user.css", "/api/userdata/comfy.templates.json",
                 "/api/userdata?dir=workflows&", "/api/userdata?dir=subgraphs&",
-                "/api/userdata/workflows%2F.index.json",
-                # not served yet (a known gap, in the closing note): ComfyUI answers it with its
-                # model folders; the UI asks for it at times after a failed job, and copes with a 404
-                "/internal/folder_paths")
+                "/api/userdata/workflows%2F.index.json")
 
 
 def small_workflow(prefix: str) -> dict:

@@ -84,3 +84,6 @@ def test_model_library_lists_folders_and_files(server):
         assert [(f["name"], f["pathIndex"], f["size"]) for f in files] == [("sub/a.safetensors", 0, 10)]
         assert http.get("/api/experiment/models/loras").json() == []
         assert http.get("/api/experiment/models/nope").status_code == 404
+        # ComfyUI's internal route (not under /api): every model folder and its paths on disk
+        paths = http.get("/internal/folder_paths").json()
+        assert paths["checkpoints"] == [str(checkpoints)] and paths["loras"] == [str(server.config.models_dir / "loras")]

@@ -1,5 +1,6 @@
 """The UI's model library: ComfyUI's GET /experiment/models (each model folder and where
-it is on disk) and GET /experiment/models/{folder} (its files with size and times)."""
+it is on disk), GET /experiment/models/{folder} (its files with size and times), and
+GET /internal/folder_paths (each model folder's paths, which the UI reads at times)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -18,6 +19,12 @@ router = APIRouter()
 async def model_folders(state: State) -> list[dict]:
     folders = ModelFolders(Path(state.config.models_dir))
     return [{"name": kind, "folders": [str(folders.folder(kind))]} for kind in FOLDER_KINDS]
+
+
+@router.get("/internal/folder_paths")
+async def folder_paths(state: State) -> dict[str, list[str]]:
+    folders = ModelFolders(Path(state.config.models_dir))
+    return {kind: [str(path) for path in folders.folders(kind)] for kind in FOLDER_KINDS}
 
 
 def model_files(folders: ModelFolders, kind: str) -> list[dict]:
