@@ -38,6 +38,9 @@ def _add_farm_setup(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scale-down-delay-s", type=float, metavar="S",
                    help="autoscale: how long a lower GPU count must hold before GPUs are given back (default 300)")
     p.add_argument("--min-gpus", type=int, metavar="N", help="autoscale: GPUs always kept (default 0)")
+    p.add_argument("--no-compile", action="store_true",
+                   help="sample with the eager UNet and VAE (default on a GPU: torch.compile, paid once per worker "
+                        "and shape; its cache is kept under the farm's state folder)")
 
 
 def _scaling(args):
@@ -61,9 +64,12 @@ def _farm_config(args, paths, db):
     """The FarmConfig of a farm this command starts."""
     from actors import cluster
 
+    from farm.models.compiled import CompileConfig
+
     max_workers, knobs = _scaling(args)
+    compile_cfg = CompileConfig(enabled=False) if getattr(args, "no_compile", False) else CompileConfig()
     return cluster.FarmConfig(paths=paths, db=db, num_workers=getattr(args, "workers", None),
-                              max_workers=max_workers, autoscale=knobs)
+                              max_workers=max_workers, autoscale=knobs, compile=compile_cfg)
 
 
 def _model_source(args) -> str | None:

@@ -1,5 +1,5 @@
-"""farm serve/start: the autoscale knobs and the model source become the FarmConfig of the
-farm they start; a bad value is one line and exit 2, before Ray is touched."""
+"""farm serve/start: the autoscale knobs, the model source and the compile switch become the
+FarmConfig of the farm they start; a bad value is one line and exit 2, before Ray is touched."""
 from pathlib import Path
 
 import pytest
@@ -23,6 +23,9 @@ def test_the_flags_make_the_farms_config(command, tmp_path, monkeypatch):
     assert config.max_workers == 2 and config.autoscale is None  # a cap alone: no autoscaling
     on = build_parser().parse_args([command, "--autoscale"])
     assert _farm_config(on, _paths(on), Path("q")).autoscale == ScaleKnobs()
+    assert config.compile.enabled is None  # compiled on a GPU, eager on the CPU
+    eager = build_parser().parse_args([command, "--no-compile"])
+    assert _farm_config(eager, _paths(eager), Path("q")).compile.enabled is False
 
 
 @pytest.mark.parametrize("argv, expected", [
