@@ -73,9 +73,10 @@ class ModeResult:
     latency_p50_s: float | None = None  # submit -> result, farm modes
     latency_p99_s: float | None = None
     peak_vram_gib: float | None = None  # raw modes: torch's peak allocation in the batch
-    # Farm modes, the steady state: from the first job finished (the pipeline is full) to the
-    # last job started (a next batch is still waiting), seconds since the mode started. The
-    # ramp before and the drain after are in the whole-run figures above.
+    # Farm modes, the steady state: from the first job finished (files written: the pipeline
+    # is full) to the last job handed to a worker (until then a next batch always waits),
+    # seconds since the mode started. The ramp before and the drain after are in the
+    # whole-run figures above.
     steady_window_s: tuple[float, float] | None = None
     steady_util_mean: float | None = None
     steady_util_p5: float | None = None
@@ -249,11 +250,11 @@ def _steady(nvml: NvmlSampler, results: list) -> dict:
     if not finished or not started:
         return {}
     window = (min(finished) - nvml.started_wall_s, max(started) - nvml.started_wall_s)
-    util = nvml.summary(window) if window[1] > window[0] else None
-    if util is None:
-        return {}
-    return {"steady_window_s": (round(window[0], 2), round(window[1], 2)), "steady_util_mean": util.mean_util,
-            "steady_util_p5": util.p5_util}
+    if window[1] <= window[0]:
+        return {}  # one batch, or too few jobs: no moment with a batch finished and another waiting
+    util = nvml.summary(window)  # None without NVML (a CPU run): the window alone is reported
+    return {"steady_window_s": (round(window[0], 2), round(window[1], 2)),
+            "steady_util_mean": util.mean_util if util else None, "steady_util_p5": util.p5_util if util else None}
 
 
 def _through_farm(farm, prepared: list, nvml: NvmlSampler, one_at_a_time: bool) -> tuple[float, list[float], list]:

@@ -15,11 +15,13 @@ ROOT = Path(__file__).resolve().parents[2]  # the repository
 def test_bench_runs_every_mode_on_the_cpu(tmp_path):
     out = tmp_path / "results"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    # --no-compile: compiling the tiny UNet takes minutes on two cores; the compiled path
-    # has its own test (tests/models/test_compiled.py)
+    # The compiled path as on a GPU (raw mode and the farm's worker compile the UNet and the
+    # VAE decoder per checkpoint and bucket), with aot_eager: dynamo traces, no code is
+    # generated (inductor takes minutes on two cores; tests/models/test_compiled.py holds
+    # inductor's images to eager's).
     proc = subprocess.run(
-        [sys.executable, "-m", "farm", "bench", "--arch", "tiny-sd15", "--jobs", "4", "--naive-jobs", "2",
-         "--raw-jobs", "2", "--buckets", "1,2", "--checkpoints", "2", "--steps", "2", "--no-compile",
+        [sys.executable, "-m", "farm", "bench", "--arch", "tiny-sd15", "--jobs", "16", "--naive-jobs", "2",
+         "--raw-jobs", "2", "--buckets", "1,2", "--checkpoints", "2", "--steps", "2", "--compile-backend", "aot_eager",
          "--root", str(tmp_path / "bench"), "--out", str(out)],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
@@ -31,9 +33,18 @@ def test_bench_runs_every_mode_on_the_cpu(tmp_path):
     for mode in result["modes"]:
         assert mode["images_per_s"] > 0 and mode["jobs"] >= 2
     farm = result["modes"][-1]
-    assert farm["jobs"] == 4 and farm["latency_p50_s"] <= farm["latency_p99_s"]
+    assert farm["jobs"] == 16 and farm["latency_p50_s"] <= farm["latency_p99_s"]
+    # the steady state: from the first job finished to the last one started, within the run
+    # (16 jobs: at least 8 batches, so the last is handed out well after the first one's files are written)
+    start, end = farm["steady_window_s"]
+    assert 0 <= start < end <= farm["seconds"]
     [worker] = result["farm"]["farm_workers"]
     assert worker["pipeline_depth"] == 2
+    # compiled, not fallen back to eager: every checkpoint's UNet and VAE decoder, raw and farm
+    for compiled in (result["raw"]["compile"], worker["compile"]):
+        assert all(entry["fallback"] is None for entry in compiled.values()), compiled
+    assert set(worker["compile"]) == {*result["checkpoints"], *(f"vae:{c}" for c in result["checkpoints"])}
+    assert "fell back to eager" not in proc.stdout
     assert {load["checkpoint"] for load in worker["loads"]} == set(result["checkpoints"])
     assert len(result["checkpoints"]) == 2
     # a budget of one checkpoint: each switch evicts the other to host RAM, and back
