@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The whole GPU bench in one call on a lent GPU machine that lacks Ray and diffusers (see
-# benchmarks/results/README.md): installs the wheels in .whl/ (made beforehand with the
-# project's make-wheels script) into /tmp/site, then runs `farm bench` for SD1.5 512 px and
+# The whole GPU bench in one call on a GPU machine. Where Ray and diffusers are missing (a
+# machine that cannot download), it installs the wheels in .whl/ (pip download'ed
+# beforehand for that machine's Python) into /tmp/site. Then it runs `farm bench` for SD1.5 512 px and
 # SDXL 1024 px, each under its own time limit, so that one architecture that runs long
 # still leaves the other's JSON, PNG and log in $OUT.
 #
