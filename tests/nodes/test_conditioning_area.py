@@ -6,17 +6,15 @@ regions batched together give what each gives alone."""
 import pytest
 import torch
 
-from farm.engine import JobContext, PlannedJob
-from farm.engine.local import LocalRenderer
 from farm.nodes.registry import default_registry
 from farm.nodes.spec import NodeContext
-from farm.records.paths import FarmPaths
+from node_rendering import batched_and_alone, cpu_renderer, sampled
 
 
 @pytest.fixture(scope="module")
 def renderer(tiny_models, tmp_path_factory):
     out = tmp_path_factory.mktemp("regions")
-    r = LocalRenderer(FarmPaths(tiny_models, out / "output", out / "input", out / "temp"), device=torch.device("cpu"))
+    r = cpu_renderer(tiny_models, out)
     yield r
     r.close()
 
@@ -51,13 +49,6 @@ def timestep_range(source, start, end):
 def area(source, width, height, x, y, strength=1.0):
     return {"class_type": "ConditioningSetArea", "inputs": {"conditioning": [source, 0], "width": width,
                                                             "height": height, "x": x, "y": y, "strength": strength}}
-
-
-def sampled(renderer, wf):
-    prepared = renderer.prepare(wf)
-    outcome = renderer.run(prepared)
-    assert outcome.ok, outcome.error
-    return renderer.engine.cache.get(prepared.plan.signatures["3"])[0].samples
 
 
 def test_a_prompt_combined_with_itself_is_the_prompt(renderer):
@@ -111,16 +102,7 @@ def test_jobs_with_regions_batched_together_give_what_each_gives_alone(renderer)
                     size=128),
            workflow(boxed, positive="21", seed=5, size=128, ckpt="tiny-sdxl.safetensors"),
            workflow(seed=6, size=128, ckpt="tiny-sdxl.safetensors")]
-    alone = [sampled(renderer, wf) for wf in wfs]
-    renderer.engine.cache.clear()
-    jobs = []
-    for wf in wfs:
-        prepared = renderer.prepare(wf)
-        jobs.append((prepared, PlannedJob(JobContext(prepared.prompt_id, prepared.prompt), prepared.plan)))
-    outcomes = renderer.engine.run_batch([job for _, job in jobs])
-    assert all(o.ok for o in outcomes), [o.error for o in outcomes]
-    for (prepared, _), expected in zip(jobs, alone):
-        got = renderer.engine.cache.get(prepared.plan.signatures["3"])[0].samples
+    for got, expected in batched_and_alone(renderer, wfs):
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 

@@ -9,13 +9,11 @@ import pytest
 import torch
 from PIL import Image
 
-from farm.engine import JobContext, PlannedJob
-from farm.engine.local import LocalRenderer
 from farm.nodes.controlnet import CONTROLNETS
 from farm.nodes.registry import default_registry
 from farm.nodes.spec import Limits, NodeContext
-from farm.records.paths import FarmPaths
 from farm.workflow.prepare import ValidationFailed
+from node_rendering import batched_and_alone, cpu_renderer, sampled
 
 LDM = "tiny-cn-sd15.safetensors"
 
@@ -56,49 +54,42 @@ def renderer(tiny_controlnets, tmp_path_factory):
     rgb = np.random.default_rng(2).integers(0, 256, (64, 64, 3), dtype=np.uint8)
     Image.fromarray(rgb, "RGB").save(out / "input" / "control.png")
     Image.fromarray(255 - rgb, "RGB").save(out / "input" / "other.png")
-    r = LocalRenderer(FarmPaths(tiny_controlnets, out / "output", out / "input", out / "temp"),
-                      device=torch.device("cpu"))
+    r = cpu_renderer(tiny_controlnets, out)
     yield r
     r.close()
 
 
-def render(renderer, wf):
-    prepared = renderer.prepare(wf)
-    outcome = renderer.run(prepared)
-    assert outcome.ok, outcome.error
-    return renderer.engine.cache.get(prepared.plan.signatures["3"])[0].samples
-
-
 def test_every_file_layout_gives_the_same_render_and_the_controlnet_acts(renderer):
-    base = render(renderer, workflow(None))
-    controlled = render(renderer, workflow())
+    base = sampled(renderer, workflow(None))
+    controlled = sampled(renderer, workflow())
     assert ((controlled - base).norm() / base.norm()) > 1e-2
     for name in ("tiny-cn-sd15-diffusers/diffusion_pytorch_model.safetensors", "tiny-cn-sd15-diffkeys.safetensors"):
-        assert torch.equal(render(renderer, workflow(name)), controlled), name
-    other = render(renderer, workflow(image="other.png"))
+        assert torch.equal(sampled(renderer, workflow(name)), controlled), name
+    other = sampled(renderer, workflow(image="other.png"))
     assert (other - controlled).abs().max() > 1e-2  # the image matters, not only that there is one
 
 
 def test_strength_and_the_window_of_percents(renderer):
-    base = render(renderer, workflow(None))
-    full = render(renderer, workflow())
-    assert torch.equal(render(renderer, workflow(strength=0.0)), base)  # strength 0 returns the inputs
+    base = sampled(renderer, workflow(None))
+    full = sampled(renderer, workflow())
+    assert torch.equal(sampled(renderer, workflow(strength=0.0)), base)  # strength 0 returns the inputs
     # a window that closes before the first step (end 0) or opens after the last (start 1) never acts
-    assert torch.equal(render(renderer, workflow(end=0.0)), base)
-    assert torch.equal(render(renderer, workflow(start=1.0)), base)
+    assert torch.equal(sampled(renderer, workflow(end=0.0)), base)
+    assert torch.equal(sampled(renderer, workflow(start=1.0)), base)
     # 2 euler / normal steps run at sigma 14.6 and 0.029; percent 0.4 is sigma 2.28 and 0.6 is
     # 1.16 (ComfyUI's percent_to_sigma), so [0, 0.4] covers the first step only, [0.6, 1] the second
-    first_only = render(renderer, workflow(end=0.4))
-    second_only = render(renderer, workflow(start=0.6))
+    first_only = sampled(renderer, workflow(end=0.4))
+    second_only = sampled(renderer, workflow(start=0.6))
     for partial in (first_only, second_only):
         assert (partial - base).abs().max() > 1e-3 and (partial - full).abs().max() > 1e-3
-    assert (render(renderer, workflow(strength=0.5)) - full).abs().max() > 1e-3
+    assert (sampled(renderer, workflow(strength=0.5)) - full).abs().max() > 1e-3
 
 
 def test_the_legacy_node_controls_the_negative_as_well(renderer):
     # ComfyUI's ControlNetApply sets control_apply_to_uncond: a negative without a ControlNet
     # gets the positive's, which is exactly ControlNetApplyAdvanced on both sides
-    assert torch.equal(render(renderer, workflow(legacy=True, strength=0.7)), render(renderer, workflow(strength=0.7)))
+    legacy = sampled(renderer, workflow(legacy=True, strength=0.7))
+    assert torch.equal(legacy, sampled(renderer, workflow(strength=0.7)))
 
 
 def test_two_controlnets_in_a_chain_add_up(renderer):
@@ -108,22 +99,13 @@ def test_two_controlnets_in_a_chain_add_up(renderer):
         "strength": 0.5, "start_percent": 0.0, "end_percent": 1.0}}
     chained["3"]["inputs"]["positive"], chained["3"]["inputs"]["negative"] = ["13", 0], ["13", 1]
     # the same network and image at 1.0 then 0.5 is its residuals at 1.5 (to float rounding)
-    got, expected = render(renderer, chained), render(renderer, workflow(strength=1.5))
+    got, expected = sampled(renderer, chained), sampled(renderer, workflow(strength=1.5))
     assert ((got - expected).norm() / expected.norm()) < 1e-5
 
 
 def test_batched_jobs_with_and_without_a_controlnet_equal_the_jobs_alone(renderer):
     wfs = [workflow(seed=2), workflow(seed=3, strength=0.5, prompt="a castle"), workflow(seed=4, strength=0.0)]
-    alone = [render(renderer, wf) for wf in wfs]
-    renderer.engine.cache.clear()
-    jobs = []
-    for wf in wfs:
-        prepared = renderer.prepare(wf)
-        jobs.append((prepared, PlannedJob(JobContext(prepared.prompt_id, prepared.prompt), prepared.plan)))
-    outcomes = renderer.engine.run_batch([job for _, job in jobs])
-    assert all(o.ok for o in outcomes), [o.error for o in outcomes]
-    for (prepared, _), expected in zip(jobs, alone):
-        got = renderer.engine.cache.get(prepared.plan.signatures["3"])[0].samples
+    for got, expected in batched_and_alone(renderer, wfs):
         # measured 3e-6: the ControlNet and UNet run on more rows at once, so float32 sums in
         # another order (a residual on the wrong job's rows would be > 1e-2)
         assert ((got - expected).norm() / expected.norm()) < 1e-5
@@ -137,8 +119,8 @@ def test_a_controlnet_for_the_other_family_fails_its_sampler_with_the_reason(ren
 
 
 def test_sdxl_controlnet_on_sdxl(renderer):
-    base = render(renderer, workflow(None, ckpt="tiny-sdxl.safetensors"))
-    controlled = render(renderer, workflow("tiny-cn-sdxl.safetensors", ckpt="tiny-sdxl.safetensors"))
+    base = sampled(renderer, workflow(None, ckpt="tiny-sdxl.safetensors"))
+    controlled = sampled(renderer, workflow("tiny-cn-sdxl.safetensors", ckpt="tiny-sdxl.safetensors"))
     assert ((controlled - base).norm() / base.norm()) > 1e-2
 
 
@@ -171,10 +153,10 @@ def test_the_plan_lists_the_controlnet_file(renderer):
 
 
 def test_a_loaded_controlnet_is_reused(renderer):
-    render(renderer, workflow(seed=11))
+    sampled(renderer, workflow(seed=11))
     loads = CONTROLNETS.loads
     renderer.engine.cache.clear()  # the loader node runs again; the network is not read again
-    render(renderer, workflow(seed=11))
+    sampled(renderer, workflow(seed=11))
     assert CONTROLNETS.loads == loads
 
 

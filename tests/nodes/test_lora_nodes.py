@@ -4,10 +4,8 @@ jobs with different LoRAs on one base run together, and a strength sweep is one 
 import pytest
 import torch
 
-from farm.engine import JobContext, PlannedJob
-from farm.engine.local import LocalRenderer
-from farm.records.paths import FarmPaths
 from farm.workflow.prepare import ValidationFailed
+from node_rendering import batched_and_alone, cpu_renderer, sampled
 
 KOHYA, PEFT = "tiny-sd15-kohya.safetensors", "tiny-sd15-peft.safetensors"
 
@@ -39,16 +37,9 @@ def workflow(lora=None, strength=1.0, seed=1, ckpt="tiny-sd15.safetensors", mode
 @pytest.fixture(scope="module")
 def renderer(tiny_loras, tmp_path_factory):
     out = tmp_path_factory.mktemp("lora-out")
-    r = LocalRenderer(FarmPaths(tiny_loras, out / "output", out / "input", out / "temp"), device=torch.device("cpu"))
+    r = cpu_renderer(tiny_loras, out)
     yield r
     r.close()
-
-
-def render(renderer, wf):
-    prepared = renderer.prepare(wf)
-    outcome = renderer.run(prepared)
-    assert outcome.ok, outcome.error
-    return renderer.engine.cache.get(prepared.plan.signatures["3"])[0].samples
 
 
 def base_state(renderer):
@@ -58,14 +49,14 @@ def base_state(renderer):
 
 
 def test_a_lora_changes_the_image_and_leaves_the_resident_base_bit_identical(renderer):
-    base = render(renderer, workflow())
+    base = sampled(renderer, workflow())
     state = base_state(renderer)
-    with_lora = render(renderer, workflow(KOHYA))
+    with_lora = sampled(renderer, workflow(KOHYA))
     assert (with_lora - base).abs().max() > 1e-2
     assert all(torch.equal(a, b) for a, b in zip(state, base_state(renderer)))
-    assert torch.equal(render(renderer, workflow(KOHYA, strength=0.0)), base)  # strength 0 is the base
+    assert torch.equal(sampled(renderer, workflow(KOHYA, strength=0.0)), base)  # strength 0 is the base
     renderer.engine.cache.clear()  # nothing cached may stand in for the base below
-    assert torch.equal(render(renderer, workflow()), base)
+    assert torch.equal(sampled(renderer, workflow()), base)
     assert renderer.models.loads == 1  # one resident copy served every LoRA variant
 
 
@@ -73,22 +64,13 @@ def test_jobs_with_different_loras_on_one_base_run_together_as_they_run_alone(re
     # two seeds of one LoRA share its loader output, so their KSamplers batch; the others
     # (the base, another LoRA) run beside them in the same engine call
     wfs = [workflow(), workflow(KOHYA, seed=2), workflow(KOHYA, seed=3), workflow(PEFT, 0.5, seed=2)]
-    alone = [render(renderer, wf) for wf in wfs]
-    renderer.engine.cache.clear()
-    jobs = []
-    for wf in wfs:
-        prepared = renderer.prepare(wf)
-        jobs.append((prepared, PlannedJob(JobContext(prepared.prompt_id, prepared.prompt), prepared.plan)))
-    outcomes = renderer.engine.run_batch([job for _, job in jobs])
-    assert all(o.ok for o in outcomes), [o.error for o in outcomes]
-    for (prepared, _), expected in zip(jobs, alone):
-        got = renderer.engine.cache.get(prepared.plan.signatures["3"])[0].samples
+    for got, expected in batched_and_alone(renderer, wfs):
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_model_only_lora_on_sdxl_and_a_chain_of_two(renderer):
-    base = render(renderer, workflow(ckpt="tiny-sdxl.safetensors"))
-    only = render(renderer, workflow("tiny-sdxl-kohya.safetensors", ckpt="tiny-sdxl.safetensors", model_only=True))
+    base = sampled(renderer, workflow(ckpt="tiny-sdxl.safetensors"))
+    only = sampled(renderer, workflow("tiny-sdxl-kohya.safetensors", ckpt="tiny-sdxl.safetensors", model_only=True))
     assert (only - base).abs().max() > 1e-2
     chained = workflow(KOHYA)
     chained["11"] = {"class_type": "LoraLoader", "inputs": {"model": ["10", 0], "clip": ["10", 1], "lora_name": PEFT,
@@ -96,7 +78,7 @@ def test_model_only_lora_on_sdxl_and_a_chain_of_two(renderer):
     for node in ("6", "7"):
         chained[node]["inputs"]["clip"] = ["11", 1]
     chained["3"]["inputs"]["model"] = ["11", 0]
-    assert (render(renderer, chained) - render(renderer, workflow(KOHYA))).abs().max() > 1e-2
+    assert (sampled(renderer, chained) - sampled(renderer, workflow(KOHYA))).abs().max() > 1e-2
 
 
 def test_a_lora_for_another_base_fails_its_node_with_the_reason(renderer):

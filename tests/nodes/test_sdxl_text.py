@@ -8,12 +8,11 @@ import pytest
 import torch
 from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
 
-from farm.engine.local import LocalRenderer
 from farm.models.load import load_checkpoint
 from farm.nodes.registry import default_registry
 from farm.nodes.spec import NodeContext
-from farm.records.paths import FarmPaths
 from farm.workflow.prepare import ValidationFailed
+from node_rendering import cpu_renderer, sampled
 
 STEPS, SIZE, SEED, CFG = 10, 64, 99, 6.0
 TEXT_L, TEXT_G, NEGATIVE = "a lighthouse at dusk", "oil painting, thick brush strokes", "blurry"
@@ -28,7 +27,7 @@ LATENT_RTOL = 1e-5
 @pytest.fixture(scope="module")
 def renderer(tiny_models, tmp_path_factory):
     out = tmp_path_factory.mktemp("sdxl_text")
-    r = LocalRenderer(FarmPaths(tiny_models, out / "output", out / "input", out / "temp"), device=torch.device("cpu"))
+    r = cpu_renderer(tiny_models, out)
     yield r
     r.close()
 
@@ -52,13 +51,6 @@ def workflow(positive, negative, ckpt="tiny-sdxl.safetensors"):
         "8": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["4", 2]}},
         "9": {"class_type": "PreviewImage", "inputs": {"images": ["8", 0]}},
     }
-
-
-def sampled(renderer, wf):
-    prepared = renderer.prepare(wf)
-    outcome = renderer.run(prepared)
-    assert outcome.ok, outcome.error
-    return renderer.engine.cache.get(prepared.plan.signatures["3"])[0].samples
 
 
 def diffusers_latents(path):

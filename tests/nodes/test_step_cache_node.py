@@ -6,10 +6,8 @@ import logging
 import pytest
 import torch
 
-from farm.engine import JobContext, PlannedJob
-from farm.engine.local import LocalRenderer
-from farm.records.paths import FarmPaths
 from farm.workflow.prepare import ValidationFailed
+from node_rendering import batched_and_alone, cpu_renderer, sampled
 
 
 def workflow(cache: dict | None = None, seed=1, steps=12):
@@ -36,16 +34,9 @@ def workflow(cache: dict | None = None, seed=1, steps=12):
 @pytest.fixture(scope="module")
 def renderer(tiny_models, tmp_path_factory):
     out = tmp_path_factory.mktemp("easycache-out")
-    r = LocalRenderer(FarmPaths(tiny_models, out / "output", out / "input", out / "temp"), device=torch.device("cpu"))
+    r = cpu_renderer(tiny_models, out)
     yield r
     r.close()
-
-
-def render(renderer, wf):
-    prepared = renderer.prepare(wf)
-    outcome = renderer.run(prepared)
-    assert outcome.ok, outcome.error
-    return renderer.engine.cache.get(prepared.plan.signatures["3"])[0].samples
 
 
 def skipped_counts(caplog) -> list[tuple[int, int]]:
@@ -58,12 +49,12 @@ def skipped_counts(caplog) -> list[tuple[int, int]]:
 
 
 def test_threshold_zero_is_exact_and_a_large_one_skips_steps(renderer, caplog):
-    base = render(renderer, workflow())
+    base = sampled(renderer, workflow())
     with caplog.at_level(logging.INFO, logger="farm.nodes.ksampling"):
-        exact = render(renderer, workflow({"reuse_threshold": 0.0}))
+        exact = sampled(renderer, workflow({"reuse_threshold": 0.0}))
         assert skipped_counts(caplog) == [(0, 12)]
         caplog.clear()
-        approx = render(renderer, workflow({"reuse_threshold": 3.0}))
+        approx = sampled(renderer, workflow({"reuse_threshold": 3.0}))
         (skipped, calls), = skipped_counts(caplog)
     assert torch.equal(exact, base)
     assert calls == 12 and 0 < skipped < 12
@@ -72,16 +63,7 @@ def test_threshold_zero_is_exact_and_a_large_one_skips_steps(renderer, caplog):
 
 def test_a_job_with_easycache_gives_the_same_result_in_a_batch_as_alone(renderer):
     wfs = [workflow({"reuse_threshold": 3.0}, seed=2), workflow({"reuse_threshold": 3.0}, seed=3), workflow(seed=4)]
-    alone = [render(renderer, wf) for wf in wfs]
-    renderer.engine.cache.clear()
-    jobs = []
-    for wf in wfs:
-        prepared = renderer.prepare(wf)
-        jobs.append((prepared, PlannedJob(JobContext(prepared.prompt_id, prepared.prompt), prepared.plan)))
-    outcomes = renderer.engine.run_batch([job for _, job in jobs])
-    assert all(o.ok for o in outcomes), [o.error for o in outcomes]
-    for (prepared, _), expected in zip(jobs, alone):
-        got = renderer.engine.cache.get(prepared.plan.signatures["3"])[0].samples
+    for got, expected in batched_and_alone(renderer, wfs):
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
