@@ -5,8 +5,8 @@
 1. stages: one engine batch of --jobs batch-1 jobs (text, sampling, decode, PNG) under
    torch.profiler; kernel time per node, the GPU's idle gaps and which node they fall in.
 2. levers: the UNet alone at 2 x jobs rows (CFG), milliseconds per call, eager and compiled,
-   with channels_last, fused QKV, each SDPA backend, bf16; the output's difference to the
-   fp16 baseline.
+   with channels_last, fused QKV, each SDPA backend, xformers (or why it cannot run), bf16;
+   the output's difference to the fp16 baseline.
 3. VAE: decode of --jobs latents, eager and channels_last; a 2048 px decode with and
    without tiling (time, peak memory).
 
@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from farm.models.attention import SDPA, XFORMERS, apply_attention_backend, xformers_problem
 from farm.models.load import load_checkpoint
 from farm.models.make import make_checkpoint
 from jobs.bench import DEFAULT_SIZE
@@ -195,6 +196,15 @@ def levers(path: Path, jobs: int, compile_on: bool) -> dict:
                 with sdpa_kernel([b]):
                     return call()
             measure(f"fp16 eager sdpa={backend.lower()}", with_backend)
+        # xformers where a build for this torch and GPU runs; else the reason it does not
+        problem = xformers_problem(DEVICE, torch.float16)
+        if problem is None:
+            apply_attention_backend(unet, None, XFORMERS)
+            measure("fp16 eager xformers", call)
+            apply_attention_backend(unet, None, SDPA)
+        else:
+            results["fp16 eager xformers"] = {"error": f"not usable here: {problem}"}
+            print("fp16 eager xformers", results["fp16 eager xformers"], flush=True)
         unet.to(memory_format=torch.channels_last)
         x_cl = x.contiguous(memory_format=torch.channels_last)
         measure("fp16 eager channels_last", lambda: call(xx=x_cl))

@@ -33,6 +33,7 @@ import torch
 
 from farm.engine import JobContext, PlannedJob
 from farm.engine.local import LocalRenderer
+from farm.models.attention import SDPA, XFORMERS, requested_backend, xformers_problem
 from farm.models.compiled import CompileConfig
 from farm.models.make import make_checkpoint
 from farm.records.paths import FarmPaths
@@ -451,9 +452,16 @@ def main(argv: list[str] | None = None) -> int:
                   args.sampler, not args.no_compile, args.compile_backend, args.gpus, args.worker_gpus, modes)
     device, uuid = device_label()
     started = datetime.now(timezone.utc)
+    # PyTorch's SDPA unless FARM_ATTENTION=xformers asks for xformers and it runs here; the
+    # report says whether it would, and why not
+    xformers = xformers_problem(torch.device("cuda" if torch.cuda.is_available() else "cpu"), torch.float16)
+    attention = XFORMERS if requested_backend(None) == XFORMERS and xformers is None else SDPA
+    print(f"attention: {attention}; xformers {'usable here' if xformers is None else 'not usable: ' + xformers}",
+          flush=True)
     report = {"device": device, "gpu_uuid": uuid, "gpus_visible": torch.cuda.device_count(),
               "date": started.isoformat(timespec="seconds"), "torch": torch.__version__,
-              "compile": a.compile, "args": {**asdict(a), "buckets": list(buckets)}, "results": []}
+              "compile": a.compile, "attention": {"backend": attention, "xformers": xformers or "usable"},
+              "args": {**asdict(a), "buckets": list(buckets)}, "results": []}
     stem = f"bench-{started:%Y%m%d-%H%M}-{re.sub(r'[^A-Za-z0-9]+', '-', device).strip('-').lower()}"
     path = args.json or args.out / f"{stem}.json"
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -9,6 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
+from farm.models.attention import xformers_problem
+
 ROOT = Path(__file__).resolve().parents[2]  # the repository
 
 
@@ -52,6 +56,9 @@ def test_bench_runs_every_mode_on_the_cpu(tmp_path):
     assert switch["store"]["loads"] == 2 and switch["pinned"]["loads"] == 6, switch
     assert (out / report_path.with_suffix(".png").name).exists() == (report["plot"] is not None)
     assert "best batch" in proc.stdout and "farm:" in proc.stdout
+    # whether xformers could run here (not a dependency: usually why not), as the probe says
+    assert report["attention"] == {"backend": "sdpa",
+                                   "xformers": xformers_problem(torch.device("cpu"), torch.float16) or "usable"}
 
 
 def test_bench_refuses_a_bad_mode(tmp_path):
