@@ -63,6 +63,9 @@ def is_out_of_memory(error: BaseException | None) -> bool:
         isinstance(cause, RuntimeError) and "out of memory" in str(cause).lower())
 
 
+EARLY_STOP_S = 60.0  # how long an interrupt waits for a prompt dispatched here that has not begun
+
+
 @dataclass(eq=False)
 class _Call:
     """One engine call in flight, and what an interrupt asked of it."""
@@ -101,6 +104,10 @@ class WorkerCore:
         # while the other prepares its inputs or decodes and hands off its images.
         self.pipeline_depth = max(1, pipeline_depth)
         self._calls: dict[int, _Call] = {}  # running engine calls, by id
+        # prompt id -> when an interrupt named it before its call began here: the dispatcher
+        # interrupts a prompt once it is dispatched to this worker, which can be before
+        # run_batch registers its call (Ray does not order the two calls)
+        self._early_stops: dict[str, float] = {}
         self._gate = threading.Condition()  # admits up to pipeline_depth calls; free() waits for none
         self._active = 0
         self._freeing = False
@@ -149,6 +156,10 @@ class WorkerCore:
             call = _Call(tuple(p.context.prompt_id for p in planned))
             with self._state_lock:
                 self._calls[id(call)] = call
+                early = {i for i in call.prompt_ids if self._early_stops.pop(i, None) is not None}
+                if early:
+                    call.targets |= early
+                    call.stop.set()
             try:
                 outcomes = self._engine_call(planned, call.stop)
             finally:
@@ -263,20 +274,29 @@ class WorkerCore:
 
     def interrupt(self, prompt_ids: set[str] | None = None) -> bool:
         """Stop the running call if it runs one of `prompt_ids` (None: whatever runs). Jobs
-        of the same call that were not asked for run again right after."""
+        of the same call that were not asked for run again right after. A named prompt that
+        runs nowhere here yet is stopped when its call begins, if it begins within
+        EARLY_STOP_S (it was dispatched here and is on its way); returns whether a running
+        call was stopped now."""
         stopped = False
+        now = time.monotonic()
         with self._state_lock:
+            found: set[str] = set()
             for call in self._calls.values():
                 if prompt_ids is not None:
                     hit = set(prompt_ids) & set(call.prompt_ids)
                     if not hit:
                         continue
+                    found |= hit
                     if call.targets is not None:
                         call.targets |= hit
                 else:
                     call.targets = None
                 call.stop.set()
                 stopped = True
+            self._early_stops = {i: t for i, t in self._early_stops.items() if now - t < EARLY_STOP_S}
+            for prompt_id in set(prompt_ids or ()) - found:
+                self._early_stops[prompt_id] = now
         return stopped
 
     def free_after_oom(self) -> None:

@@ -103,6 +103,19 @@ def test_interrupting_one_job_of_a_batch_spares_the_other(rig):
     assert core.interrupt({"stop-me"}) is False  # nothing runs now
 
 
+def test_an_interrupt_that_arrives_before_its_call_begins_stops_it_when_it_does(rig):
+    """The dispatcher interrupts a prompt as soon as it is dispatched to this worker; Ray
+    may run that call before run_batch has registered the prompt. It must not be lost."""
+    core, *_ = rig
+    assert core.interrupt({"early"}) is False  # nothing of it runs yet
+    result = core.run_batch([item("early", **{"3.seed": 5}), item("bystander", **{"3.seed": 6})])
+    by_id = {r.prompt_id: r for r in result.reports}
+    assert by_id["early"].failure is FailureKind.INTERRUPTED
+    assert by_id["bystander"].ok and len(by_id["bystander"].images) == 1  # run again right after
+    again = core.run_batch([item("early", **{"3.seed": 5})])  # the stop was used up
+    assert again.reports[0].ok
+
+
 def test_a_checkpoint_missing_on_this_node_is_an_invalid_job_not_a_crash(rig, tiny_models, tmp_path):
     core, *_ = rig
     # validated on a node (the head) that has the file; this worker's folder does not
