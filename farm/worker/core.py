@@ -156,7 +156,9 @@ class WorkerCore:
             call = _Call(tuple(p.context.prompt_id for p in planned))
             with self._state_lock:
                 self._calls[id(call)] = call
-                early = {i for i in call.prompt_ids if self._early_stops.pop(i, None) is not None}
+                now = time.monotonic()
+                asked = {i: self._early_stops.pop(i, None) for i in call.prompt_ids}
+                early = {i for i, t in asked.items() if t is not None and now - t < EARLY_STOP_S}
                 if early:
                     call.targets |= early
                     call.stop.set()
