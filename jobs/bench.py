@@ -100,6 +100,11 @@ class BenchArgs:
     modes: tuple[str, ...]
 
 
+def bench_device() -> torch.device:
+    """Where raw mode, the switch timings and the attention probe run: the GPU when there is one."""
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
 def _summary(mode: str, jobs: int, seconds: float, batch: int, nvml: NvmlSampler, **extra) -> ModeResult:
     util = nvml.summary()
     return ModeResult(mode, jobs, seconds, jobs / seconds if seconds > 0 else 0.0, batch,
@@ -145,7 +150,7 @@ def _run_raw(renderer: LocalRenderer, jobs: list[PlannedJob], batch: int) -> Non
 
 
 def bench_raw(arch: str, root: Path, ckpt: str, size: int, a: BenchArgs) -> tuple[list[ModeResult], dict]:
-    device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    device = bench_device()
     compile_cfg = CompileConfig(enabled=a.compile, backend=a.compile_backend)
     renderer = LocalRenderer(FarmPaths.under(root), device, compile=compile_cfg)
     seed = 100_000
@@ -362,7 +367,7 @@ def bench_arch(arch: str, root: Path, a: BenchArgs) -> dict:
         _say_fallbacks("raw", info["raw"]["compile"])
         batch = best_batch(raw, info["raw"]["device_total_gib"]) if raw else 1
         print(f"{arch} {size}px: best batch {batch}", flush=True)
-        device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+        device = bench_device()
         info["switch"] = measure_switches(FarmPaths.under(root).models, names, device)
         gc.collect()
         print(f"{arch}: checkpoint switch into device memory, by source: {info['switch']}", flush=True)
@@ -454,7 +459,7 @@ def main(argv: list[str] | None = None) -> int:
     started = datetime.now(timezone.utc)
     # PyTorch's SDPA unless FARM_ATTENTION=xformers asks for xformers and it runs here; the
     # report says whether it would, and why not
-    xformers = xformers_problem(torch.device("cuda" if torch.cuda.is_available() else "cpu"), torch.float16)
+    xformers = xformers_problem(bench_device(), torch.float16)
     attention = XFORMERS if requested_backend(None) == XFORMERS and xformers is None else SDPA
     print(f"attention: {attention}; xformers {'usable here' if xformers is None else 'not usable: ' + xformers}",
           flush=True)

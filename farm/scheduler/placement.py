@@ -263,7 +263,7 @@ class FarmPolicy:
         if idle_holder is not None:
             return _forecast(job, idle_holder, fleet, now_s, now_s)
         best, best_score = None, -math.inf
-        for view in self._idle_candidates(job.checkpoint, fleet, now_s):
+        for view in self._idle_candidates(job.checkpoint, fleet):
             score = self.load_score(view, job.checkpoint, job.checkpoint_bytes, fleet, now_s)
             if score is not None and score > best_score:
                 best, best_score = view, score
@@ -276,7 +276,7 @@ class FarmPolicy:
         behind_s = fleet.pool.work_s(job.checkpoint) / count
         return _forecast(job, holder, fleet, now_s + min(behind_s, self.max_wait_s), now_s)
 
-    def _idle_candidates(self, checkpoint: str | None, fleet: Fleet, now_s: float) -> list[WorkerView]:
+    def _idle_candidates(self, checkpoint: str | None, fleet: Fleet) -> list[WorkerView]:
         """Idle workers that load_score may accept for a new job of c, found without
         scanning the fleet: the idle workers the plan wants c on, then the `sample`
         longest idle (while c's holders are within the margin, only those with room to
