@@ -166,7 +166,7 @@ def unet_inputs(unet, rows: int, dtype) -> tuple:
     return x, t, ctx
 
 
-def levers(path: Path, jobs: int, compile_on: bool) -> dict:
+def levers(path: Path, jobs: int, compile_on: bool, extra: tuple[str, ...] = ()) -> dict:
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     rows = 2 * jobs
@@ -229,6 +229,23 @@ def levers(path: Path, jobs: int, compile_on: bool) -> dict:
                      load_checkpoint(path, DEVICE, torch.float16).unet, CompileConfig(enabled=True))
             compiled("fp16 compiled NCHW", load_checkpoint(path, DEVICE, torch.float16).unet,
                      CompileConfig(enabled=True, channels_last=False))
+            if "inductor" in extra:
+                # inductor options diffusers' guide suggests: 1x1 convolutions as matmuls, and
+                # Triton kernels tuned by coordinate descent (longer compile)
+                import torch._inductor.config as inductor_config
+
+                with inductor_config.patch(conv_1x1_as_mm=True, coordinate_descent_tuning=True):
+                    compiled("fp16 compiled channels_last + conv_1x1_as_mm + coordinate descent",
+                             load_checkpoint(path, DEVICE, torch.float16).unet, CompileConfig(enabled=True))
+        if "cudnn_benchmark" in extra:
+            # cuDNN times its convolution algorithms for each shape and keeps the fastest
+            # (the farm's shapes repeat: buckets). It may pick differently on another run.
+            torch.backends.cudnn.benchmark = True
+            measure("fp16 eager channels_last + fused qkv + cudnn.benchmark", lambda: call(xx=x_cl))
+            if compile_on:
+                compiled("fp16 compiled channels_last + cudnn.benchmark",
+                         load_checkpoint(path, DEVICE, torch.float16).unet, CompileConfig(enabled=True))
+            torch.backends.cudnn.benchmark = False
         unet = loaded = None  # frees the fp16 weights before the bf16 copy loads
         _empty()
         bf = load_checkpoint(path, DEVICE, torch.bfloat16).unet
@@ -294,7 +311,10 @@ def main() -> None:
     parser.add_argument("--root", type=Path, default=Path("/tmp/profile-root"))
     parser.add_argument("--jobs", type=int, default=16)
     parser.add_argument("--compile", action="store_true")
-    parser.add_argument("--parts", default="stages,levers,vae")
+    parser.add_argument("--parts", default="stages,levers,vae",
+                        help="any of stages (or stages_eager, stages_compiled), levers, vae")
+    parser.add_argument("--extra-levers", default="",
+                        help="levers also measured: cudnn_benchmark, inductor (conv_1x1_as_mm + coordinate descent)")
     parser.add_argument("--arch", default="sd15", help="tiny-sd15 for a CPU smoke run")
     a = parser.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
@@ -306,9 +326,9 @@ def main() -> None:
     parts = a.parts.split(",")
     for name, fn in (("stages_eager", lambda: stages(a.root, path.name, DEFAULT_SIZE[a.arch], a.jobs, False, a.out)),
                      ("stages_compiled", lambda: stages(a.root, path.name, DEFAULT_SIZE[a.arch], a.jobs, True, a.out) if a.compile else None),
-                     ("levers", lambda: levers(path, a.jobs, a.compile)),
+                     ("levers", lambda: levers(path, a.jobs, a.compile, tuple(filter(None, a.extra_levers.split(","))))),
                      ("vae", lambda: vae(path, a.jobs))):
-        if name.split("_")[0] not in parts:
+        if name.split("_")[0] not in parts and name not in parts:
             continue
         t = time.perf_counter()
         try:
