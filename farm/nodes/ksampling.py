@@ -22,6 +22,8 @@ from farm.sampling import (
     sample,
     slice_sigmas,
 )
+from farm.sampling.row_schedules import stack_schedules
+from farm.sampling.samplers import ROW_SCHEDULE_SAMPLERS
 from farm.sampling.control import fill_uncond, rebase
 from farm.sampling.inpaint import MaskedDenoiser, latent_mask
 from farm.sampling.noise import indexed_noise
@@ -58,9 +60,21 @@ class SamplerCall:
     force_full_denoise: bool = False
 
     def shared_key(self) -> tuple:
-        """What every call of one batch must have in common."""
-        return (id(self.model), self.steps, self.sampler_name, self.scheduler, self.denoise, self.add_noise,
+        """What every call of one batch must have in common. Steps may differ where the
+        sampler takes one schedule per row (and no step cache decides for the whole batch)."""
+        steps = None if self.steps_may_differ() and self.schedule().numel() > 0 else self.steps
+        return (id(self.model), steps, self.sampler_name, self.scheduler, self.denoise, self.add_noise,
                 self.start_step, self.end_step, self.force_full_denoise, tuple(self.latent.samples.shape))
+
+    def steps_may_differ(self) -> bool:
+        # the regional denoiser switches entries on the batch's one sigma
+        return (self.sampler_name in ROW_SCHEDULE_SAMPLERS and self.model.step_cache is None
+                and self.positive.is_plain and self.negative.is_plain)
+
+    def schedule(self) -> torch.Tensor:
+        """This call's sigmas: the scheduler's for its steps and denoise, in its window."""
+        sigmas = compute_sigmas(self.model.schedule, self.scheduler, self.steps, self.denoise, self.sampler_name)
+        return slice_sigmas(sigmas, self.start_step, self.end_step, self.force_full_denoise)
 
 
 def run_sampler_calls(rc, calls: list[SamplerCall]) -> list[Latent]:
@@ -78,9 +92,9 @@ def run_sampler_calls(rc, calls: list[SamplerCall]) -> list[Latent]:
 def _run_batch(rc, calls: list[SamplerCall]) -> list[Latent]:
     first = calls[0]
     model = first.model
-    sigmas = compute_sigmas(model.schedule, first.scheduler, first.steps, first.denoise, first.sampler_name)
-    sigmas = slice_sigmas(sigmas, first.start_step, first.end_step, first.force_full_denoise)
     rows = first.latent.samples.shape[0]  # latent rows per job
+    # one schedule, or (jobs of different steps) one per row
+    sigmas = stack_schedules([c.schedule() for c in calls], rows)
     shape = tuple(first.latent.samples.shape)
     seeds = [c.seed for c in calls]
     if not first.add_noise:

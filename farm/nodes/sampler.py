@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from farm.nodes.ksampling import SamplerCall, run_sampler_calls
 from farm.nodes.spec import MAX_SEED, MAX_STEPS, InputSpec, Node, NodeSpec, OutputSpec
-from farm.sampling.samplers import SAMPLERS
+from farm.sampling.samplers import ROW_SCHEDULE_SAMPLERS, SAMPLERS
 from farm.sampling.schedules import SCHEDULERS
 
 # The choice lists are the registries' names, so a name the farm cannot run is refused
@@ -19,6 +19,7 @@ def _seed(name: str) -> InputSpec:
 
 def _steps() -> InputSpec:
     return InputSpec("steps", "INT", default=20, min=1, max=MAX_STEPS, cap="max_steps",
+                     batchable_when=lambda inputs: inputs.get("sampler_name") in ROW_SCHEDULE_SAMPLERS,
                      tooltip="Number of denoising steps.")
 
 

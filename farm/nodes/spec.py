@@ -68,9 +68,15 @@ class InputSpec:
     multiline: bool = False
     control_after_generate: bool = False  # the UI stores a seed-control value after it
     batchable: bool = False  # may differ between jobs that run as one batch
+    batchable_when: Callable[[Mapping[str, Any]], bool] | None = None  # ... or may where this holds
+    # for the node's inputs (KSampler's steps: where the sampler takes one schedule per row)
     tooltip: str | None = None
     cap: str | None = None  # name of the `Limits` field that lowers `max`
     image_upload: bool = False  # the UI shows an upload button (LoadImage)
+
+    def batchable_in(self, inputs: Mapping[str, Any]) -> bool:
+        """May this input's constant differ between the jobs of one batch, given the node's inputs?"""
+        return self.batchable or (self.batchable_when is not None and self.batchable_when(inputs))
 
     def __post_init__(self) -> None:
         if (self.type == "COMBO") != (self.choices is not None):

@@ -11,7 +11,7 @@ from torch import Tensor
 from farm.errors import InvalidInputError
 from farm.sampling.denoiser import CFGDenoiser
 from farm.sampling.noise import NoiseFn, NoiseKind, make_noise_sampler
-from farm.sampling.samplers import SAMPLER_NOISE, Callback, get_sampler
+from farm.sampling.samplers import ROW_SCHEDULE_SAMPLERS, SAMPLER_NOISE, Callback, get_sampler
 
 
 def slice_sigmas(sigmas: Tensor, start_step: int | None = None, end_step: int | None = None,
@@ -41,20 +41,30 @@ def sample(denoiser: CFGDenoiser, latent_image: Tensor, noise: Tensor, sigmas: T
            seeds: Sequence[int] | None = None) -> Tensor:
     """Run `sampler_name` from latent_image + noise at sigmas[0] down to sigmas[-1].
 
-    noise: unit Gaussian shaped like latent_image (initial_noise, or zeros for add_noise
-    disabled). seeds: one per job block of rows, for the noise of ancestral and SDE samplers;
+    sigmas: one schedule [S+1], or one per row [S+1, B] (farm.sampling.row_schedules) for the
+    samplers of ROW_SCHEDULE_SAMPLERS. noise: unit Gaussian shaped like latent_image
+    (initial_noise, or zeros for add_noise disabled). seeds: one per job block of rows, for the noise of ancestral and SDE samplers;
     or pass noise_sampler directly. Empty sigmas return latent_image unchanged; a single
     sigma returns the noised latent (no step runs), as in ComfyUI."""
     sampler = get_sampler(sampler_name)
     if sigmas.numel() == 0:
         return latent_image
+    if sigmas.ndim == 2 and sampler_name not in ROW_SCHEDULE_SAMPLERS:
+        raise InvalidInputError(f"sampler {sampler_name!r} runs one schedule for the whole batch; jobs with "
+                                "different steps must run as separate batches")
     sigmas = sigmas.to(device=latent_image.device, dtype=torch.float32)
     noise = noise.to(device=latent_image.device, dtype=latent_image.dtype)
 
     # At the top of the schedule the latent is pure noise in VP terms: x_vp = noise, so in
     # sigma space x = noise * sqrt(1 + sigma^2). Below it (img2img, denoise < 1) the latent is
-    # kept and noise of std sigma is added.
-    if is_max_denoise(sigmas, denoiser.schedule.sigma_max):
+    # kept and noise of std sigma is added. With one schedule per row (a [S+1, B] table) the
+    # test is made per row.
+    if sigmas.ndim == 2:
+        sigma_0 = sigmas[0].reshape(-1, *([1] * (latent_image.ndim - 1)))
+        top = torch.tensor([is_max_denoise(column, denoiser.schedule.sigma_max) for column in sigmas.T.cpu()],
+                           device=latent_image.device).reshape(sigma_0.shape)
+        x = torch.where(top, noise * torch.sqrt(1.0 + sigma_0 ** 2.0), noise * sigma_0) + latent_image
+    elif is_max_denoise(sigmas, denoiser.schedule.sigma_max):
         x = noise * torch.sqrt(1.0 + sigmas[0] ** 2.0) + latent_image
     else:
         x = noise * sigmas[0] + latent_image

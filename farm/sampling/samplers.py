@@ -69,6 +69,13 @@ SAMPLER_NOISE: dict[str, NoiseKind] = {
 
 assert SAMPLER_NOISE.keys() == SAMPLERS.keys()
 
+# Samplers that take one schedule per row (farm.sampling.row_schedules), so jobs that differ
+# in steps share a batch. The others keep one schedule per batch: the SDE samplers query each
+# job's Brownian tree at the batch's sigmas, LMS integrates its coefficients over one
+# schedule, and UniPC's multistep state is built for one.
+ROW_SCHEDULE_SAMPLERS = frozenset({"euler", "euler_ancestral", "heun", "dpm_2", "dpm_2_ancestral",
+                                   "dpmpp_2s_ancestral", "dpmpp_2m", "ddim", "lcm"})
+
 
 def get_sampler(name: str) -> Sampler:
     if name not in SAMPLERS:
@@ -76,4 +83,4 @@ def get_sampler(name: str) -> Sampler:
     return SAMPLERS[name]
 
 
-__all__ = ["SAMPLERS", "SAMPLER_NOISE", "Callback", "Denoiser", "Sampler", "StepInfo", "get_sampler"]
+__all__ = ["ROW_SCHEDULE_SAMPLERS", "SAMPLERS", "SAMPLER_NOISE", "Callback", "Denoiser", "Sampler", "StepInfo", "get_sampler"]

@@ -1,10 +1,19 @@
-"""What every sampler shares: the model and callback interfaces, the per-step report, and the
-two small formulas (Karras' ODE derivative, the ancestral step split) most of them use."""
+"""What every sampler shares: the model and callback interfaces, the per-step report, the
+two small formulas (Karras' ODE derivative, the ancestral step split) most of them use, and
+the helpers that let a sampler take one schedule per row.
+
+One schedule per row: jobs of one batch may differ in their number of steps. Their schedules
+are then stacked as a table `sigmas[step, row]` ([S+1, B], farm.sampling.row_schedules), a
+shorter schedule padded with NaN after its last sigma. A sampler of ROW_SCHEDULE_SAMPLERS runs
+all rows in lockstep: at step i each row moves from its own sigmas[i] to its own sigmas[i+1],
+and a row whose schedule has ended keeps its latent (`keep_finished`). With a 1-D schedule
+(every row the same) the helpers give back exactly the scalar arithmetic of k-diffusion."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
+import torch
 from torch import Tensor
 
 from farm.sampling.noise import NoiseFn
@@ -42,8 +51,42 @@ class Sampler(Protocol):
 def report(callback: Callback | None, i: int, x: Tensor, sigmas: Tensor, sigma_hat: Tensor,
            denoised: Tensor) -> None:
     if callback is not None:
-        callback(StepInfo(i=i, x=x, sigma=float(sigmas[i]), sigma_hat=float(sigma_hat), denoised=denoised,
+        callback(StepInfo(i=i, x=x, sigma=_highest(sigmas[i]), sigma_hat=_highest(sigma_hat), denoised=denoised,
                           total=len(sigmas) - 1))
+
+
+def _highest(sigma: Tensor) -> float:
+    """A step's sigma as one number: with one schedule per row, the highest of the rows still running."""
+    if sigma.numel() == 1:
+        return float(sigma)
+    return float(torch.nan_to_num(sigma, nan=0.0).max())
+
+
+def at(sigmas: Tensor, i: int, x: Tensor) -> Tensor:
+    """Step i's sigma, shaped to broadcast over x: a scalar (one schedule), or one per row
+    as [B, 1, 1, 1] (one schedule per row; NaN in rows whose schedule has ended)."""
+    sigma = sigmas[i]
+    return sigma if sigma.ndim == 0 else sigma.reshape(-1, *([1] * (x.ndim - 1)))
+
+
+def model_sigma(sigma: Tensor, x: Tensor) -> Tensor:
+    """A sigma from `at` as the model takes it: one per row, [B]. A row whose schedule has
+    ended is evaluated at sigma 0; its result is discarded (`keep_finished`)."""
+    if sigma.ndim == 0:
+        return sigma * x.new_ones([x.shape[0]])
+    return torch.nan_to_num(sigma.reshape(-1), nan=0.0)
+
+
+def keep_finished(x_next: Tensor, x: Tensor, sigma_next: Tensor) -> Tensor:
+    """x_next, except in rows whose schedule has ended (sigma_next NaN), which keep x."""
+    if sigma_next.ndim == 0:
+        return x_next
+    return torch.where(sigma_next.isnan(), x, x_next)
+
+
+def every_row(condition: Tensor) -> bool:
+    """Does a per-step condition hold for every row (or for the one schedule)?"""
+    return bool(condition.all())
 
 
 def to_d(x: Tensor, sigma: Tensor, denoised: Tensor) -> Tensor:
@@ -57,6 +100,7 @@ def ancestral_step(sigma_from: Tensor, sigma_to: Tensor, eta: float = 1.0) -> tu
     variance when eta = 1)."""
     if not eta:
         return sigma_to, sigma_to * 0
-    sigma_up = min(sigma_to, eta * (sigma_to**2 * (sigma_from**2 - sigma_to**2) / sigma_from**2) ** 0.5)
+    # torch.minimum, not min(): sigmas may be one per row
+    sigma_up = torch.minimum(sigma_to, eta * (sigma_to**2 * (sigma_from**2 - sigma_to**2) / sigma_from**2) ** 0.5)
     sigma_down = (sigma_to**2 - sigma_up**2) ** 0.5
     return sigma_down, sigma_up

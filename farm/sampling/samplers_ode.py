@@ -13,61 +13,69 @@ from numpy.polynomial import polynomial as P
 from torch import Tensor
 
 from farm.sampling.noise import NoiseFn
-from farm.sampling.samplers_base import Callback, Denoiser, report, to_d
+from farm.sampling.samplers_base import Callback, Denoiser, at, every_row, keep_finished, model_sigma, report, to_d
 
 
 @torch.no_grad()
 def sample_euler(model: Denoiser, x: Tensor, sigmas: Tensor, extra_args: dict[str, Any] | None = None,
                  callback: Callback | None = None, noise_sampler: NoiseFn | None = None) -> Tensor:
-    """Euler steps, Karras et al. (2022) Algorithm 2 without churn."""
+    """Euler steps, Karras et al. (2022) Algorithm 2 without churn. Takes one schedule per row."""
     extra_args = extra_args or {}
-    s_in = x.new_ones([x.shape[0]])
     for i in range(len(sigmas) - 1):
-        denoised = model(x, sigmas[i] * s_in, **extra_args)
+        sigma, sigma_next = at(sigmas, i, x), at(sigmas, i + 1, x)
+        denoised = model(x, model_sigma(sigma, x), **extra_args)
         report(callback, i, x, sigmas, sigmas[i], denoised)
-        x = x + to_d(x, sigmas[i], denoised) * (sigmas[i + 1] - sigmas[i])
+        x = keep_finished(x + to_d(x, sigma, denoised) * (sigma_next - sigma), x, sigma_next)
     return x
 
 
 @torch.no_grad()
 def sample_heun(model: Denoiser, x: Tensor, sigmas: Tensor, extra_args: dict[str, Any] | None = None,
                 callback: Callback | None = None, noise_sampler: NoiseFn | None = None) -> Tensor:
-    """Heun steps, Karras et al. (2022) Algorithm 2 without churn."""
+    """Heun steps, Karras et al. (2022) Algorithm 2 without churn. Takes one schedule per row."""
     extra_args = extra_args or {}
-    s_in = x.new_ones([x.shape[0]])
     for i in range(len(sigmas) - 1):
-        denoised = model(x, sigmas[i] * s_in, **extra_args)
+        sigma, sigma_next = at(sigmas, i, x), at(sigmas, i + 1, x)
+        denoised = model(x, model_sigma(sigma, x), **extra_args)
         report(callback, i, x, sigmas, sigmas[i], denoised)
-        d = to_d(x, sigmas[i], denoised)
-        dt = sigmas[i + 1] - sigmas[i]
-        if sigmas[i + 1] == 0:
-            x = x + d * dt  # the corrector would divide by sigma = 0: plain Euler
+        d = to_d(x, sigma, denoised)
+        dt = sigma_next - sigma
+        x_euler = x + d * dt
+        last = sigma_next == 0  # the corrector would divide by sigma = 0: plain Euler there
+        if every_row(last):
+            x_next = x_euler
         else:
             # Trapezoidal rule: average the slopes at both ends of the Euler predictor.
-            x_2 = x + d * dt
-            d_2 = to_d(x_2, sigmas[i + 1], model(x_2, sigmas[i + 1] * s_in, **extra_args))
-            x = x + (d + d_2) / 2 * dt
+            # (rows whose schedule has ended go to the model as they are: no NaN enters it)
+            x_2 = keep_finished(x_euler, x, sigma_next)
+            d_2 = to_d(x_2, sigma_next, model(x_2, model_sigma(sigma_next, x), **extra_args))
+            x_next = torch.where(last, x_euler, x + (d + d_2) / 2 * dt)
+        x = keep_finished(x_next, x, sigma_next)
     return x
 
 
 @torch.no_grad()
 def sample_dpm_2(model: Denoiser, x: Tensor, sigmas: Tensor, extra_args: dict[str, Any] | None = None,
                  callback: Callback | None = None, noise_sampler: NoiseFn | None = None) -> Tensor:
-    """Midpoint steps in log sigma, after DPM-Solver-2 (Lu et al. 2022) and Karras et al. (2022)."""
+    """Midpoint steps in log sigma, after DPM-Solver-2 (Lu et al. 2022) and Karras et al. (2022).
+    Takes one schedule per row."""
     extra_args = extra_args or {}
-    s_in = x.new_ones([x.shape[0]])
     for i in range(len(sigmas) - 1):
-        denoised = model(x, sigmas[i] * s_in, **extra_args)
+        sigma, sigma_next = at(sigmas, i, x), at(sigmas, i + 1, x)
+        denoised = model(x, model_sigma(sigma, x), **extra_args)
         report(callback, i, x, sigmas, sigmas[i], denoised)
-        d = to_d(x, sigmas[i], denoised)
-        if sigmas[i + 1] == 0:
-            x = x + d * (sigmas[i + 1] - sigmas[i])
+        d = to_d(x, sigma, denoised)
+        last = sigma_next == 0
+        x_euler = x + d * (sigma_next - sigma)
+        if every_row(last):
+            x_next = x_euler
         else:
             # Slope taken at the geometric mean of the two sigmas, applied over the whole step.
-            sigma_mid = sigmas[i].log().lerp(sigmas[i + 1].log(), 0.5).exp()
-            x_2 = x + d * (sigma_mid - sigmas[i])
-            d_2 = to_d(x_2, sigma_mid, model(x_2, sigma_mid * s_in, **extra_args))
-            x = x + d_2 * (sigmas[i + 1] - sigmas[i])
+            sigma_mid = sigma.log().lerp(sigma_next.log(), 0.5).exp()
+            x_2 = keep_finished(x + d * (sigma_mid - sigma), x, sigma_next)
+            d_2 = to_d(x_2, sigma_mid, model(x_2, model_sigma(sigma_mid, x), **extra_args))
+            x_next = torch.where(last, x_euler, x + d_2 * (sigma_next - sigma))
+        x = keep_finished(x_next, x, sigma_next)
     return x
 
 
@@ -104,23 +112,25 @@ def sample_lms(model: Denoiser, x: Tensor, sigmas: Tensor, extra_args: dict[str,
 @torch.no_grad()
 def sample_dpmpp_2m(model: Denoiser, x: Tensor, sigmas: Tensor, extra_args: dict[str, Any] | None = None,
                     callback: Callback | None = None, noise_sampler: NoiseFn | None = None) -> Tensor:
-    """DPM-Solver++(2M), Lu et al. (2022) arXiv:2211.01095, in k-diffusion's sigma form."""
+    """DPM-Solver++(2M), Lu et al. (2022) arXiv:2211.01095, in k-diffusion's sigma form.
+    Takes one schedule per row."""
     extra_args = extra_args or {}
-    s_in = x.new_ones([x.shape[0]])
     old_denoised = None
     for i in range(len(sigmas) - 1):
-        denoised = model(x, sigmas[i] * s_in, **extra_args)
+        sigma, sigma_next = at(sigmas, i, x), at(sigmas, i + 1, x)
+        denoised = model(x, model_sigma(sigma, x), **extra_args)
         report(callback, i, x, sigmas, sigmas[i], denoised)
         # In t = -log sigma the data-prediction ODE is solved exactly for constant D:
         # x_next = (sigma_next / sigma) x - expm1(-h) D, with h = t_next - t.
-        t, t_next = sigmas[i].log().neg(), sigmas[i + 1].log().neg()
+        t, t_next = sigma.log().neg(), sigma_next.log().neg()
         h = t_next - t
-        if old_denoised is None or sigmas[i + 1] == 0:
+        last = sigma_next == 0
+        if old_denoised is None or every_row(last):
             d_est = denoised
         else:
             # Second order: extrapolate D linearly in t to the middle of the step.
-            r = (t - sigmas[i - 1].log().neg()) / h
-            d_est = (1 + 1 / (2 * r)) * denoised - (1 / (2 * r)) * old_denoised
-        x = (t_next.neg().exp() / t.neg().exp()) * x - (-h).expm1() * d_est
+            r = (t - at(sigmas, i - 1, x).log().neg()) / h
+            d_est = torch.where(last, denoised, (1 + 1 / (2 * r)) * denoised - (1 / (2 * r)) * old_denoised)
+        x = keep_finished((t_next.neg().exp() / t.neg().exp()) * x - (-h).expm1() * d_est, x, sigma_next)
         old_denoised = denoised
     return x

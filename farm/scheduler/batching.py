@@ -1,7 +1,8 @@
 """Cross-job batching: queued jobs with equal batch_key run as one batched sampler call.
 
-The batch_key is computed upstream (plans identical except for seed, prompt text and cfg:
-same checkpoint, size, steps, sampler, scheduler, and the same LoRA set: a LoRA's name and
+The batch_key is computed upstream (plans identical except for seed, prompt text, cfg, and
+steps where the sampler takes one schedule per row: same checkpoint, size, sampler,
+scheduler, and the same LoRA set: a LoRA's name and
 strengths are constants the key covers), so equal keys are safe to stack. A
 stream of batch-1 jobs then runs at batch-8 efficiency (DESIGN.md: 4.8x the images per
 second for SD1.5 at batch 8).
@@ -54,6 +55,9 @@ def form_batch(queue: KeyedQueue, max_batch: int, batch_key: str | None = None) 
             break
         queue.remove(job.job_id)
         jobs.append(job)
+    # jobs of one key may differ in steps (farm.sampling.row_schedules): the batch runs as
+    # long as its longest job
+    longest = max(jobs, key=lambda job: job.est_run_s)
     return Batch(batch_key=key, checkpoint=first.checkpoint, checkpoint_bytes=first.checkpoint_bytes,
                  jobs=tuple(jobs), loras=first.loras,
-                 expected_run_s=batch_run_s(first.est_run_s, first.est_extra_s, len(jobs)))
+                 expected_run_s=batch_run_s(longest.est_run_s, longest.est_extra_s, len(jobs)))

@@ -90,7 +90,7 @@ def make_plan(workflow: Workflow, outputs_to_execute: Sequence[str], registry: N
                 batch.append([inp.name, {"from": batch_signatures[value.node_id], "output": value.output_index}])
             else:
                 full.append([inp.name, {"value": value}])
-                batch.append([inp.name, _BATCHED if inp.batchable else {"value": value}])
+                batch.append([inp.name, _BATCHED if inp.batchable_in(call.inputs) else {"value": value}])
         signatures[node_id] = _digest([call.class_type, fingerprint, full])
         batch_signatures[node_id] = _digest([call.class_type, fingerprint, batch])
         name = call.inputs.get(CHECKPOINT_INPUT)

@@ -54,3 +54,13 @@ def test_queue_drain_estimate_follows_batches():
     queue.remove("a0")
     assert queue.work_s("a") == pytest.approx(drain_s(2.0, 0.5, 5, 4)) == pytest.approx(5.5)
     assert batch_run_s(2.0, 0.5, 3) == 3.0
+
+
+def test_a_batch_of_jobs_with_different_steps_is_expected_to_run_as_long_as_its_longest():
+    queue = KeyedQueue(4)
+    for seq, (job_id, run_s) in enumerate([("short", 2.0), ("long", 3.0), ("mid", 2.5)], start=1):
+        queue.add(Job(job_id=job_id, number=seq, batch_key="k", front=False, seq=seq, checkpoint="a",
+                      est_run_s=run_s, est_extra_s=run_s / 4))
+    batch = form_batch(queue, max_batch=4)
+    assert ids(batch) == ["short", "long", "mid"]
+    assert batch.expected_run_s == pytest.approx(batch_run_s(3.0, 0.75, 3))

@@ -108,8 +108,22 @@ def test_batch_key_ignores_only_batchable_constants(ctx):
     assert base.batch_key == other.batch_key
     assert base.signatures["3"] != other.signatures["3"]
     assert base.batch_signatures == other.batch_signatures
-    assert plan_of(txt2img(steps=30), ctx).batch_key != base.batch_key
     assert plan_of(txt2img(width=768), ctx).batch_key != base.batch_key
+
+
+def with_sampler(prompt: dict, sampler_name: str) -> dict:
+    prompt["3"]["inputs"]["sampler_name"] = sampler_name
+    return prompt
+
+
+def test_steps_are_batchable_only_where_the_sampler_takes_one_schedule_per_row(ctx):
+    # euler takes one schedule per row (farm.sampling.row_schedules): 20 and 30 steps share a batch
+    assert plan_of(txt2img(steps=30), ctx).batch_key == plan_of(txt2img(), ctx).batch_key
+    assert plan_of(txt2img(steps=30), ctx).signatures["3"] != plan_of(txt2img(), ctx).signatures["3"]
+    # the SDE samplers and UniPC run one schedule per batch
+    for name in ("dpmpp_2m_sde", "uni_pc", "lms"):
+        assert (plan_of(with_sampler(txt2img(steps=30), name), ctx).batch_key
+                != plan_of(with_sampler(txt2img(), name), ctx).batch_key)
 
 
 def test_checkpoints_used_are_listed_once_in_order(ctx):
