@@ -5,7 +5,7 @@ import itertools
 import threading
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Callable, Protocol
+from typing import Callable, Protocol, Sequence
 
 import torch
 
@@ -89,6 +89,8 @@ class RunContext:
     jobs: tuple[JobContext, ...]
     interrupt: threading.Event = field(default_factory=threading.Event)
     boards: tuple[ProgressBoard, ...] = ()  # one per job, when the engine keeps progress_state
+    served: tuple[tuple[int, ...], ...] = ()  # per input of a batched call: the indices in `jobs`
+    # it serves (identical nodes of several jobs are one input); empty: one input for all jobs
 
     @property
     def job(self) -> JobContext:
@@ -99,10 +101,14 @@ class RunContext:
         if self.interrupt.is_set():
             raise Interrupted("interrupted by the user")
 
-    def progress(self, value: int, total: int) -> None:
-        """A sampler step finished: tell every job in the call (the board first, then the
-        step, as ComfyUI's progress hook does), then honour an interrupt."""
-        for job, board in itertools.zip_longest(self.jobs, self.boards):
+    def progress(self, value: int, total: int, inputs: "Sequence[int] | None" = None) -> None:
+        """A sampler step finished: tell every job in the call, or the jobs of these inputs of
+        a batched call (the board first, then the step, as ComfyUI's progress hook does),
+        then honour an interrupt."""
+        pairs = list(itertools.zip_longest(self.jobs, self.boards))
+        if inputs is not None and self.served:
+            pairs = [pairs[j] for k in inputs for j in self.served[k]]
+        for job, board in pairs:
             if board is not None:
                 board.update(self.node_id, value, total)
                 job.emit(EventType.PROGRESS_STATE, board.payload(job.prompt_id))

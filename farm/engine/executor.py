@@ -8,6 +8,7 @@ node's `run_batch` when it has one (KSampler: one batched sampler call), else on
 """
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from dataclasses import dataclass, field
@@ -149,7 +150,8 @@ class Engine:
             # a named range in torch.profiler traces (farm bench --profile); free when no profiler runs
             with torch.profiler.record_function(f"node {node_call.class_type}"):
                 if len(groups) > 1 and hasattr(node, "run_batch"):
-                    rc = self._context(node_id, [s for g in groups for s in g], interrupt)
+                    rc = self._context(node_id, [s for g in groups for s in g], interrupt,
+                                       [len(g) for g in groups])
                     results = node.run_batch(rc, inputs)
                 else:
                     results = [node.run(self._context(node_id, group, interrupt), **kwargs)
@@ -205,9 +207,13 @@ class Engine:
         return {name: state.values[v.node_id][v.output_index] if isinstance(v, Link) else v
                 for name, v in call.inputs.items()}
 
-    def _context(self, node_id: str, states: list[_JobState], interrupt: threading.Event) -> RunContext:
+    def _context(self, node_id: str, states: list[_JobState], interrupt: threading.Event,
+                 group_sizes: list[int] | None = None) -> RunContext:
+        """group_sizes: for a batched call, how many of `states` each input serves, in order."""
+        starts = list(itertools.accumulate([0, *(group_sizes or [len(states)])]))
+        served = tuple(tuple(range(a, b)) for a, b in zip(starts, starts[1:]))
         return RunContext(self.device, self.dtype, self.models, self.images, self.node_ctx, node_id,
-                          tuple(s.job.context for s in states), interrupt, tuple(s.board for s in states))
+                          tuple(s.job.context for s in states), interrupt, tuple(s.board for s in states), served)
 
     # -- events --------------------------------------------------------------------------
 

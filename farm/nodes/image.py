@@ -97,7 +97,11 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
 
 
 def save_images(rc, images: torch.Tensor, prefix: str, kind: str) -> NodeResult:
-    chunks = png_text_chunks(rc.job.prompt, rc.job.extra_pnginfo)
+    # Jobs whose save node is identical (same images, same prefix) in one engine call share
+    # its one write, as a later identical job shares its cached result (ComfyUI's cache
+    # does the same); the files carry the first job's workflow.
+    job = rc.jobs[0]
+    chunks = png_text_chunks(job.prompt, job.extra_pnginfo)
     refs = rc.images.save(ImageBatch(to_uint8(images), prefix, kind, chunks))
     return NodeResult(ui={"images": [ref.as_ui() for ref in refs]}, images=tuple(refs))
 

@@ -84,12 +84,14 @@ def run_sampler_calls(rc, calls: list[SamplerCall]) -> list[Latent]:
         groups.setdefault(call.shared_key(), []).append(i)
     results: list[Latent | None] = [None] * len(calls)
     for indices in groups.values():
-        for i, latent in zip(indices, _run_batch(rc, [calls[i] for i in indices])):
+        for i, latent in zip(indices, _run_batch(rc, [calls[i] for i in indices], indices)):
             results[i] = latent
     return results
 
 
-def _run_batch(rc, calls: list[SamplerCall]) -> list[Latent]:
+def _run_batch(rc, calls: list[SamplerCall], inputs: list[int]) -> list[Latent]:
+    """calls: one sampler run's; inputs: their places among the node's batched inputs (whose
+    jobs hear this run's progress)."""
     first = calls[0]
     model = first.model
     rows = first.latent.samples.shape[0]  # latent rows per job
@@ -117,10 +119,15 @@ def _run_batch(rc, calls: list[SamplerCall]) -> list[Latent]:
                           for c in calls]).to(device)
         denoiser = MaskedDenoiser(denoiser, latent_in, noise.to(device), mask)
 
-    total = max(len(sigmas) - 1, 0)
+    # each job hears its own steps: a shorter schedule's job stops hearing once it has ended
+    by_steps: dict[int, list[int]] = {}
+    for call, k in zip(calls, inputs):
+        by_steps.setdefault(len(call.schedule()) - 1, []).append(k)
 
     def on_step(info) -> None:
-        rc.progress(info.i + 1, total)
+        for steps, members in by_steps.items():
+            if info.i < steps:
+                rc.progress(info.i + 1, steps, members)
 
     noise = noise.to(device)
 

@@ -125,6 +125,22 @@ class CFGDenoiser:
                                     "connect a negative prompt, or set cfg to 1.0")
         self._cond_cache: dict[tuple[int, bool], CondBatch] = {}  # (rows, both sides) -> batch
 
+    def subset(self, rows: Sequence[int]) -> "CFGDenoiser | None":
+        """The denoiser of these rows of the batch alone (farm.sampling.row_schedules), or
+        None where ControlNet hints tie rows to their place in the batch."""
+        if self.positive.control or (self.negative is not None and self.negative.control):
+            return None
+        index = torch.tensor(list(rows))
+
+        def pick(t: Tensor | None) -> Tensor | None:
+            return t if t is None or t.shape[0] == 1 else t[index.to(t.device)]
+
+        def side(c: Conditioning | None) -> Conditioning | None:
+            return None if c is None else dataclasses.replace(c, embeds=pick(c.embeds), pooled=pick(c.pooled),
+                                                               time_ids=pick(c.time_ids))
+        cfg = self.cfg if self.cfg.numel() == 1 else self.cfg[index]
+        return CFGDenoiser(self.eps_fn, self.schedule, side(self.positive), side(self.negative), cfg)
+
     def _conds(self, batch: int, guided: bool) -> CondBatch:
         key = (batch, guided)
         if key not in self._cond_cache:

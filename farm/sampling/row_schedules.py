@@ -4,8 +4,9 @@ The jobs' schedules are stacked into a table sigmas[step, row] of S+1 steps (S t
 schedule's steps): a job's column holds its own sigmas and then NaN once its schedule has
 ended. Samplers of ROW_SCHEDULE_SAMPLERS run the rows in lockstep and leave a finished row's
 latent as it was (farm.sampling.samplers_base.keep_finished), so every job gets what it gets
-alone. A finished row still occupies its place in the UNet's batch until the longest schedule
-ends: mixing 20 and 30 steps costs the 20-step rows ten steps each."""
+alone. The model sees a finished row's sigma as NaN; SkipFinishedRows then leaves that row out
+of the UNet call where the denoiser can run a subset of its rows (the plain CFG denoiser),
+so a batch of 20- and 30-step jobs runs its last ten steps on the 30-step rows alone."""
 from __future__ import annotations
 
 from typing import Sequence
@@ -32,3 +33,30 @@ def stack_schedules(schedules: Sequence[Tensor], rows_per_job: int) -> Tensor:
         table[:s.numel(), j] = s.float()
     return table.repeat_interleave(rows_per_job, dim=1)
 
+
+
+class SkipFinishedRows:
+    """The denoiser of a run with one schedule per row: rows whose schedule has ended (sigma
+    NaN) are left out of the call where the inner denoiser offers `subset(rows)`; otherwise
+    they are evaluated at sigma 0. The sampler discards their output either way."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.schedule = inner.schedule
+        self._subsets: dict[tuple[int, ...], object] = {}  # running rows -> the denoiser of those rows
+
+    def __call__(self, x: Tensor, sigma: Tensor, **extra_args) -> Tensor:
+        finished = sigma.isnan()
+        if not bool(finished.any()):
+            return self.inner(x, sigma, **extra_args)
+        running = tuple((~finished).nonzero().flatten().tolist())
+        if running not in self._subsets:
+            subset = getattr(self.inner, "subset", None)
+            self._subsets[running] = subset(list(running)) if subset is not None else None
+        inner = self._subsets[running]
+        if inner is None:  # this denoiser runs all its rows: the finished ones at sigma 0
+            return self.inner(x, torch.nan_to_num(sigma, nan=0.0), **extra_args)
+        index = torch.tensor(running, device=x.device)
+        out = x.clone()  # finished rows: any finite value, discarded by the sampler
+        out[index] = inner(x[index], sigma[index], **extra_args)
+        return out

@@ -11,7 +11,8 @@ from torch import Tensor
 from farm.errors import InvalidInputError
 from farm.sampling.denoiser import CFGDenoiser
 from farm.sampling.noise import NoiseFn, NoiseKind, make_noise_sampler
-from farm.sampling.samplers import ROW_SCHEDULE_SAMPLERS, SAMPLER_NOISE, Callback, get_sampler
+from farm.sampling.row_schedules import SkipFinishedRows
+from farm.sampling.samplers import ROW_SCHEDULE_SAMPLERS, SAMPLER_NOISE, Callback, Denoiser, get_sampler
 
 
 def slice_sigmas(sigmas: Tensor, start_step: int | None = None, end_step: int | None = None,
@@ -49,9 +50,12 @@ def sample(denoiser: CFGDenoiser, latent_image: Tensor, noise: Tensor, sigmas: T
     sampler = get_sampler(sampler_name)
     if sigmas.numel() == 0:
         return latent_image
-    if sigmas.ndim == 2 and sampler_name not in ROW_SCHEDULE_SAMPLERS:
-        raise InvalidInputError(f"sampler {sampler_name!r} runs one schedule for the whole batch; jobs with "
-                                "different steps must run as separate batches")
+    model: Denoiser = denoiser
+    if sigmas.ndim == 2:
+        if sampler_name not in ROW_SCHEDULE_SAMPLERS:
+            raise InvalidInputError(f"sampler {sampler_name!r} runs one schedule for the whole batch; jobs with "
+                                    "different steps must run as separate batches")
+        model = SkipFinishedRows(denoiser)
     sigmas = sigmas.to(device=latent_image.device, dtype=torch.float32)
     noise = noise.to(device=latent_image.device, dtype=latent_image.dtype)
 
@@ -75,4 +79,4 @@ def sample(denoiser: CFGDenoiser, latent_image: Tensor, noise: Tensor, sigmas: T
             raise InvalidInputError(f"sampler {sampler_name!r} adds noise at every step: pass seeds "
                              "(one per job block) or a noise_sampler so the run is reproducible")
         noise_sampler = make_noise_sampler(kind, x, seeds, sigmas)
-    return sampler(denoiser, x, sigmas, callback=callback, noise_sampler=noise_sampler)
+    return sampler(model, x, sigmas, callback=callback, noise_sampler=noise_sampler)

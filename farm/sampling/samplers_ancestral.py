@@ -31,7 +31,7 @@ def sample_euler_ancestral(model: Denoiser, x: Tensor, sigmas: Tensor, extra_arg
     noise_sampler = noise_sampler or unseeded_noise_sampler(x)
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = at(sigmas, i, x), at(sigmas, i + 1, x)
-        denoised = model(x, model_sigma(sigma, x), **extra_args)
+        denoised = model(x, model_sigma(sigma, x, sigma_next), **extra_args)
         sigma_down, sigma_up = ancestral_step(sigma, sigma_next)
         report(callback, i, x, sigmas, sigmas[i], denoised)
         to_zero = sigma_down == 0
@@ -53,7 +53,7 @@ def sample_dpm_2_ancestral(model: Denoiser, x: Tensor, sigmas: Tensor, extra_arg
     noise_sampler = noise_sampler or unseeded_noise_sampler(x)
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = at(sigmas, i, x), at(sigmas, i + 1, x)
-        denoised = model(x, model_sigma(sigma, x), **extra_args)
+        denoised = model(x, model_sigma(sigma, x, sigma_next), **extra_args)
         sigma_down, sigma_up = ancestral_step(sigma, sigma_next)
         report(callback, i, x, sigmas, sigmas[i], denoised)
         d = to_d(x, sigma, denoised)
@@ -65,7 +65,7 @@ def sample_dpm_2_ancestral(model: Denoiser, x: Tensor, sigmas: Tensor, extra_arg
             # Midpoint in log sigma between sigma and sigma_down, then the noise back to sigma_next.
             sigma_mid = sigma.log().lerp(sigma_down.log(), 0.5).exp()
             x_2 = keep_finished(x + d * (sigma_mid - sigma), x, sigma_next)
-            d_2 = to_d(x_2, sigma_mid, model(x_2, model_sigma(sigma_mid, x), **extra_args))
+            d_2 = to_d(x_2, sigma_mid, model(x_2, model_sigma(sigma_mid, x, sigma_next), **extra_args))
             x_mid = x + d_2 * (sigma_down - sigma)
             x_next = torch.where(to_zero, x_euler, x_mid + noise_sampler(sigma, sigma_next) * sigma_up)
         x = keep_finished(x_next, x, sigma_next)
@@ -81,7 +81,7 @@ def sample_dpmpp_2s_ancestral(model: Denoiser, x: Tensor, sigmas: Tensor, extra_
     noise_sampler = noise_sampler or unseeded_noise_sampler(x)
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = at(sigmas, i, x), at(sigmas, i + 1, x)
-        denoised = model(x, model_sigma(sigma, x), **extra_args)
+        denoised = model(x, model_sigma(sigma, x, sigma_next), **extra_args)
         sigma_down, sigma_up = ancestral_step(sigma, sigma_next)
         report(callback, i, x, sigmas, sigmas[i], denoised)
         to_zero = sigma_down == 0
@@ -95,7 +95,7 @@ def sample_dpmpp_2s_ancestral(model: Denoiser, x: Tensor, sigmas: Tensor, extra_
             h = t_next - t
             s = t + h / 2
             x_2 = keep_finished((s.neg().exp() / t.neg().exp()) * x - (-h / 2).expm1() * denoised, x, sigma_next)
-            denoised_2 = model(x_2, model_sigma(s.neg().exp(), x), **extra_args)
+            denoised_2 = model(x_2, model_sigma(s.neg().exp(), x, sigma_next), **extra_args)
             x_next = torch.where(to_zero, x_euler, (t_next.neg().exp() / t.neg().exp()) * x - (-h).expm1() * denoised_2)
         noised = sigma_next > 0
         if not every_row(~noised):
@@ -113,7 +113,7 @@ def sample_lcm(model: Denoiser, x: Tensor, sigmas: Tensor, extra_args: dict[str,
     noise_sampler = noise_sampler or unseeded_noise_sampler(x)
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = at(sigmas, i, x), at(sigmas, i + 1, x)
-        denoised = model(x, model_sigma(sigma, x), **extra_args)
+        denoised = model(x, model_sigma(sigma, x, sigma_next), **extra_args)
         report(callback, i, x, sigmas, sigmas[i], denoised)
         x_next = denoised
         noised = sigma_next > 0

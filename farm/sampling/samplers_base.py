@@ -69,12 +69,14 @@ def at(sigmas: Tensor, i: int, x: Tensor) -> Tensor:
     return sigma if sigma.ndim == 0 else sigma.reshape(-1, *([1] * (x.ndim - 1)))
 
 
-def model_sigma(sigma: Tensor, x: Tensor) -> Tensor:
-    """A sigma from `at` as the model takes it: one per row, [B]. A row whose schedule has
-    ended is evaluated at sigma 0; its result is discarded (`keep_finished`)."""
+def model_sigma(sigma: Tensor, x: Tensor, sigma_next: Tensor) -> Tensor:
+    """A sigma of the step sigma -> sigma_next (from `at`) as the model takes it: one per
+    row, [B]. A row with no such step (its schedule has ended: sigma_next NaN) gets NaN, which
+    tells the model (farm.sampling.row_schedules.SkipFinishedRows) to leave it out; its result
+    is discarded (`keep_finished`)."""
     if sigma.ndim == 0:
         return sigma * x.new_ones([x.shape[0]])
-    return torch.nan_to_num(sigma.reshape(-1), nan=0.0)
+    return torch.where(sigma_next.isnan(), sigma_next, sigma).reshape(-1)
 
 
 def keep_finished(x_next: Tensor, x: Tensor, sigma_next: Tensor) -> Tensor:

@@ -23,7 +23,7 @@ def sample_euler(model: Denoiser, x: Tensor, sigmas: Tensor, extra_args: dict[st
     extra_args = extra_args or {}
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = at(sigmas, i, x), at(sigmas, i + 1, x)
-        denoised = model(x, model_sigma(sigma, x), **extra_args)
+        denoised = model(x, model_sigma(sigma, x, sigma_next), **extra_args)
         report(callback, i, x, sigmas, sigmas[i], denoised)
         x = keep_finished(x + to_d(x, sigma, denoised) * (sigma_next - sigma), x, sigma_next)
     return x
@@ -36,7 +36,7 @@ def sample_heun(model: Denoiser, x: Tensor, sigmas: Tensor, extra_args: dict[str
     extra_args = extra_args or {}
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = at(sigmas, i, x), at(sigmas, i + 1, x)
-        denoised = model(x, model_sigma(sigma, x), **extra_args)
+        denoised = model(x, model_sigma(sigma, x, sigma_next), **extra_args)
         report(callback, i, x, sigmas, sigmas[i], denoised)
         d = to_d(x, sigma, denoised)
         dt = sigma_next - sigma
@@ -48,7 +48,7 @@ def sample_heun(model: Denoiser, x: Tensor, sigmas: Tensor, extra_args: dict[str
             # Trapezoidal rule: average the slopes at both ends of the Euler predictor.
             # (rows whose schedule has ended go to the model as they are: no NaN enters it)
             x_2 = keep_finished(x_euler, x, sigma_next)
-            d_2 = to_d(x_2, sigma_next, model(x_2, model_sigma(sigma_next, x), **extra_args))
+            d_2 = to_d(x_2, sigma_next, model(x_2, model_sigma(sigma_next, x, sigma_next), **extra_args))
             x_next = torch.where(last, x_euler, x + (d + d_2) / 2 * dt)
         x = keep_finished(x_next, x, sigma_next)
     return x
@@ -62,7 +62,7 @@ def sample_dpm_2(model: Denoiser, x: Tensor, sigmas: Tensor, extra_args: dict[st
     extra_args = extra_args or {}
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = at(sigmas, i, x), at(sigmas, i + 1, x)
-        denoised = model(x, model_sigma(sigma, x), **extra_args)
+        denoised = model(x, model_sigma(sigma, x, sigma_next), **extra_args)
         report(callback, i, x, sigmas, sigmas[i], denoised)
         d = to_d(x, sigma, denoised)
         last = sigma_next == 0
@@ -73,7 +73,7 @@ def sample_dpm_2(model: Denoiser, x: Tensor, sigmas: Tensor, extra_args: dict[st
             # Slope taken at the geometric mean of the two sigmas, applied over the whole step.
             sigma_mid = sigma.log().lerp(sigma_next.log(), 0.5).exp()
             x_2 = keep_finished(x + d * (sigma_mid - sigma), x, sigma_next)
-            d_2 = to_d(x_2, sigma_mid, model(x_2, model_sigma(sigma_mid, x), **extra_args))
+            d_2 = to_d(x_2, sigma_mid, model(x_2, model_sigma(sigma_mid, x, sigma_next), **extra_args))
             x_next = torch.where(last, x_euler, x + d_2 * (sigma_next - sigma))
         x = keep_finished(x_next, x, sigma_next)
     return x
@@ -118,7 +118,7 @@ def sample_dpmpp_2m(model: Denoiser, x: Tensor, sigmas: Tensor, extra_args: dict
     old_denoised = None
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = at(sigmas, i, x), at(sigmas, i + 1, x)
-        denoised = model(x, model_sigma(sigma, x), **extra_args)
+        denoised = model(x, model_sigma(sigma, x, sigma_next), **extra_args)
         report(callback, i, x, sigmas, sigmas[i], denoised)
         # In t = -log sigma the data-prediction ODE is solved exactly for constant D:
         # x_next = (sigma_next / sigma) x - expm1(-h) D, with h = t_next - t.

@@ -7,6 +7,7 @@ linearly, beyond the last point extrapolated along the last segment.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 
@@ -42,6 +43,18 @@ def interpolate(points: tuple[tuple[int, float], ...], x: float) -> float:
 def batch_s(arch: ArchProfile, steps: int, size: int) -> float:
     """Seconds of GPU time for one batched call: `steps` UNet steps plus one VAE decode."""
     return (steps * interpolate(arch.unet_step_ms, size) + interpolate(arch.vae_decode_ms, size)) / 1000
+
+
+def mixed_batch_s(arch: ArchProfile, steps: Sequence[int]) -> float:
+    """batch_s for jobs of different step counts in one call: a job's row leaves the UNet
+    call once its schedule has ended (farm.sampling.row_schedules), so each stretch of steps
+    runs at the size of the rows still in it."""
+    ordered = sorted(steps)
+    unet_ms, done = 0.0, 0
+    for k, upto in enumerate(ordered):
+        unet_ms += (upto - done) * interpolate(arch.unet_step_ms, len(ordered) - k)
+        done = upto
+    return (unet_ms + interpolate(arch.vae_decode_ms, len(ordered))) / 1000
 
 
 DEFAULT_FETCH_BYTES_PER_S = 200e6  # a model source over the network (S3 to EC2, one stream)

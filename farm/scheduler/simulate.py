@@ -38,7 +38,7 @@ from farm.records.residency import (
     seed_load_s,
 )
 from farm.scheduler.core import CoreConfig, DispatcherCore
-from farm.scheduler.costs import batch_s, lora_switch_s
+from farm.scheduler.costs import lora_switch_s, mixed_batch_s
 from farm.scheduler.jobs import Job
 from farm.scheduler.placement import POLICIES, FarmPolicy, PlacementPolicy
 from farm.scheduler.store import JobStore
@@ -93,7 +93,8 @@ class Simulation:
         self.clock = SimClock()
         self.core = DispatcherCore(JobStore(":memory:"), policy, self.clock,
                                    CoreConfig(max_batch=spec.max_batch), LoadCostModel())
-        self.templates = {job.template.batch_key: job.template for job in trace}  # key -> Template
+        self.templates = {job.template.batch_key: job.template for job in trace}  # key -> a Template of it
+        self.steps = {job.job_id: job.template.steps for job in trace}  # a key's jobs may differ in steps
         self.residency = {f"w{i:04d}": Residency(int(spec.gpu_gb * GB), int(spec.pinned_gb * GB),
                                                  int(spec.disk_gb * GB)) for i in range(spec.workers)}
         self.running: dict[str, tuple[str, ...]] = {}  # worker_id -> job ids of its batch in flight
@@ -174,7 +175,7 @@ class Simulation:
             self.lora_switches += 1
             load_s += lora_switch_s(applied, template.loras)
         self.applied[worker_id] = (template.checkpoint, template.loras)
-        run_s = batch_s(template.arch, template.steps, len(batch.jobs))
+        run_s = mixed_batch_s(template.arch, [self.steps[job_id] for job_id in batch.job_ids])
         self.busy_s += run_s
         self.batches += 1
         self.batched_jobs += len(batch.jobs)

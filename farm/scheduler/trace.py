@@ -67,7 +67,9 @@ class TraceSpec:
 
 @dataclass(frozen=True)
 class Template:
-    """A workflow template: the jobs made from it differ only in seed and prompt."""
+    """A workflow template: the jobs made from it differ only in seed and prompt. Templates
+    that differ only in steps share a batch key (the farm batches them: euler takes one
+    schedule per row)."""
     batch_key: str
     checkpoint: str
     arch: ArchProfile
@@ -102,7 +104,8 @@ def templates(spec: TraceSpec) -> list[list[Template]]:
             run_s, extra_s = job_estimates(arch, steps, spec.max_batch)
             for loras in variants:
                 lora_part = "".join(f"|{n}@{m}" for n, m, _ in loras)
-                row.append(Template(f"{name}|{steps}|euler|normal|{arch.resolution}{lora_part}", name, arch, steps,
+                # euler takes one schedule per row: jobs of different steps share a batch key
+                row.append(Template(f"{name}|euler|normal|{arch.resolution}{lora_part}", name, arch, steps,
                                     run_s, extra_s, batch_s(arch, steps, spec.max_batch) / spec.max_batch, loras))
         result.append(row)
     return result

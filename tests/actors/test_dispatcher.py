@@ -33,8 +33,9 @@ def test_jobs_go_to_the_worker_that_holds_their_checkpoint(ray_farm, txt2img):
 def test_a_restarted_dispatcher_resumes_the_queue(ray_farm, txt2img):
     farm = ray_farm
     farm.wait_for_workers(2)
-    # distinct step counts: six batches of one, so most are still queued when it dies
-    variants = [{"3.steps": 6 + i, "3.seed": 200 + i} for i in range(6)]
+    # distinct step counts with a sampler that runs one step count per call (lms): six
+    # batches of one, so most are still queued when it dies
+    variants = [{"3.steps": 6 + i, "3.seed": 200 + i, "3.sampler_name": "lms"} for i in range(6)]
     futures = farm.submit_many(txt2img, variants)
     ids = [f.prompt_id for f in futures]
     queued = farm.status().queue
@@ -81,8 +82,9 @@ def test_cancel_of_a_queued_job_removes_it(ray_farm, txt2img):
     farm.wait_for_workers(2)
     # fill both workers, each with a batch running and one in reserve (pipeline_depth 2),
     # then queue one more and cancel it before it starts
-    busy = farm.submit_many(txt2img, [{"3.steps": 30 + i, "3.seed": 7} for i in range(4)])
-    target = farm.submit(txt2img, {"3.steps": 40, "3.seed": 8})
+    # (lms: one step count per call, so these are four batches)
+    busy = farm.submit_many(txt2img, [{"3.steps": 30 + i, "3.seed": 7, "3.sampler_name": "lms"} for i in range(4)])
+    target = farm.submit(txt2img, {"3.steps": 40, "3.seed": 8, "3.sampler_name": "lms"})
     assert target.cancel()
     with pytest.raises(UnknownJobError):  # nothing to wait for: it will never run
         target.outcome(120)

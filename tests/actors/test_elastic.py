@@ -48,9 +48,11 @@ def test_the_queue_asks_the_autoscaler_for_gpus_and_withdraws_once_it_drains(ray
     farm = ray_farm
     farm.wait_for_workers(2)
     autoscaling(ScaleKnobs(max_gpus=3, target_backlog_s=0.5, scale_down_delay_s=1.0))
-    # distinct step counts: six batches of one (1 GPU second each by the default estimate),
-    # so the backlog asks for more than the cap for as long as most of them wait
-    futures = farm.submit_many(txt2img, [{"3.steps": 6 + i, "3.seed": 300 + i} for i in range(6)])
+    # distinct step counts with lms (one step count per call): six batches of one (1 GPU
+    # second each by the default estimate), so the backlog asks for more than the cap for as
+    # long as most of them wait
+    futures = farm.submit_many(txt2img, [{"3.steps": 6 + i, "3.seed": 300 + i, "3.sampler_name": "lms"}
+                                         for i in range(6)])
     asked = wait_for_request(lambda b: b == [{"GPU": 1}] * 3)
     assert asked == [{"GPU": 1}] * 3, f"the farm asked for {asked} with six jobs queued"
     results = [f.outcome(240) for f in futures]

@@ -18,8 +18,10 @@ N = 10
 
 def test_a_stopped_sweep_cancels_its_queued_jobs_and_a_rerun_resumes(ray_farm, txt2img, tmp_path):
     (tmp_path / "workflow.json").write_text(json.dumps(txt2img))
-    # distinct step counts: no batching, so most jobs still wait in the queue at the signal
-    (tmp_path / "sweep.json").write_text(json.dumps([{"3.seed": 900 + i, "3.steps": 3 + i} for i in range(N)]))
+    # distinct step counts with lms (one step count per call): no batching, so most jobs
+    # still wait in the queue at the signal
+    (tmp_path / "sweep.json").write_text(json.dumps([{"3.seed": 900 + i, "3.steps": 3 + i, "3.sampler_name": "lms"}
+                                                     for i in range(N)]))
     renders = tmp_path / "renders"
     argv = [sys.executable, "-m", "jobs.render_sweep", "workflow.json", "sweep.json", "--output-dir", str(renders),
             "--address", ray.get_runtime_context().gcs_address, "--progress-every", "0"]

@@ -218,6 +218,15 @@ def test_batched_jobs_equal_jobs_run_one_by_one(renderer):
         renderer.engine.cache.clear()
 
 
+def test_identical_jobs_in_one_call_both_succeed_and_share_the_saved_file(renderer):
+    # two prompts that are the same graph (a resubmission, a sweep row repeated) in one batch
+    jobs = [planned(renderer, txt2img(seed=21), prompt_id=f"twin-{i}")[1] for i in range(2)]
+    outcomes = renderer.engine.run_batch(jobs)
+    assert all(o.ok for o in outcomes), [o.error for o in outcomes]
+    files = [o.outputs["9"]["images"] for o in outcomes]
+    assert files[0] == files[1] and len(files[0]) == 1
+
+
 def test_img2img_denoise_keeps_part_of_the_input(renderer, tmp_path):
     (tmp_path / "input").mkdir(exist_ok=True)
     rng = np.random.default_rng(0)

@@ -67,3 +67,24 @@ def test_a_sampler_of_one_schedule_runs_each_step_count_apart(renderer, sampler_
     for got, expected in batched_and_alone(renderer, wfs):
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
     assert sorted(sampler_calls[-2:]) == [(1, 1), (2, 1)]  # the two 3-step jobs together, the 4-step one apart
+
+
+def test_each_job_of_a_mixed_batch_hears_its_own_steps(renderer):
+    from farm.engine import JobContext, PlannedJob
+    from farm.records.events import EventType
+
+    heard: dict[str, list[tuple[int, int]]] = {}
+
+    def listener(prompt_id):
+        def sink(event):
+            if event.type is EventType.PROGRESS:
+                heard.setdefault(prompt_id, []).append((event.data["value"], event.data["max"]))
+        return sink
+
+    renderer.engine.cache.clear()
+    prepared = [renderer.prepare(workflow(steps, 10 + steps, "euler")) for steps in (2, 4, 2)]
+    jobs = [PlannedJob(JobContext(p.prompt_id, p.prompt, events=listener(p.prompt_id)), p.plan) for p in prepared]
+    outcomes = renderer.engine.run_batch(jobs)
+    assert all(o.ok for o in outcomes), [o.error for o in outcomes]
+    expected = {2: [(1, 2), (2, 2)], 4: [(1, 4), (2, 4), (3, 4), (4, 4)]}
+    assert [heard[p.prompt_id] for p in prepared] == [expected[2], expected[4], expected[2]]

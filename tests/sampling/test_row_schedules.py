@@ -80,3 +80,25 @@ def test_samplers_of_one_schedule_refuse_a_table(name):
     latent = torch.zeros(2, 4, 8, 8)
     with pytest.raises(InvalidInputError, match="different steps"):
         sample(CFGDenoiser(eps_of_x, SD, plain(1), plain(1), 5.0), latent, latent, table, name, seeds=[1, 2])
+
+
+def test_rows_whose_schedule_has_ended_leave_the_model_call():
+    rows_seen = []
+
+    def eps(x, timestep, cond):
+        rows_seen.append(x.shape[0])
+        assert not timestep.isnan().any()
+        return 0.1 * x + 0.01 * cond.embeds.mean(dim=(1, 2)).reshape(-1, 1, 1, 1)
+
+    schedules = [compute_sigmas(SD, "karras", n) for n in (2, 4, 3)]
+    latent = torch.zeros(3, 4, 8, 8)
+    noise = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(4))
+    prompts = Conditioning(torch.arange(3.0).reshape(3, 1, 1).expand(3, 77, 8))  # a prompt per job
+    denoiser = CFGDenoiser(eps, SD, prompts, plain(1), torch.tensor([5.0, 6.0, 7.0]))
+    batched = sample(denoiser, latent, noise, stack_schedules(schedules, 1), "dpmpp_2m")
+    assert rows_seen == [6, 6, 4, 2]  # CFG: two rows a job; the 2-step job leaves after step 2, then the 3-step one
+    for j, sigmas in enumerate(schedules):
+        rows_seen.clear()
+        alone = CFGDenoiser(eps, SD, Conditioning(prompts.embeds[j:j + 1]), plain(1), [5.0, 6.0, 7.0][j])
+        torch.testing.assert_close(batched[j:j + 1], sample(alone, latent[j:j + 1], noise[j:j + 1], sigmas, "dpmpp_2m"),
+                                   rtol=1e-6, atol=1e-6)

@@ -105,7 +105,10 @@ def test_batch_refuses_bad_override_keys_before_queueing(ckpt_server):
     for key, message in cases.items():
         answer = post(ckpt_server, {"prompt": WORKFLOW, "overrides": [{"3.seed": 1}, {key: 2}]}, path="/batch")
         assert answer.status_code == 400, key
-        assert message in answer.json()["error"], answer.json()
+        body = answer.json()  # shaped as a variant that fails validation: ComfyUI's /prompt 400 and the index
+        assert body["index"] == 1 and body["node_errors"] == {}
+        assert body["error"]["type"] == "invalid_prompt"
+        assert message in body["error"]["details"], body
 
 
 def test_batch_reports_which_variant_fails(ckpt_server):

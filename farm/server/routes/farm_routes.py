@@ -12,7 +12,6 @@ from starlette.concurrency import run_in_threadpool
 from farm.errors import FarmError
 from farm.server.deps import Service, State, require_farm
 from farm.server.http_errors import (
-    BadRequest,
     PromptRejected,
     reject,
     rejected_response,
@@ -30,7 +29,8 @@ from farm.workflow.prepare import to_api_format
 router = APIRouter(tags=["farm"])
 
 ERROR_400 = {400: {"description": 'a bad override key, or a variant that fails validation: '
-                                  '{"error", "node_errors", "index"} (index of the variant)'}}
+                                  '{"error": {type, message, details, extra_info}, "node_errors", "index"} '
+                                  '(ComfyUI\'s /prompt 400, and the index of the variant)'}}
 
 
 @router.get("/workers", response_model=list[WorkerOut], summary="The farm's GPU workers")
@@ -38,25 +38,24 @@ async def workers(service: Service) -> list[WorkerOut]:
     return [worker_out(w) for w in await service.workers()]
 
 
-def check_override_keys(prompt: dict, overrides: list[dict], registry) -> None:
+def override_key_problem(prompt: dict, override: dict, registry) -> str | None:
     """Every key must name a node of the workflow and an input that node has (given, or
     declared by its class), so that a typo is refused instead of rendering the unchanged
-    workflow N times."""
-    for index, override in enumerate(overrides):
-        for key in override:
-            node_id, dot, input_name = key.partition(".")
-            where = f"overrides[{index}] key {key!r}"
-            if not dot or not node_id or not input_name:
-                raise BadRequest(f"{where} must look like NODE_ID.INPUT, e.g. \"3.seed\"")
-            node = prompt.get(node_id)
-            if not isinstance(node, dict):
-                raise BadRequest(f"{where}: the workflow has no node {node_id!r}")
-            spec = registry.spec(node.get("class_type"))
-            given = node.get("inputs") if isinstance(node.get("inputs"), dict) else {}
-            if input_name not in given and (spec is None or spec.input(input_name) is None):
-                known = sorted(set(given) | {i.name for i in (spec.inputs if spec else ())})
-                raise BadRequest(f"{where}: node {node_id} ({node.get('class_type')}) has no input "
-                                 f"{input_name!r}; its inputs are {', '.join(known)}")
+    workflow N times. The first bad key's problem, or None."""
+    for key in override:
+        node_id, dot, input_name = key.partition(".")
+        if not dot or not node_id or not input_name:
+            return f"key {key!r} must look like NODE_ID.INPUT, e.g. \"3.seed\""
+        node = prompt.get(node_id)
+        if not isinstance(node, dict):
+            return f"key {key!r}: the workflow has no node {node_id!r}"
+        spec = registry.spec(node.get("class_type"))
+        given = node.get("inputs") if isinstance(node.get("inputs"), dict) else {}
+        if input_name not in given and (spec is None or spec.input(input_name) is None):
+            known = sorted(set(given) | {i.name for i in (spec.inputs if spec else ())})
+            return (f"key {key!r}: node {node_id} ({node.get('class_type')}) has no input "
+                    f"{input_name!r}; its inputs are {', '.join(known)}")
+    return None
 
 
 @router.post("/batch", response_model=BatchResponse, responses=ERROR_400,
@@ -68,7 +67,11 @@ async def batch(body: BatchRequest, request: Request, state: State) -> BatchResp
         prompt = await run_in_threadpool(to_api_format, body.prompt, state.registry)
     except FarmError as exc:
         return rejected_response(reject("invalid_prompt", "the workflow cannot be read", str(exc)), index=None)
-    check_override_keys(prompt, body.overrides, state.registry)
+    for index, override in enumerate(body.overrides):
+        problem = override_key_problem(prompt, override, state.registry)
+        if problem is not None:  # the same 400 body as a variant that fails validation
+            return rejected_response(reject("invalid_prompt", f"overrides[{index}] has a bad key", problem),
+                                     index=index)
     validated: list[Validated] = []
     for index, override in enumerate(body.overrides):
         try:
