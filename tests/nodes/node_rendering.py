@@ -35,3 +35,19 @@ def batched_and_alone(renderer: LocalRenderer, wfs: list[dict],
     assert all(o.ok for o in outcomes), [o.error for o in outcomes]
     return [(renderer.engine.cache.get(p.plan.signatures[node])[0].samples, expected)
             for p, expected in zip(prepared, alone)]
+
+
+def spy_on_sampler_calls(monkeypatch) -> list[tuple[int, int]]:
+    """Each sampler run's (latent rows, schedule dimensions) from now on: 2 for one schedule
+    per row. The spy calls the real farm.nodes.ksampling.sample."""
+    import farm.nodes.ksampling as ksampling
+
+    calls: list[tuple[int, int]] = []
+    real = ksampling.sample
+
+    def spy(denoiser, latent, noise, sigmas, *args, **kwargs):
+        calls.append((latent.shape[0], sigmas.ndim))
+        return real(denoiser, latent, noise, sigmas, *args, **kwargs)
+
+    monkeypatch.setattr(ksampling, "sample", spy)
+    return calls

@@ -13,7 +13,7 @@ from farm.nodes.controlnet import CONTROLNETS
 from farm.nodes.registry import default_registry
 from farm.nodes.spec import Limits, NodeContext
 from farm.workflow.prepare import ValidationFailed
-from node_rendering import batched_and_alone, cpu_renderer, sampled
+from node_rendering import batched_and_alone, cpu_renderer, sampled, spy_on_sampler_calls
 
 LDM = "tiny-cn-sd15.safetensors"
 
@@ -109,6 +109,17 @@ def test_batched_jobs_with_and_without_a_controlnet_equal_the_jobs_alone(rendere
         # measured 3e-6: the ControlNet and UNet run on more rows at once, so float32 sums in
         # another order (a residual on the wrong job's rows would be > 1e-2)
         assert ((got - expected).norm() / expected.norm()) < 1e-5
+
+
+def test_jobs_with_a_controlnet_and_different_steps_batch_as_they_run_alone(renderer, monkeypatch):
+    # hints tie rows to their place in the batch, so finished rows stay in the UNet call (at
+    # sigma 0) instead of leaving it; their latents must still be what each job gets alone
+    calls = spy_on_sampler_calls(monkeypatch)
+    wfs = [workflow(seed=5), workflow(seed=6, prompt="a castle")]
+    wfs[1]["3"]["inputs"]["steps"] = 4
+    for got, expected in batched_and_alone(renderer, wfs):
+        assert ((got - expected).norm() / expected.norm()) < 1e-5
+    assert calls[-1] == (2, 2)  # one sampler run of both jobs, one schedule per row
 
 
 def test_a_controlnet_for_the_other_family_fails_its_sampler_with_the_reason(renderer):

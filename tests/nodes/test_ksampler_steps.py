@@ -5,8 +5,7 @@ sampler call per step count."""
 import pytest
 import torch
 
-import farm.nodes.ksampling as ksampling
-from node_rendering import batched_and_alone, cpu_renderer
+from node_rendering import batched_and_alone, cpu_renderer, spy_on_sampler_calls
 
 
 def workflow(steps: int, seed: int, sampler: str, cfg: float = 6.0, ckpt="tiny-sd15.safetensors"):
@@ -33,16 +32,7 @@ def renderer(tiny_models, tmp_path_factory):
 
 @pytest.fixture
 def sampler_calls(monkeypatch):
-    """Each sampler call's (rows, schedule dimensions): a spy that calls the real sample()."""
-    calls = []
-    real = ksampling.sample
-
-    def spy(denoiser, latent, noise, sigmas, *args, **kwargs):
-        calls.append((latent.shape[0], sigmas.ndim))
-        return real(denoiser, latent, noise, sigmas, *args, **kwargs)
-
-    monkeypatch.setattr(ksampling, "sample", spy)
-    return calls
+    return spy_on_sampler_calls(monkeypatch)
 
 
 @pytest.mark.parametrize("sampler", ["euler_ancestral", "dpmpp_2m"])
