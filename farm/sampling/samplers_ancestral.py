@@ -39,7 +39,8 @@ def sample_euler_ancestral(model: Denoiser, x: Tensor, sigmas: Tensor, extra_arg
             x_next = denoised
         else:
             d = to_d(x, sigma, denoised)
-            x_next = torch.where(to_zero, denoised, x + d * (sigma_down - sigma) + noise_sampler(sigma, sigma_next) * sigma_up)
+            noise = noise_sampler(sigma, sigma_next)
+            x_next = torch.where(to_zero, denoised, x + d * (sigma_down - sigma) + noise * sigma_up)
         x = keep_finished(x_next, x, sigma_next)
     return x
 
@@ -96,7 +97,8 @@ def sample_dpmpp_2s_ancestral(model: Denoiser, x: Tensor, sigmas: Tensor, extra_
             s = t + h / 2
             x_2 = keep_finished((s.neg().exp() / t.neg().exp()) * x - (-h / 2).expm1() * denoised, x, sigma_next)
             denoised_2 = model(x_2, model_sigma(s.neg().exp(), x, sigma_next), **extra_args)
-            x_next = torch.where(to_zero, x_euler, (t_next.neg().exp() / t.neg().exp()) * x - (-h).expm1() * denoised_2)
+            x_2s = (t_next.neg().exp() / t.neg().exp()) * x - (-h).expm1() * denoised_2
+            x_next = torch.where(to_zero, x_euler, x_2s)
         noised = sigma_next > 0
         if not every_row(~noised):
             x_next = torch.where(noised, x_next + noise_sampler(sigma, sigma_next) * sigma_up, x_next)
