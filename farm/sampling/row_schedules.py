@@ -47,6 +47,8 @@ class SkipFinishedRows:
 
     def __call__(self, x: Tensor, sigma: Tensor, **extra_args) -> Tensor:
         finished = sigma.isnan()
+        # a host sync per model call, in runs with a schedule table only (which rows run
+        # decides the shapes launched next)
         if not bool(finished.any()):
             return self.inner(x, sigma, **extra_args)
         running = tuple((~finished).nonzero().flatten().tolist())
