@@ -16,8 +16,10 @@ JOBS = 6
 
 
 def queue_up(farm, txt2img, seed: int):
-    """Jobs of distinct step counts (so not one batch): some run while others wait."""
-    return farm.submit_many(txt2img, [{"3.steps": 4 + i % 3, "3.seed": seed + i} for i in range(JOBS)])
+    """Jobs of distinct step counts with a sampler that runs one step count per call (lms),
+    so not one batch: some run while others wait."""
+    return farm.submit_many(txt2img, [{"3.steps": 4 + i % 3, "3.seed": seed + i, "3.sampler_name": "lms"}
+                                      for i in range(JOBS)])
 
 
 def wait_running(farm, prompt_ids, timeout_s: float = 120) -> dict[str, str]:

@@ -94,7 +94,8 @@ def test_sigkill_of_farm_serve_mid_queue_then_a_restart_finishes_the_queue(serve
     with httpx.Client(base_url=first.url, timeout=30) as client:
         for i in range(PROMPTS):
             prompt = json.loads(json.dumps(txt2img))
-            prompt["3"]["inputs"].update(seed=1200 + i, steps=2 + i)  # distinct: one job per batch
+            # distinct steps with lms (one step count per call): one job per batch
+            prompt["3"]["inputs"].update(seed=1200 + i, steps=2 + i, sampler_name="lms")
             answer = client.post("/prompt", json={"prompt": prompt})
             assert answer.status_code == 200, answer.text
             accepted.append(answer.json()["prompt_id"])
