@@ -22,8 +22,6 @@ from farm.sampling import (
     sample,
     slice_sigmas,
 )
-from farm.sampling.row_schedules import stack_schedules
-from farm.sampling.samplers import ROW_SCHEDULE_SAMPLERS
 from farm.sampling.control import fill_uncond, rebase
 from farm.sampling.inpaint import MaskedDenoiser, latent_mask
 from farm.sampling.noise import indexed_noise
@@ -33,6 +31,8 @@ from farm.sampling.regions import (
     add_opposite_areas,
     resolve_regions,
 )
+from farm.sampling.row_schedules import stack_schedules
+from farm.sampling.samplers import ROW_SCHEDULE_SAMPLERS
 from farm.sampling.stage import run_sampling
 from farm.sampling.step_cache import StepCache
 from farm.sampling.stop import checked_blocks
@@ -96,7 +96,8 @@ def _run_batch(rc, calls: list[SamplerCall], inputs: list[int]) -> list[Latent]:
     model = first.model
     rows = first.latent.samples.shape[0]  # latent rows per job
     # one schedule, or (jobs of different steps) one per row
-    sigmas = stack_schedules([c.schedule() for c in calls], rows)
+    schedules = [c.schedule() for c in calls]
+    sigmas = stack_schedules(schedules, rows)
     shape = tuple(first.latent.samples.shape)
     seeds = [c.seed for c in calls]
     if not first.add_noise:
@@ -121,8 +122,8 @@ def _run_batch(rc, calls: list[SamplerCall], inputs: list[int]) -> list[Latent]:
 
     # each job hears its own steps: a shorter schedule's job stops hearing once it has ended
     by_steps: dict[int, list[int]] = {}
-    for call, k in zip(calls, inputs):
-        by_steps.setdefault(len(call.schedule()) - 1, []).append(k)
+    for schedule, k in zip(schedules, inputs):
+        by_steps.setdefault(len(schedule) - 1, []).append(k)
 
     def on_step(info) -> None:
         for steps, members in by_steps.items():

@@ -34,7 +34,6 @@ def stack_schedules(schedules: Sequence[Tensor], rows_per_job: int) -> Tensor:
     return table.repeat_interleave(rows_per_job, dim=1)
 
 
-
 class SkipFinishedRows:
     """The denoiser of a run with one schedule per row: rows whose schedule has ended (sigma
     NaN) are left out of the call where the inner denoiser offers `subset(rows)`; otherwise

@@ -44,8 +44,8 @@ def sample(denoiser: CFGDenoiser, latent_image: Tensor, noise: Tensor, sigmas: T
 
     sigmas: one schedule [S+1], or one per row [S+1, B] (farm.sampling.row_schedules) for the
     samplers of ROW_SCHEDULE_SAMPLERS. noise: unit Gaussian shaped like latent_image
-    (initial_noise, or zeros for add_noise disabled). seeds: one per job block of rows, for the noise of ancestral and SDE samplers;
-    or pass noise_sampler directly. Empty sigmas return latent_image unchanged; a single
+    (initial_noise, or zeros for add_noise disabled). seeds: one per job block of rows, for
+    the noise of ancestral and SDE samplers; or pass noise_sampler directly. Empty sigmas return latent_image unchanged; a single
     sigma returns the noised latent (no step runs), as in ComfyUI."""
     sampler = get_sampler(sampler_name)
     if sigmas.numel() == 0:
