@@ -21,11 +21,12 @@ import argparse
 import gc
 import json
 import os
-import platform
 import re
+import signal
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -37,7 +38,8 @@ from farm.models.attention import SDPA, XFORMERS, requested_backend, xformers_pr
 from farm.models.compiled import CompileConfig
 from farm.models.make import make_checkpoint
 from farm.records.paths import FarmPaths
-from farm.worker.nvml import NvmlSampler, gpu_identity, percentile
+from farm.worker.nvml import NvmlSampler, percentile
+from jobs.bench_report import ModeResult, device_label, plot, say, say_mode, summarize
 from jobs.bench_switch import measure_switches
 
 DEFAULT_SIZE = {"sd15": 512, "sdxl": 1024, "tiny-sd15": 64, "tiny-sdxl": 64}
@@ -61,29 +63,6 @@ def workflow(ckpt: str, seed: int, size: int, steps: int, sampler: str) -> dict:
     }
 
 
-@dataclass
-class ModeResult:
-    mode: str  # "raw_b8", "naive", "farm"
-    jobs: int
-    seconds: float
-    images_per_s: float
-    batch: int  # jobs per engine call (the largest, for the farm)
-    nvml_util_mean: float | None  # percent of time a kernel ran
-    nvml_util_p5: float | None
-    nvml_samples: int = 0
-    latency_p50_s: float | None = None  # submit -> result, farm modes
-    latency_p99_s: float | None = None
-    peak_vram_gib: float | None = None  # raw modes: torch's peak allocation in the batch
-    # Farm modes, the steady state: from the first job finished (files written: the pipeline
-    # is full) to the last job handed to a worker (until then a next batch always waits),
-    # seconds since the mode started. The ramp before and the drain after are in the
-    # whole-run figures above.
-    steady_window_s: tuple[float, float] | None = None
-    steady_util_mean: float | None = None
-    steady_util_p5: float | None = None
-    timeline: list[tuple[float, int]] = field(default_factory=list)  # (s, util %), plotted, not printed
-
-
 @dataclass(frozen=True)
 class BenchArgs:
     jobs: int  # farm mode's queue
@@ -100,16 +79,13 @@ class BenchArgs:
     modes: tuple[str, ...]
 
 
+def _label(arch: str, size: int, a: BenchArgs) -> str:
+    return f"{arch} {size}px {a.steps} steps {a.sampler}"
+
+
 def bench_device() -> torch.device:
     """Where raw mode, the switch timings and the attention probe run: the GPU when there is one."""
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
-
-
-def _summary(mode: str, jobs: int, seconds: float, batch: int, nvml: NvmlSampler, **extra) -> ModeResult:
-    util = nvml.summary()
-    return ModeResult(mode, jobs, seconds, jobs / seconds if seconds > 0 else 0.0, batch,
-                      util.mean_util if util else None, util.p5_util if util else None,
-                      util.samples if util else 0, timeline=nvml.timeline(), **extra)
 
 
 def _checkpoints(arch: str, root: Path, count: int) -> list[str]:
@@ -118,7 +94,7 @@ def _checkpoints(arch: str, root: Path, count: int) -> list[str]:
     if not first.exists():
         t = time.perf_counter()
         make_checkpoint(arch, first, seed=0)
-        print(f"made {arch} in {time.perf_counter() - t:.1f} s", flush=True)
+        say(f"made {arch} in {time.perf_counter() - t:.1f} s")
     names = [first.name]
     for i in range(1, count):
         other = folder / f"{arch}-{chr(ord('a') + i)}.safetensors"
@@ -149,7 +125,8 @@ def _run_raw(renderer: LocalRenderer, jobs: list[PlannedJob], batch: int) -> Non
             raise RuntimeError(f"raw batch of {batch} failed: {failed[0]}")
 
 
-def bench_raw(arch: str, root: Path, ckpt: str, size: int, a: BenchArgs) -> tuple[list[ModeResult], dict]:
+def bench_raw(arch: str, root: Path, ckpt: str, size: int, a: BenchArgs,
+              record: Callable[[ModeResult], None]) -> tuple[list[ModeResult], dict]:
     device = bench_device()
     compile_cfg = CompileConfig(enabled=a.compile, backend=a.compile_backend)
     renderer = LocalRenderer(FarmPaths.under(root), device, compile=compile_cfg)
@@ -157,6 +134,7 @@ def bench_raw(arch: str, root: Path, ckpt: str, size: int, a: BenchArgs) -> tupl
     t = time.perf_counter()
     _run_raw(renderer, _planned(renderer, ckpt, range(seed, seed + 1), size, a), 1)
     first_s = time.perf_counter() - t
+    say(f"{arch} raw: first job (load, and compile at batch 1) took {first_s:.1f} s")
     results = []
     for batch in a.buckets:
         seed += 1_000
@@ -172,12 +150,12 @@ def bench_raw(arch: str, root: Path, ckpt: str, size: int, a: BenchArgs) -> tupl
             with nvml:
                 _run_raw(renderer, jobs, batch)
         except torch.cuda.OutOfMemoryError:
-            print(f"{arch} raw batch {batch}: out of memory; larger buckets skipped", flush=True)
+            say(f"{arch} raw batch {batch}: out of memory; larger buckets skipped")
             break
         peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
-        r = _summary(f"raw_b{batch}", count, time.perf_counter() - started, batch, nvml, peak_vram_gib=peak)
+        r = summarize(f"raw_b{batch}", count, time.perf_counter() - started, batch, nvml, peak_vram_gib=peak)
         results.append(r)
-        _print(arch, size, a, r)
+        record(r)
     info = {"first_job_with_load_and_compile_s": round(first_s, 2), "compile": renderer.models.compiler.report(),
             "device_total_gib": torch.cuda.mem_get_info()[1] / 2**30 if device.type == "cuda" else None}
     renderer.models.unload_all()
@@ -213,6 +191,7 @@ def _start_farm(root: Path, tag: str, a: BenchArgs, compile_on: bool, depth: int
                       compile=CompileConfig(enabled=compile_on, backend=a.compile_backend), pipeline_depth=depth,
                       worker_gpus=a.worker_gpus)
     farm.wait_for_workers()
+    say(f"{tag}: the farm is up ({len(farm.status().workers)} worker(s))")
     return farm
 
 
@@ -292,11 +271,12 @@ def _through_farm(farm, prepared: list, nvml: NvmlSampler, one_at_a_time: bool) 
     return time.perf_counter() - started, latencies, results
 
 
-def bench_farm_modes(arch: str, root: Path, names: list[str], size: int, batch: int,
-                     a: BenchArgs) -> tuple[list[ModeResult], dict]:
-    results, info = [], {}
+def bench_farm_modes(names: list[str], size: int, batch: int, a: BenchArgs, root: Path, tag: str,
+                     record: Callable[[ModeResult], None], info: dict) -> None:
+    """Naive and farm modes, each handed to `record` when measured; `info` gets the workers'
+    stats and the farm's warm-up time as they come."""
     if "naive" in a.modes:
-        farm = _start_farm(root, f"{arch}-naive", a, compile_on=False, depth=1, max_batch=1)
+        farm = _start_farm(root, f"{tag}-naive", a, compile_on=False, depth=1, max_batch=1)
         try:
             warm = [farm.prepare(workflow(names[0], 200_000, size, a.steps, a.sampler))]
             _through_farm(farm, warm, NvmlSampler(), one_at_a_time=True)  # loads the checkpoint
@@ -304,14 +284,13 @@ def bench_farm_modes(arch: str, root: Path, names: list[str], size: int, batch: 
                         for i in range(a.naive_jobs)]
             nvml = NvmlSampler(period_s=0.05)
             seconds, lat, _ = _through_farm(farm, prepared, nvml, one_at_a_time=True)
-            results.append(_summary("naive", len(prepared), seconds, 1, nvml, latency_p50_s=percentile(lat, 50),
-                                    latency_p99_s=percentile(lat, 99)))
-            _print(arch, size, a, results[-1])
+            record(summarize("naive", len(prepared), seconds, 1, nvml, latency_p50_s=percentile(lat, 50),
+                             latency_p99_s=percentile(lat, 99)))
             info["naive_workers"] = _worker_stats(farm)
         finally:
             _stop_farm(farm)
     if "farm" in a.modes:
-        farm = _start_farm(root, f"{arch}-farm", a, compile_on=a.compile, depth=2, max_batch=batch)
+        farm = _start_farm(root, f"{tag}-farm", a, compile_on=a.compile, depth=2, max_batch=batch)
         try:
             t = time.perf_counter()
             # warm-up, outside the measurement: every checkpoint loaded once, every bucket's
@@ -320,108 +299,67 @@ def bench_farm_modes(arch: str, root: Path, names: list[str], size: int, batch: 
                     for k, n in enumerate(names) for i in range(batch)]
             _through_farm(farm, warm, NvmlSampler(), one_at_a_time=False)
             info["farm_warmup_s"] = round(time.perf_counter() - t, 2)
+            say(f"farm warm-up ({len(warm)} jobs: every checkpoint loaded, every bucket compiled) took "
+                f"{info['farm_warmup_s']:.1f} s")
             prepared = [farm.prepare(workflow(names[i % len(names)], 310_000 + i, size, a.steps, a.sampler))
                         for i in range(a.jobs)]
             nvml = NvmlSampler(period_s=0.05)
             seconds, lat, done = _through_farm(farm, prepared, nvml, one_at_a_time=False)
-            results.append(_summary("farm", len(prepared), seconds, batch, nvml, latency_p50_s=percentile(lat, 50),
-                                    latency_p99_s=percentile(lat, 99), **_steady(nvml, done)))
-            _print(arch, size, a, results[-1])
+            record(summarize("farm", len(prepared), seconds, batch, nvml, latency_p50_s=percentile(lat, 50),
+                             latency_p99_s=percentile(lat, 99), **_steady(nvml, done)))
             info["farm_workers"] = _worker_stats(farm)
         finally:
             _stop_farm(farm)
-    return results, info
 
 
 # -- the whole bench ---------------------------------------------------------------------------------
-
-def _print(arch: str, size: int, a: BenchArgs, r: ModeResult) -> None:
-    util = (f"NVML mean {r.nvml_util_mean:.0f}% p5 {r.nvml_util_p5:.0f}%" if r.nvml_util_mean is not None
-            else "NVML n/a")
-    lat = f", latency p50 {r.latency_p50_s:.2f} s p99 {r.latency_p99_s:.2f} s" if r.latency_p50_s is not None else ""
-    mem = f", peak {r.peak_vram_gib:.1f} GiB" if r.peak_vram_gib is not None else ""
-    if r.steady_util_mean is not None:
-        util += f" (steady {r.steady_window_s[0]:.1f}-{r.steady_window_s[1]:.1f} s: {r.steady_util_mean:.0f}% " \
-                f"p5 {r.steady_util_p5:.0f}%)"
-    print(f"{arch} {size}px {a.steps} steps {a.sampler}: {r.mode:>8}: {r.images_per_s:.2f} images/s "
-          f"({r.jobs} jobs in {r.seconds:.1f} s, batch {r.batch}), {util}{lat}{mem}", flush=True)
-
 
 def _say_fallbacks(where: str, compile_report: dict) -> None:
     """A compiled UNet or VAE that fell back to eager makes every figure after it an eager
     one: say so on the bench's output, not only in its JSON."""
     for label, entry in compile_report.items():
         if isinstance(entry, dict) and entry.get("fallback"):
-            print(f"warning: {where}: compiled {label} fell back to eager: {entry['fallback']}", flush=True)
+            say(f"warning: {where}: compiled {label} fell back to eager: {entry['fallback']}")
 
 
-def bench_arch(arch: str, root: Path, a: BenchArgs) -> dict:
+def bench_arch(arch: str, root: Path, a: BenchArgs, save: Callable[[dict], None]) -> dict:
+    """Every mode asked for on one architecture. The result is handed to `save` after each
+    mode, so a run stopped by its time limit keeps what it measured."""
     size = DEFAULT_SIZE[arch]
     names = _checkpoints(arch, root, a.checkpoints)
-    modes: list[ModeResult] = []
-    info: dict = {}
-    batch = max(a.buckets)
+    result: dict = {"arch": arch, "size": size, "steps": a.steps, "sampler": a.sampler, "checkpoints": names,
+                    "best_batch": max(a.buckets), "farm_vs_raw_same_batch": None, "modes": [], "farm": {}}
+
+    def record(mode: ModeResult) -> None:
+        say_mode(_label(arch, size, a), mode)
+        result["modes"].append(asdict(mode))
+        by_mode = {m["mode"]: m for m in result["modes"]}
+        raw = by_mode.get(f"raw_b{result['best_batch']}")
+        if "farm" in by_mode and raw:
+            result["farm_vs_raw_same_batch"] = by_mode["farm"]["images_per_s"] / raw["images_per_s"]
+        save(result)
+
     if "raw" in a.modes:
-        raw, info["raw"] = bench_raw(arch, root, names[0], size, a)
-        modes += raw
-        _say_fallbacks("raw", info["raw"]["compile"])
-        batch = best_batch(raw, info["raw"]["device_total_gib"]) if raw else 1
-        print(f"{arch} {size}px: best batch {batch}", flush=True)
-        device = bench_device()
-        info["switch"] = measure_switches(FarmPaths.under(root).models, names, device)
+        raw, result["raw"] = bench_raw(arch, root, names[0], size, a, record)
+        _say_fallbacks("raw", result["raw"]["compile"])
+        result["best_batch"] = best_batch(raw, result["raw"]["device_total_gib"]) if raw else 1
+        say(f"{arch} {size}px: best batch {result['best_batch']}")
+        result["switch"] = measure_switches(FarmPaths.under(root).models, names, bench_device())
         gc.collect()
-        print(f"{arch}: checkpoint switch into device memory, by source: {info['switch']}", flush=True)
-    farm_modes, info["farm"] = bench_farm_modes(arch, root, names, size, batch, a)
-    for worker in info["farm"].get("farm_workers", []):
+        say(f"{arch}: checkpoint switch into device memory, by source: {result['switch']}")
+        save(result)
+    bench_farm_modes(names, size, result["best_batch"], a, root, arch, record, result["farm"])
+    for worker in result["farm"].get("farm_workers", []):
         _say_fallbacks(f"farm {worker.get('worker_id')}", worker.get("compile") or {})
-    modes += farm_modes
-    by_mode = {m.mode: m for m in modes}
-    ratio = None
-    if "farm" in by_mode and f"raw_b{batch}" in by_mode:
-        ratio = by_mode["farm"].images_per_s / by_mode[f"raw_b{batch}"].images_per_s
-    return {"arch": arch, "size": size, "steps": a.steps, "sampler": a.sampler, "checkpoints": names,
-            "best_batch": batch, "farm_vs_raw_same_batch": ratio, "modes": [asdict(m) for m in modes], **info}
+    return result
 
 
-def device_label() -> tuple[str, str | None]:
-    if torch.cuda.is_available():
-        identity = gpu_identity(0)
-        return torch.cuda.get_device_name(0), identity[1] if identity else None
-    return platform.processor() or platform.machine() or "cpu", None
+class BenchStopped(Exception):
+    """SIGTERM (a time limit's `timeout`): stop measuring, keep and plot what was measured."""
 
 
-def plot(report: dict, path: Path) -> Path | None:
-    """Utilisation over time, naive against farm (and the raw batch the farm used), one
-    panel per architecture."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    results = report["results"]
-    fig, axes = plt.subplots(len(results), 1, figsize=(11, 3.2 * len(results)), squeeze=False)
-    for ax, res in zip(axes[:, 0], results):
-        for m in res["modes"]:
-            if m["mode"] in ("naive", "farm") or m["mode"] == f"raw_b{res['best_batch']}":
-                ts = [p[0] for p in m["timeline"]]
-                us = [p[1] for p in m["timeline"]]
-                label = (f"{m['mode']}: {m['images_per_s']:.2f} img/s, mean {m['nvml_util_mean'] or 0:.0f}% "
-                         f"p5 {m['nvml_util_p5'] or 0:.0f}%")
-                ax.plot(ts, us, label=label, linewidth=0.8)
-                if m.get("steady_window_s"):
-                    ax.axvspan(*m["steady_window_s"], color="tab:green", alpha=0.08)
-        ax.set_title(f"{res['arch']} {res['size']}px, {res['steps']} steps {res['sampler']} on {report['device']}"
-                     " (shaded: the farm's steady state)")
-        ax.set_xlabel("seconds since the mode started")
-        ax.set_ylabel("NVML GPU busy %")
-        ax.set_ylim(-2, 102)
-        ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+def _stop(signum: int, _frame) -> None:
+    raise BenchStopped(f"signal {signum}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -461,8 +399,7 @@ def main(argv: list[str] | None = None) -> int:
     # report says whether it would, and why not
     xformers = xformers_problem(bench_device(), torch.float16)
     attention = XFORMERS if requested_backend(None) == XFORMERS and xformers is None else SDPA
-    print(f"attention: {attention}; xformers {'usable here' if xformers is None else 'not usable: ' + xformers}",
-          flush=True)
+    say(f"attention: {attention}; xformers {'usable here' if xformers is None else 'not usable: ' + xformers}")
     report = {"device": device, "gpu_uuid": uuid, "gpus_visible": torch.cuda.device_count(),
               "date": started.isoformat(timespec="seconds"), "torch": torch.__version__,
               "compile": a.compile, "attention": {"backend": attention, "xformers": xformers or "usable"},
@@ -470,10 +407,21 @@ def main(argv: list[str] | None = None) -> int:
     stem = f"bench-{started:%Y%m%d-%H%M}-{re.sub(r'[^A-Za-z0-9]+', '-', device).strip('-').lower()}"
     path = args.json or args.out / f"{stem}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
+
+    def save(result: dict) -> None:
+        if not report["results"] or report["results"][-1] is not result:
+            report["results"].append(result)
+        path.write_text(json.dumps(report, indent=1))  # what is measured survives a later timeout
+
+    status = 0
+    signal.signal(signal.SIGTERM, _stop)
     try:
         for arch in args.arch or ["sd15"]:
-            report["results"].append(bench_arch(arch, args.root, a))
-            path.write_text(json.dumps(report, indent=1))  # what is measured survives a later timeout
+            save(bench_arch(arch, args.root, a, save))
+    except BenchStopped as stopped:
+        say(f"stopped by {stopped} (a time limit?): writing what was measured so far")
+        report["stopped"] = str(stopped)
+        status = 128 + signal.SIGTERM
     finally:
         if "naive" in modes or "farm" in modes:
             import ray
@@ -483,8 +431,8 @@ def main(argv: list[str] | None = None) -> int:
     png = plot(report, path.with_suffix(".png"))
     report["plot"] = png.name if png else None
     path.write_text(json.dumps(report, indent=1))
-    print(f"wrote {path}" + (f" and {png}" if png else ""), flush=True)
-    return 0
+    say(f"wrote {path}" + (f" and {png}" if png else ""))
+    return status
 
 
 if __name__ == "__main__":

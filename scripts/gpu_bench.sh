@@ -21,11 +21,11 @@ fi
 export PYTHONUNBUFFERED=1 RAY_USAGE_STATS_ENABLED=0
 root=/tmp/farm-bench  # full-size checkpoints (GBs) stay on the machine, never in $OUT
 start=$(date +%s)
-[ "$sd15_limit" -gt 0 ] && timeout "$sd15_limit" python3 -m farm bench --arch sd15 --jobs 192 --buckets 1,8,16,32 --root "$root" --out "$out" "$@" \
+[ "$sd15_limit" -gt 0 ] && timeout -k 30 "$sd15_limit" python3 -m farm bench --arch sd15 --jobs 192 --buckets 1,8,16,32 --root "$root" --out "$out" "$@" \
   2>&1 | tee "$out/bench-sd15.log"
 echo "sd15 took $(( $(date +%s) - start )) s" | tee -a "$out/bench-sd15.log"
 start=$(date +%s)
-[ "$sdxl_limit" -gt 0 ] && timeout "$sdxl_limit" python3 -m farm bench --arch sdxl --jobs 48 --checkpoints 2 --naive-jobs 6 --raw-jobs 16 \
+[ "$sdxl_limit" -gt 0 ] && timeout -k 30 "$sdxl_limit" python3 -m farm bench --arch sdxl --jobs 48 --checkpoints 2 --naive-jobs 6 --raw-jobs 16 \
   --buckets 1,4,8 --root "$root" --out "$out" "$@" 2>&1 | tee "$out/bench-sdxl.log"
 echo "sdxl took $(( $(date +%s) - start )) s" | tee -a "$out/bench-sdxl.log"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$out/gpu.txt"

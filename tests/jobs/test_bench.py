@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -66,3 +67,35 @@ def test_bench_refuses_a_bad_mode(tmp_path):
                           cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode != 0 and "'fast' is not one of raw, naive, farm" in proc.stderr
+
+
+def test_bench_stopped_by_sigterm_keeps_what_it_measured(tmp_path):
+    """A device call's time limit ends the bench with SIGTERM (`timeout` in
+    scripts/gpu_bench.sh): the modes measured before it must be in the JSON, not lost."""
+    out = tmp_path / "results"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "farm", "bench", "--arch", "tiny-sd15", "--modes", "raw", "--buckets", "1,2",
+         "--raw-jobs", "24", "--steps", "8", "--no-compile", "--root", str(tmp_path / "bench"), "--out", str(out)],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True)
+    lines = []
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if "raw_b1:" in line:  # the second batch size is being measured now
+                proc.send_signal(signal.SIGTERM)
+                break
+        rest, _ = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    output = "".join(lines) + rest
+    assert proc.returncode == 128 + signal.SIGTERM, output[-3000:]
+    assert "stopped by signal" in output and "Traceback" not in output
+    [report_path] = list(out.glob("bench-*.json"))
+    report = json.loads(report_path.read_text())
+    assert report["stopped"] == f"signal {int(signal.SIGTERM)}"
+    [result] = report["results"]
+    assert [m["mode"] for m in result["modes"]] == ["raw_b1"]
+    assert result["modes"][0]["jobs"] == 24 and result["modes"][0]["images_per_s"] > 0
+    # every line says when it was printed: where a stopped run's time went
+    assert all(line.startswith("[") for line in output.splitlines() if "raw_b1" in line)

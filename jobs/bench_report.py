@@ -1,0 +1,103 @@
+"""What `farm bench` reports: one ModeResult per measured mode, the lines it prints as it
+goes (each stamped with the seconds since the bench started, so a run cut short by its time
+limit still shows where the time went), and the PNG of GPU utilisation over time."""
+from __future__ import annotations
+
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from farm.worker.nvml import NvmlSampler, gpu_identity
+
+_STARTED = time.perf_counter()
+
+
+def say(message: str) -> None:
+    print(f"[{time.perf_counter() - _STARTED:6.1f} s] {message}", flush=True)
+
+
+@dataclass
+class ModeResult:
+    mode: str  # "raw_b8", "naive", "farm"
+    jobs: int
+    seconds: float
+    images_per_s: float
+    batch: int  # jobs per engine call (the largest, for the farm)
+    nvml_util_mean: float | None  # percent of time a kernel ran
+    nvml_util_p5: float | None
+    nvml_samples: int = 0
+    latency_p50_s: float | None = None  # submit -> result, farm modes
+    latency_p99_s: float | None = None
+    peak_vram_gib: float | None = None  # raw modes: torch's peak allocation in the batch
+    # Farm modes, the steady state: from the first job finished (files written: the pipeline
+    # is full) to the last job handed to a worker (until then a next batch always waits),
+    # seconds since the mode started. The ramp before and the drain after are in the
+    # whole-run figures above.
+    steady_window_s: tuple[float, float] | None = None
+    steady_util_mean: float | None = None
+    steady_util_p5: float | None = None
+    timeline: list[tuple[float, int]] = field(default_factory=list)  # (s, util %), plotted, not printed
+
+
+def summarize(mode: str, jobs: int, seconds: float, batch: int, nvml: NvmlSampler, **extra) -> ModeResult:
+    util = nvml.summary()
+    return ModeResult(mode, jobs, seconds, jobs / seconds if seconds > 0 else 0.0, batch,
+                      util.mean_util if util else None, util.p5_util if util else None,
+                      util.samples if util else 0, timeline=nvml.timeline(), **extra)
+
+
+def say_mode(label: str, r: ModeResult) -> None:
+    """One line per measured mode; label: "sd15 512px 20 steps euler"."""
+    util = (f"NVML mean {r.nvml_util_mean:.0f}% p5 {r.nvml_util_p5:.0f}%" if r.nvml_util_mean is not None
+            else "NVML n/a")
+    lat = f", latency p50 {r.latency_p50_s:.2f} s p99 {r.latency_p99_s:.2f} s" if r.latency_p50_s is not None else ""
+    mem = f", peak {r.peak_vram_gib:.1f} GiB" if r.peak_vram_gib is not None else ""
+    if r.steady_util_mean is not None:
+        util += f" (steady {r.steady_window_s[0]:.1f}-{r.steady_window_s[1]:.1f} s: {r.steady_util_mean:.0f}% " \
+                f"p5 {r.steady_util_p5:.0f}%)"
+    say(f"{label}: {r.mode:>8}: {r.images_per_s:.2f} images/s "
+          f"({r.jobs} jobs in {r.seconds:.1f} s, batch {r.batch}), {util}{lat}{mem}")
+
+
+def device_label() -> tuple[str, str | None]:
+    if torch.cuda.is_available():
+        identity = gpu_identity(0)
+        return torch.cuda.get_device_name(0), identity[1] if identity else None
+    return platform.processor() or platform.machine() or "cpu", None
+
+
+def plot(report: dict, path: Path) -> Path | None:
+    """Utilisation over time, naive against farm (and the raw batch the farm used), one
+    panel per architecture."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    results = report["results"]
+    fig, axes = plt.subplots(len(results), 1, figsize=(11, 3.2 * len(results)), squeeze=False)
+    for ax, res in zip(axes[:, 0], results):
+        for m in res["modes"]:
+            if m["mode"] in ("naive", "farm") or m["mode"] == f"raw_b{res['best_batch']}":
+                ts = [p[0] for p in m["timeline"]]
+                us = [p[1] for p in m["timeline"]]
+                label = (f"{m['mode']}: {m['images_per_s']:.2f} img/s, mean {m['nvml_util_mean'] or 0:.0f}% "
+                         f"p5 {m['nvml_util_p5'] or 0:.0f}%")
+                ax.plot(ts, us, label=label, linewidth=0.8)
+                if m.get("steady_window_s"):
+                    ax.axvspan(*m["steady_window_s"], color="tab:green", alpha=0.08)
+        ax.set_title(f"{res['arch']} {res['size']}px, {res['steps']} steps {res['sampler']} on {report['device']}"
+                     " (shaded: the farm's steady state)")
+        ax.set_xlabel("seconds since the mode started")
+        ax.set_ylabel("NVML GPU busy %")
+        ax.set_ylim(-2, 102)
+        ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
