@@ -4,6 +4,7 @@ import json
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,35 @@ def small(workflow):
     workflow["5"]["inputs"].update(width=64, height=64)
     workflow["3"]["inputs"]["steps"] = 2
     return workflow
+
+
+@dataclass
+class CliResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture()
+def farm_here(monkeypatch, capsys):
+    """`farm ARGS` run by farm.cli.main in this process (the installed command's own code
+    path, less a Python start that imports torch: ~5 s per call), for the refusals that end
+    before any farm starts. An exception main() does not turn into a message fails the test."""
+    import os
+
+    from farm.cli import main
+
+    def run(*args, cwd, env=None) -> CliResult:
+        for name in [k for k in os.environ if k.startswith("FARM_")]:
+            monkeypatch.delenv(name)
+        for name, value in (env or {}).items():
+            monkeypatch.setenv(name, value)
+        monkeypatch.chdir(cwd)
+        capsys.readouterr()
+        code = main([str(a) for a in args])
+        out = capsys.readouterr()
+        return CliResult(code, out.out, out.err)
+    return run
 
 
 @pytest.fixture()
@@ -70,7 +100,7 @@ def test_ui_format_runs_like_api_format(tiny_models, tmp_path, write):
     ("bad override", "NODE_ID.INPUT"),
     ("pickle", "pickle"),
 ])
-def test_bad_input_is_a_message_and_exit_2(tiny_models, tmp_path, write, case, expected):
+def test_bad_input_is_a_message_and_exit_2(tiny_models, tmp_path, write, farm_here, case, expected):
     workflow = small(SAMPLE)
     args = []
     models = tiny_models
@@ -90,7 +120,7 @@ def test_bad_input_is_a_message_and_exit_2(tiny_models, tmp_path, write, case, e
         (models / "checkpoints" / "old.ckpt").write_bytes(b"\x80\x04not really a pickle")
         workflow["4"]["inputs"]["ckpt_name"] = "old.ckpt"
     path = write("{ not json" if case == "not json" else workflow)
-    result = farm("run", path, "--models", models, "--output", tmp_path / "out", *args, cwd=tmp_path)  # no --local:
+    result = farm_here("run", path, "--models", models, "--output", tmp_path / "out", *args, cwd=tmp_path)  # no --local:
     # validation answers before a farm starts
     assert result.returncode == 2
     assert expected in result.stderr
@@ -131,8 +161,8 @@ def farm_command(*args, cwd, env=None, timeout=300):
     (["--set", "3.steps=201"], {}, "bigger than max of 200"),  # the one default of API, CLI and server
     ([], {"FARM_MAX_STEPS": "many"}, "max_steps"),
 ])
-def test_caps_on_the_cli_are_one_line_and_exit_2(tiny_models, tmp_path, write, args, env, expected):
-    result = farm_command("run", write(small(SAMPLE)), "--models", tiny_models, "--output", tmp_path / "out",
+def test_caps_on_the_cli_are_one_line_and_exit_2(tiny_models, tmp_path, write, farm_here, args, env, expected):
+    result = farm_here("run", write(small(SAMPLE)), "--models", tiny_models, "--output", tmp_path / "out",
                           *args, cwd=tmp_path, env=env)
     assert result.returncode == 2, result.stderr
     assert expected in result.stderr
