@@ -9,11 +9,14 @@ marked dynamic, so inductor compiles one graph per latent size for every bucket 
 is the expensive part: a minute or more per graph on a GPU), and the FX graph cache on disk
 lets a restarted worker skip most of it.
 
+One compiled module per architecture: checkpoints of one layout run on a shared stage fed
+their weights (farm.models.compiled_stage), so a second checkpoint costs a weight copy, not
+another dynamo trace and another set of CUDA graphs.
+
 Warm shapes: a worker can compile (architecture, jobs per batch, latent size) shapes when it
-starts, before it takes a job, on a UNet of that architecture with random weights. Inductor's
-caches (the FX graph cache on disk, the kernels in the process) are keyed by the graph, not
-the weights, so a checkpoint of that architecture loaded later skips the code generation
-that makes a first call take a minute on a GPU; dynamo's trace of its own module remains.
+starts, before it takes a job, on a UNet of that architecture with random weights; that UNet
+becomes the architecture's stage, so the first job of any checkpoint of it finds the graphs
+compiled and recorded.
 
 Rows of the UNet are independent (GroupNorm and attention work per sample), so a padded row
 changes no real row: the compiled output equals eager within float tolerance (the test in
@@ -34,6 +37,8 @@ import torch
 
 from farm.errors import ConfigError
 from farm.models.arch import ARCH_FAMILY
+
+from farm.models.compiled_stage import StagedRunner, WeightStage, layout_key, module_bytes, stage_of
 
 if TYPE_CHECKING:
     from farm.models.compiled_vae import CompiledDecoder
@@ -219,15 +224,17 @@ def _pad(t: torch.Tensor, rows: int) -> torch.Tensor:
 
 
 class UNetCompiler:
-    """One per worker (or local renderer): hands out the compiled runner of each loaded UNet,
-    made on first use and dropped with the UNet."""
+    """One per worker (or local renderer): hands out the compiled runner of each loaded UNet.
+    UNets of one layout share a stage (farm.models.compiled_stage): compiled once, fed the
+    batch's checkpoint weights. `set_aside(nbytes)` is told each new stage's size, so the
+    checkpoints' device budget shrinks by it."""
 
-    def __init__(self, config: CompileConfig, device: torch.device, state_dir: Path | None = None):
+    def __init__(self, config: CompileConfig, device: torch.device, state_dir: Path | None = None,
+                 set_aside: Callable[[int], None] | None = None):
         self.config, self.device = config, device
         self.enabled = config.active(device)
-        # Runners live on their UNet (a plain attribute, not a submodule), so a checkpoint that
-        # leaves memory takes its compiled graphs with it; this set only lists them.
-        self._runners: "weakref.WeakSet[CompiledUNet]" = weakref.WeakSet()
+        self._set_aside = set_aside
+        self._stages: dict[str, WeightStage] = {}  # layout_key -> its stage, for the worker's life
         self._decoders: "weakref.WeakSet[CompiledDecoder]" = weakref.WeakSet()
         self._lock = threading.Lock()
         self.warmed: dict[str, float] = {}  # "arch jobs x h x w" -> seconds its warm-up took
@@ -236,16 +243,30 @@ class UNetCompiler:
             if cache is not None:
                 self.cache_dir = configure_inductor_cache(cache)
 
-    def runner(self, unet: torch.nn.Module, label: str = "") -> Callable[..., Any] | None:
-        """The compiled runner of this UNet, or None when compiling is off."""
+    def _compiled(self, label: str) -> Callable[[torch.nn.Module], CompiledUNet]:
+        return lambda module: CompiledUNet(module, self.config, self.device, label)
+
+    def _set_aside_for(self, unet: torch.nn.Module) -> None:
+        """Before a stage of `unet`'s size is allocated: the checkpoints' budget gives way."""
+        if self._set_aside is not None:
+            self._set_aside(module_bytes(unet))
+
+    def runner(self, unet: torch.nn.Module, label: str = "", layout: str = "unet") -> Callable[..., Any] | None:
+        """The compiled runner of this UNet, or None when compiling is off. `label` names the
+        checkpoint, `layout` its architecture (the stage's name in reports)."""
         if not self.enabled:
             return None
         with self._lock:
             found = unet.__dict__.get(_ATTR)
             if found is None:
-                found = CompiledUNet(unet, self.config, self.device, label)
+                key = layout_key(unet)
+                stage = self._stages.get(key)
+                if stage is None:
+                    self._set_aside_for(unet)
+                    stage = self._stages[key] = stage_of(unet, self._compiled(f"unet:{layout}"), f"unet:{layout}")
+                stage.users.add(label)
+                found = StagedRunner(stage, unet)
                 object.__setattr__(unet, _ATTR, found)  # bypass nn.Module: not a child module
-                self._runners.add(found)
             return found
 
     def decoder(self, vae: torch.nn.Module, label: str = "") -> "CompiledDecoder | None":
@@ -270,7 +291,15 @@ class UNetCompiler:
             return {}
         for arch in dict.fromkeys(shape[0] for shape in self.config.warm_shapes):
             unet = _random_unet(arch, self.device, dtype)
-            runner = CompiledUNet(unet, self.config, self.device, f"warm:{arch}")
+            key = layout_key(unet)
+            with self._lock:
+                stage = self._stages.get(key)
+                if stage is None:  # the random UNet is the stage: checkpoints of its layout reuse it
+                    self._set_aside_for(unet)
+                    label = f"unet:{ARCH_FAMILY[arch].value}"
+                    stage = self._stages[key] = WeightStage(unet, self._compiled(label), label)
+            runner = stage.runner
+            unet = stage.unet
             for _, jobs, height, width in (s for s in self.config.warm_shapes if s[0] == arch):
                 key = f"{arch} {jobs}x{height}x{width}"
                 started = time.perf_counter()
@@ -286,21 +315,23 @@ class UNetCompiler:
                 with self._lock:
                     self.warmed[key] = time.perf_counter() - started
             del runner, unet
-            if self.device.type == "cuda":
-                torch.cuda.empty_cache()  # the random weights' memory goes back to the checkpoints
         log.info("warmed compiled UNet shapes in %.1f s: %s", sum(self.warmed.values()), self.warmed)
         return dict(self.warmed)
 
     def report(self) -> dict[str, Any]:
-        """For the bench and /workers: compile seconds and shapes per checkpoint."""
+        """For the bench and /workers: compile seconds and shapes per stage (with the
+        checkpoints it ran and its weight copies), compile seconds per VAE decoder."""
         with self._lock:
-            runners, decoders = list(self._runners), list(self._decoders)
-        report: dict[str, Any] = {
-            r.label or str(i): {"compile_s": round(r.stats.compile_s, 2), "fallback": r.stats.fallback,
+            stages, decoders = list(self._stages.values()), list(self._decoders)
+        report: dict[str, Any] = {}
+        for st in stages:
+            r = st.runner
+            report[st.label] = {"compile_s": round(r.stats.compile_s, 2), "fallback": r.stats.fallback,
                                 "rows": r.stats.rows, "padded_rows": r.stats.padded_rows,
                                 "shapes": {k: {"first_call_s": round(s.first_call_s, 2), "calls": s.calls}
-                                           for k, s in r.stats.shapes.items()}}
-            for i, r in enumerate(runners)}
+                                           for k, s in r.stats.shapes.items()},
+                                "checkpoints": sorted(st.users), "weight_copies": st.copies,
+                                "weight_copy_s": round(st.copy_s, 4), "stage_gib": round(st.nbytes / 2**30, 2)}
         for i, d in enumerate(decoders):
             report[f"vae:{d.label or i}"] = {"compile_s": round(d.first_call_s, 2), "fallback": d.fallback,
                                              "calls": d.calls}

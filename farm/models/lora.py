@@ -23,6 +23,7 @@ import torch
 from safetensors import safe_open
 
 from farm.errors import CheckpointError
+from farm.models.compiled_stage import weights_changed
 from farm.models.store import SAFE_EXTENSIONS
 
 
@@ -182,8 +183,12 @@ def patched(roots: Mapping[str, torch.nn.Module], loras: Sequence[BoundLora]) ->
                     low_rank.add_to(total, strength)
                 if total is not weight:
                     weight.copy_(total)
+        for root in {root for root, _ in by_weight}:
+            weights_changed(roots[root])  # a compiled stage holding these weights copies again
         yield len(saved)
     finally:
         with torch.no_grad():
             for weight, original in saved:
                 weight.copy_(original)
+        for root in {root for root, _ in by_weight}:
+            weights_changed(roots[root])

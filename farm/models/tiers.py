@@ -204,6 +204,17 @@ class TieredModelProvider:
             self._reconcile()
             return self._loaded[name].checkpoint
 
+    def set_aside(self, nbytes: int) -> None:
+        """Device memory taken for good by something other than checkpoints (a compiled
+        UNet's stage): the checkpoints' device budget shrinks by it, and what no longer fits
+        leaves the device now, before the new allocation needs the room."""
+        with self._lock:
+            evicted = self.residency.set_aside(Tier.GPU, nbytes, keep=frozenset(self._kept))
+            self.evictions.update(Tier.GPU.value for _ in evicted)
+            self._reconcile()
+        if self._cuda and evicted:
+            torch.cuda.empty_cache()
+
     def keep(self, names: set[str]) -> None:
         """Bring every checkpoint the next batch needs and keep it on the device until
         `release`, even where the accounting would move it (a batch using more models than

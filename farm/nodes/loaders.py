@@ -42,7 +42,7 @@ class CheckpointLoaderSimple(Node):
         loaded = rc.models.checkpoint(ckpt_name)
         family = loaded.arch.arch
         compiler = getattr(rc.models, "compiler", None)  # farm.models.compiled.UNetCompiler, if any
-        runner = compiler.runner(loaded.unet, ckpt_name) if compiler is not None else None
+        runner = compiler.runner(loaded.unet, ckpt_name, family.value) if compiler is not None else None
         model = DiffusionModel(loaded.unet, DiscreteSchedule.sd(), loaded.latent_scale_factor,
                                needs_time_ids=family is not Arch.SD15, checkpoint_name=ckpt_name, runner=runner,
                                aesthetic_ids=family is Arch.SDXL_REFINER)

@@ -195,16 +195,26 @@ class _TierCache:
         taking entries outside `keep` first."""
         evicted: list[str] = []
         if checkpoint not in self.sizes:
-            while self.sizes and self.used_bytes + size_bytes > self.budget_bytes:
-                order = self.eviction_order()
-                victim = next((c for c in order if c not in keep), order[0])
-                self.inflation = self.credit.pop(victim)
-                del self.sizes[victim], self.used[victim]
-                evicted.append(victim)
+            evicted = self.evict_to_fit(size_bytes, keep, spare_kept=False)
             self.sizes[checkpoint] = size_bytes
         self.credit[checkpoint] = self.inflation + reload_s / max(size_bytes / GB, 1e-9)
         self.uses += 1
         self.used[checkpoint] = self.uses
+        return evicted
+
+    def evict_to_fit(self, extra_bytes: int, keep: frozenset[str], spare_kept: bool) -> list[str]:
+        """Evict until `extra_bytes` more fit the budget, least valuable first, entries
+        outside `keep` before those in it; with `spare_kept`, never those in it (then it may
+        stay over budget). Returns the evicted."""
+        evicted: list[str] = []
+        while self.sizes and self.used_bytes + extra_bytes > self.budget_bytes:
+            order = self.eviction_order()
+            victim = next((c for c in order if c not in keep), None if spare_kept else order[0])
+            if victim is None:
+                break
+            self.inflation = self.credit.pop(victim)
+            del self.sizes[victim], self.used[victim]
+            evicted.append(victim)
         return evicted
 
 
@@ -244,6 +254,14 @@ class Residency:
                 below = tier
         return LoadOutcome(source=source, evicted=tuple(
             Eviction(c, tier) for tier in CACHED_TIERS for c in evicted.get(tier, ())))
+
+    def set_aside(self, tier: Tier, nbytes: int, keep: frozenset[str] = frozenset()) -> list[str]:
+        """`nbytes` of the tier go to something else for good (a compiled UNet's stage):
+        its budget shrinks, and what no longer fits leaves now, outside `keep` first.
+        Returns the checkpoints evicted."""
+        cache = self._tiers[tier]
+        cache.budget_bytes = max(0, cache.budget_bytes - nbytes)
+        return cache.evict_to_fit(0, keep, spare_kept=True)  # what the running batch uses stays
 
     def forget(self, checkpoint: str) -> None:
         """`checkpoint` is held nowhere (its load failed): no tier may claim it."""

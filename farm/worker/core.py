@@ -94,7 +94,8 @@ class WorkerCore:
         residency = Residency(budgets.vram_bytes, budgets.pinned_bytes, budgets.disk_bytes)
         self.models = TieredModelProvider(ModelFolders.for_paths(paths), device, dtype, residency,
                                           local_dir=tiers.local_dir)
-        self.models.compiler = UNetCompiler(compile, device, paths.temp.parent / "state")
+        self.models.compiler = UNetCompiler(compile, device, paths.temp.parent / "state",
+                                            set_aside=self.models.set_aside)
         self._loads_seen = 0
         self.engine = Engine(self.registry, self.node_ctx, self.models, images, device, dtype)
         # a checkpoint that left memory must not stay reachable through cached node outputs

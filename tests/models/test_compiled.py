@@ -61,9 +61,14 @@ def test_compiled_latents_equal_eager(tiny_checkpoints, tmp_path):
     warmed = compiler.warm(torch.float32)
     print(f"warm-up {time.perf_counter() - started:.1f} s: {warmed}")
     assert set(warmed) == {"tiny-sd15 1x8x8", "tiny-sd15 3x8x8"} and all(s > 0 for s in warmed.values())
-    assert compiler.report() == {}  # the random-weight UNet is gone: no checkpoint's runner
-    runner = compiler.runner(ck.unet, "tiny")
-    assert compiler.runner(ck.unet, "tiny") is runner  # one per UNet, made once
+    # the random-weight UNet is the stage of its layout: compiled, used by no checkpoint yet
+    [(label, entry)] = compiler.report().items()
+    assert label == "unet:sd15" and entry["checkpoints"] == [] and entry["weight_copies"] == 0
+    runner = compiler.runner(ck.unet, "tiny", "sd15")
+    assert compiler.runner(ck.unet, "tiny", "sd15") is runner  # one per UNet, made once
+    stats = runner.stage.runner.stats
+    warmed_shapes = {k: dataclasses.replace(v) for k, v in stats.shapes.items()}
+    padded_before = stats.padded_rows
     compiled = dataclasses.replace(eager, runner=runner)
     dim = ck.unet.config.cross_attention_dim
 
@@ -76,22 +81,76 @@ def test_compiled_latents_equal_eager(tiny_checkpoints, tmp_path):
             torch.testing.assert_close(g.samples, w.samples, rtol=LATENT_TOL, atol=LATENT_TOL)
     print(f"compiled tiny UNet and sampled in {time.perf_counter() - started:.1f} s")
 
-    stats = runner.stats
     assert stats.fallback is None, stats.fallback  # it really ran compiled
-    assert stats.padded_rows == 3 * 2  # three steps of 2 padding rows (6 -> 8)
-    assert set(stats.shapes) == {"2x4x8x8 ctx77", "8x4x8x8 ctx77"}
-    assert all(s.calls == 3 for s in stats.shapes.values())
-    report = compiler.report()["tiny"]
-    assert report["compile_s"] > 0 and report["padded_rows"] == 6
+    assert stats.padded_rows - padded_before == 3 * 2  # three steps of 2 padding rows (6 -> 8)
+    # the warm-up's shapes, nothing new, and each first call (the compile) was the warm-up's
+    assert set(stats.shapes) == set(warmed_shapes) == {"2x4x8x8 ctx77", "8x4x8x8 ctx77"}
+    for key, shape in stats.shapes.items():
+        assert shape.calls == warmed_shapes[key].calls + 3
+        assert shape.first_call_s == warmed_shapes[key].first_call_s
+    report = compiler.report()["unet:sd15"]
+    assert report["compile_s"] > 0 and report["checkpoints"] == ["tiny"]
+    assert report["weight_copies"] == 1  # the checkpoint's weights replaced the random ones, once
+
+
+def test_checkpoints_of_one_layout_share_one_compiled_stage(tiny_checkpoints, tmp_path):
+    """Two checkpoints of one architecture (other weights), in turns: one stage, compiled
+    once; each call runs on its own checkpoint's weights, copied in at each switch, and
+    again after its weights change in place (what a LoRA does)."""
+    from farm.models.compiled_stage import weights_changed
+    from farm.models.make import make_checkpoint
+
+    other = tmp_path / "other.safetensors"
+    make_checkpoint("tiny-sd15", other, seed=8)
+    a = load_checkpoint(tiny_checkpoints["tiny-sd15"].single_file, CPU, torch.float32)
+    b = load_checkpoint(other, CPU, torch.float32)
+    aside: list[int] = []
+    compiler = UNetCompiler(CompileConfig(enabled=True, backend="aot_eager", cache_dir=tmp_path / "inductor"), CPU,
+                            set_aside=aside.append)
+    run_a, run_b = compiler.runner(a.unet, "a", "sd15"), compiler.runner(b.unet, "b", "sd15")
+    assert run_a.stage is run_b.stage
+    stage = run_a.stage
+    assert stage.unet is not a.unet and stage.unet is not b.unet  # the checkpoints' own stay untouched
+    assert aside == [stage.nbytes] and stage.nbytes == sum(p.numel() * 4 for p in a.unet.parameters()) + sum(
+        t.numel() * t.element_size() for t in a.unet.buffers())
+
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(2, 4, 8, 8, generator=g)
+    t = torch.full((2,), 500.0)
+    embeds = torch.randn(2, 77, a.unet.config.cross_attention_dim, generator=g)
+
+    def eager(ck) -> torch.Tensor:
+        return ck.unet(x, t, encoder_hidden_states=embeds, return_dict=False)[0]
+
+    with torch.inference_mode():
+        want_a, want_b = eager(a), eager(b)
+        assert (want_a - want_b).abs().max() > 1e-2  # other weights, other outputs
+        for runner, want in ((run_a, want_a), (run_b, want_b), (run_a, want_a), (run_a, want_a)):
+            torch.testing.assert_close(runner(x, t, embeds, None), want, rtol=LATENT_TOL, atol=LATENT_TOL)
+    assert stage.copies == 2  # a was its first copy: b, then a again; a twice in a row copies once
+    with torch.no_grad():
+        a.unet.conv_in.weight.mul_(2.0)
+    weights_changed(a.unet)
+    with torch.inference_mode():
+        torch.testing.assert_close(run_a(x, t, embeds, None), eager(a), rtol=LATENT_TOL, atol=LATENT_TOL)
+    assert stage.copies == 3
+    report = compiler.report()["unet:sd15"]
+    assert report["checkpoints"] == ["a", "b"] and report["weight_copies"] == 3
+    assert list(report["shapes"]) == ["2x4x8x8 ctx77"]  # one graph for both checkpoints
+    assert stage.runner.stats.fallback is None
 
 
 def test_compiled_runner_falls_back_to_eager_on_a_compiler_fault():
     class Unet(torch.nn.Module):  # a forward dynamo cannot trace into with this backend
+        def __init__(self):
+            super().__init__()
+            self.scale = torch.nn.Parameter(torch.ones(1))
+
         def forward(self, x, t, encoder_hidden_states=None, added_cond_kwargs=None, return_dict=False):
             return (x * 2,)
 
     compiler = UNetCompiler(CompileConfig(enabled=True, backend="no-such-backend"), CPU)
-    with pytest.raises(Exception):
+    with pytest.raises(Exception, match="no-such-backend"):
         compiler.runner(Unet(), "bad")  # torch.compile itself names the unknown backend
 
 

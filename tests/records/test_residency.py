@@ -96,3 +96,18 @@ def test_a_checkpoint_larger_than_vram_is_refused():
     res = Residency(gpu_bytes=4 * GB, pinned_bytes=100 * GB, disk_bytes=100 * GB)
     with pytest.raises(CheckpointError, match="VRAM budget"):
         res.load("big", SDXL)
+
+
+def test_memory_set_aside_shrinks_the_budget_and_evicts_what_no_longer_fits():
+    """A compiled UNet's stage takes device memory for good (farm.models.compiled_stage)."""
+    res = Residency(gpu_bytes=3 * SD15, pinned_bytes=100 * GB, disk_bytes=100 * GB)
+    for name in ("a", "b", "c"):
+        res.load(name, SD15)
+    res.load("a", SD15)  # b is now the oldest
+    assert res.set_aside(Tier.GPU, SD15, keep=frozenset({"b"})) == ["c"]  # b is kept: the next oldest goes
+    assert res.report().gpu == frozenset({"a", "b"}) and res.report().gpu_free_bytes == 0
+    assert res.source("c") is Tier.PINNED
+    # nothing but kept checkpoints left: they stay, over budget, until their batch ends
+    assert res.set_aside(Tier.GPU, SD15, keep=frozenset({"a", "b"})) == []
+    assert res.report().gpu == frozenset({"a", "b"})
+    assert [e.checkpoint for e in res.load("d", SD15).evicted if e.tier is Tier.GPU] == ["b", "a"]
