@@ -190,6 +190,9 @@ def _start_farm(root: Path, tag: str, a: BenchArgs, compile_on: bool, depth: int
     farm = Farm.local(root / "models", root / "output", num_gpus=a.gpus, db=db, root=root, max_batch=max_batch,
                       compile=CompileConfig(enabled=compile_on, backend=a.compile_backend), pipeline_depth=depth,
                       worker_gpus=a.worker_gpus)
+    # ray.init installs its own SIGTERM handler in this process (it logs a stack and dies):
+    # ours again, so that a time limit still keeps and plots what was measured
+    signal.signal(signal.SIGTERM, _stop)
     farm.wait_for_workers()
     say(f"{tag}: the farm is up ({len(farm.status().workers)} worker(s))")
     return farm

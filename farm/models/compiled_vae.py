@@ -6,7 +6,7 @@ inductor's default mode, without CUDA graphs: a decode is a few large kernels, s
 overhead is small, and it runs on the worker's decode threads, where graph trees' per-thread
 state would need care (see compiled.adopt_cuda_graph_state). The batch dimension is dynamic:
 one graph per latent size
-(a single image is decoded beside a copy of itself: rows are independent).
+(on the CPU a single image is decoded beside a copy of itself: rows are independent).
 
 A compiled decode runs as one graph, so an interrupt is honoured before and after it, not
 between the decoder's blocks as in eager mode. A compiler fault logs one warning and the
@@ -40,7 +40,8 @@ class CompiledDecoder:
         if self.fallback is not None:
             return self._decode(latents)
         rows = latents.shape[0]
-        if rows == 1:  # a one-row graph failed a layout check in GroupNorm (torch 2.13, CPU): two rows
+        if rows == 1 and latents.device.type == "cpu":  # a one-row graph failed a layout check in GroupNorm
+            # (torch 2.13, CPU): two rows there; on a GPU that would double the decode's work
             latents = torch.cat([latents, latents])
         torch._dynamo.maybe_mark_dynamic(latents, 0)
         with self._lock:

@@ -16,12 +16,17 @@ def cpu_renderer(models: Path, out: Path) -> LocalRenderer:
     return LocalRenderer(FarmPaths(models, out / "output", out / "input", out / "temp"), device=torch.device("cpu"))
 
 
+def _tensor(value) -> torch.Tensor:
+    return getattr(value, "samples", value)  # a LATENT's latents; an IMAGE is a tensor already
+
+
 def sampled(renderer: LocalRenderer, wf: dict, node: str = "3") -> torch.Tensor:
-    """Render `wf` and return the latents its sampler node (KSampler "3") produced."""
+    """Render `wf` and return the latents its sampler node (KSampler "3") produced, or
+    the first output of another `node` (the images of a VAEDecode)."""
     prepared = renderer.prepare(wf)
     outcome = renderer.run(prepared)
     assert outcome.ok, outcome.error
-    return renderer.engine.cache.get(prepared.plan.signatures[node])[0].samples
+    return _tensor(renderer.engine.cache.get(prepared.plan.signatures[node])[0])
 
 
 def batched_and_alone(renderer: LocalRenderer, wfs: list[dict],
@@ -33,7 +38,7 @@ def batched_and_alone(renderer: LocalRenderer, wfs: list[dict],
     prepared = [renderer.prepare(wf) for wf in wfs]
     outcomes = renderer.engine.run_batch([PlannedJob(JobContext(p.prompt_id, p.prompt), p.plan) for p in prepared])
     assert all(o.ok for o in outcomes), [o.error for o in outcomes]
-    return [(renderer.engine.cache.get(p.plan.signatures[node])[0].samples, expected)
+    return [(_tensor(renderer.engine.cache.get(p.plan.signatures[node])[0]), expected)
             for p, expected in zip(prepared, alone)]
 
 
