@@ -97,3 +97,27 @@ def test_unknown_and_pickle_lora_names_are_refused_at_validation(renderer, tiny_
             renderer.prepare(workflow("old.pt"))
     finally:
         (tiny_loras / "loras" / "old.pt").unlink()
+
+
+def test_with_a_compiled_unet_a_lora_job_runs_on_the_patched_weights(tiny_loras, tmp_path, renderer):
+    """The compiled UNet is a stage with weights of its own (farm.models.compiled_stage); a
+    LoRA patches the checkpoint's weights in place, so the stage must copy them again when
+    the LoRA is applied and again when it is removed. Compared with the eager renderer."""
+    from farm.engine.local import LocalRenderer
+    from farm.models.compiled import CompileConfig
+    from farm.records.paths import FarmPaths
+
+    compiled = LocalRenderer(FarmPaths(tiny_loras, tmp_path / "output", tmp_path / "input", tmp_path / "temp"),
+                             device=torch.device("cpu"),
+                             compile=CompileConfig(enabled=True, backend="aot_eager", cache_dir=tmp_path / "inductor"))
+    try:
+        for wf in (workflow(), workflow(KOHYA), workflow(), workflow(KOHYA, strength=0.5)):
+            renderer.engine.cache.clear()
+            compiled.engine.cache.clear()
+            torch.testing.assert_close(sampled(compiled, wf), sampled(renderer, wf), rtol=2e-3, atol=2e-3)
+        [stage] = [v for k, v in compiled.models.compiler.report().items() if k.startswith("unet:")]
+        assert stage["fallback"] is None and stage["checkpoints"] == ["tiny-sd15.safetensors"]
+        # the first job's weights came with the stage; then LoRA in, out, in at 0.5 (and out)
+        assert stage["weight_copies"] == 3
+    finally:
+        compiled.close()
