@@ -103,10 +103,15 @@ def throughput_from_bench(report: Mapping) -> dict[Shape, dict[int, float]]:
     return tables
 
 
-def throughput_from_files(paths: Iterable[Path]) -> dict[Shape, dict[int, float]]:
-    """Tables from several bench reports; a later file's figure for the same point wins."""
+def throughput_from_files(paths: Iterable[Path], device: str | None = None) -> dict[Shape, dict[int, float]]:
+    """Tables from several bench reports; a later file's figure for the same point wins.
+    `device` keeps only reports of GPUs whose name contains it ("H100"): a knee measured on
+    one GPU model says little about another's."""
     tables: dict[Shape, dict[int, float]] = {}
     for path in paths:
-        for shape, table in throughput_from_bench(json.loads(Path(path).read_text())).items():
+        report = json.loads(Path(path).read_text())
+        if device is not None and device.lower() not in str(report.get("device", "")).lower():
+            continue
+        for shape, table in throughput_from_bench(report).items():
             tables.setdefault(shape, {}).update(table)
     return tables
