@@ -22,8 +22,8 @@ import gc
 import json
 import os
 import re
-import signal
 import shutil
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass

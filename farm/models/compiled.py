@@ -37,7 +37,6 @@ import torch
 
 from farm.errors import ConfigError
 from farm.models.arch import ARCH_FAMILY
-
 from farm.models.compiled_stage import StagedRunner, WeightStage, layout_key, module_bytes, stage_of
 
 if TYPE_CHECKING:
