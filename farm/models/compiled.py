@@ -27,20 +27,16 @@ import logging
 import os
 import threading
 import time
-import weakref
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import torch
 
 from farm.errors import ConfigError
 from farm.models.arch import ARCH_FAMILY
 from farm.models.compiled_stage import StagedRunner, WeightStage, layout_key, module_bytes, stage_of
-
-if TYPE_CHECKING:
-    from farm.models.compiled_vae import CompiledDecoder
 
 log = logging.getLogger(__name__)
 
@@ -234,7 +230,6 @@ class UNetCompiler:
         self.enabled = config.active(device)
         self._set_aside = set_aside
         self._stages: dict[str, WeightStage] = {}  # layout_key -> its stage, for the worker's life
-        self._decoders: "weakref.WeakSet[CompiledDecoder]" = weakref.WeakSet()
         self._lock = threading.Lock()
         self.warmed: dict[str, float] = {}  # "arch jobs x h x w" -> seconds its warm-up took
         if self.enabled:
@@ -242,7 +237,7 @@ class UNetCompiler:
             if cache is not None:
                 self.cache_dir = configure_inductor_cache(cache)
 
-    def _compiled(self, label: str) -> Callable[[torch.nn.Module], CompiledUNet]:
+    def _compiled(self, label: str) -> Callable[[torch.nn.Module], "CompiledUNet"]:
         return lambda module: CompiledUNet(module, self.config, self.device, label)
 
     def _set_aside_for(self, unet: torch.nn.Module) -> None:
@@ -252,34 +247,34 @@ class UNetCompiler:
 
     def runner(self, unet: torch.nn.Module, label: str = "", layout: str = "unet") -> Callable[..., Any] | None:
         """The compiled runner of this UNet, or None when compiling is off. `label` names the
-        checkpoint, `layout` its architecture (the stage's name in reports)."""
+        checkpoint, `layout` its architecture (the stage is "unet:<layout>" in reports)."""
         if not self.enabled:
             return None
-        with self._lock:
-            found = unet.__dict__.get(_ATTR)
-            if found is None:
-                key = layout_key(unet)
-                stage = self._stages.get(key)
-                if stage is None:
-                    self._set_aside_for(unet)
-                    stage = self._stages[key] = stage_of(unet, self._compiled(f"unet:{layout}"), f"unet:{layout}")
-                stage.users.add(label)
-                found = StagedRunner(stage, unet)
-                object.__setattr__(unet, _ATTR, found)  # bypass nn.Module: not a child module
-            return found
+        return self._staged(unet, label, f"unet:{layout}", self._compiled)
 
-    def decoder(self, vae: torch.nn.Module, label: str = "") -> "CompiledDecoder | None":
-        """The compiled decode of this VAE, or None when compiling (or its VAE lever) is off."""
+    def decoder(self, vae: torch.nn.Module, label: str = "", layout: str = "vae") -> Callable[..., Any] | None:
+        """The compiled decode of this VAE (latents -> pixels), or None when compiling (or its
+        VAE lever) is off. VAEs of one layout share a stage too ("vae:<layout>")."""
         if not self.enabled or not self.config.vae:
             return None
         from farm.models.compiled_vae import CompiledDecoder
 
+        return self._staged(vae, label, f"vae:{layout}",
+                            lambda name: lambda module: CompiledDecoder(module, self.config, name))
+
+    def _staged(self, module: torch.nn.Module, label: str, stage_label: str, compiled) -> StagedRunner:
+        """The runner of `module` on its layout's stage, made (and the stage with it) on first use."""
         with self._lock:
-            found = vae.__dict__.get(_ATTR)
+            found = module.__dict__.get(_ATTR)
             if found is None:
-                found = CompiledDecoder(vae, self.config, label)
-                object.__setattr__(vae, _ATTR, found)
-                self._decoders.add(found)
+                key = f"{stage_label.split(':')[0]} {layout_key(module)}"
+                stage = self._stages.get(key)
+                if stage is None:
+                    self._set_aside_for(module)
+                    stage = self._stages[key] = stage_of(module, compiled(stage_label), stage_label)
+                stage.users.add(label)
+                found = StagedRunner(stage, module)
+                object.__setattr__(module, _ATTR, found)  # bypass nn.Module: not a child module
             return found
 
     def warm(self, dtype: torch.dtype) -> dict[str, float]:
@@ -290,7 +285,7 @@ class UNetCompiler:
             return {}
         for arch in dict.fromkeys(shape[0] for shape in self.config.warm_shapes):
             unet = _random_unet(arch, self.device, dtype)
-            key = layout_key(unet)
+            key = f"unet {layout_key(unet)}"
             with self._lock:
                 stage = self._stages.get(key)
                 if stage is None:  # the random UNet is the stage: checkpoints of its layout reuse it
@@ -298,7 +293,7 @@ class UNetCompiler:
                     label = f"unet:{ARCH_FAMILY[arch].value}"
                     stage = self._stages[key] = WeightStage(unet, self._compiled(label), label)
             runner = stage.runner
-            unet = stage.unet
+            unet = stage.module
             for _, jobs, height, width in (s for s in self.config.warm_shapes if s[0] == arch):
                 key = f"{arch} {jobs}x{height}x{width}"
                 started = time.perf_counter()
@@ -321,19 +316,19 @@ class UNetCompiler:
         """For the bench and /workers: compile seconds and shapes per stage (with the
         checkpoints it ran and its weight copies), compile seconds per VAE decoder."""
         with self._lock:
-            stages, decoders = list(self._stages.values()), list(self._decoders)
+            stages = list(self._stages.values())
         report: dict[str, Any] = {}
         for st in stages:
             r = st.runner
-            report[st.label] = {"compile_s": round(r.stats.compile_s, 2), "fallback": r.stats.fallback,
-                                "rows": r.stats.rows, "padded_rows": r.stats.padded_rows,
-                                "shapes": {k: {"first_call_s": round(s.first_call_s, 2), "calls": s.calls}
-                                           for k, s in r.stats.shapes.items()},
-                                "checkpoints": sorted(st.users), "weight_copies": st.copies,
+            if isinstance(r, CompiledUNet):
+                entry = {"compile_s": round(r.stats.compile_s, 2), "fallback": r.stats.fallback,
+                         "rows": r.stats.rows, "padded_rows": r.stats.padded_rows,
+                         "shapes": {k: {"first_call_s": round(s.first_call_s, 2), "calls": s.calls}
+                                    for k, s in r.stats.shapes.items()}}
+            else:  # a VAE decoder
+                entry = {"compile_s": round(r.first_call_s, 2), "fallback": r.fallback, "calls": r.calls}
+            report[st.label] = {**entry, "checkpoints": sorted(st.users), "weight_copies": st.copies,
                                 "weight_copy_s": round(st.copy_s, 4), "stage_gib": round(st.nbytes / 2**30, 2)}
-        for i, d in enumerate(decoders):
-            report[f"vae:{d.label or i}"] = {"compile_s": round(d.first_call_s, 2), "fallback": d.fallback,
-                                             "calls": d.calls}
         return report
 
 

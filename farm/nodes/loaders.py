@@ -52,5 +52,5 @@ class CheckpointLoaderSimple(Node):
             clip = ClipTextEncoder.sdxl_refiner(loaded.text_encoders[0], loaded.tokenizers[0])
         else:
             clip = ClipTextEncoder.sd1(loaded.text_encoders[0], loaded.tokenizers[0])
-        decoder = compiler.decoder(loaded.vae, ckpt_name) if compiler is not None else None
+        decoder = compiler.decoder(loaded.vae, ckpt_name, family.value) if compiler is not None else None
         return model, clip, VaeModel(loaded.vae, compiled_decode=decoder)

@@ -110,7 +110,7 @@ def test_checkpoints_of_one_layout_share_one_compiled_stage(tiny_checkpoints, tm
     run_a, run_b = compiler.runner(a.unet, "a", "sd15"), compiler.runner(b.unet, "b", "sd15")
     assert run_a.stage is run_b.stage
     stage = run_a.stage
-    assert stage.unet is not a.unet and stage.unet is not b.unet  # the checkpoints' own stay untouched
+    assert stage.module is not a.unet and stage.module is not b.unet  # the checkpoints' own stay untouched
     assert aside == [stage.nbytes] and stage.nbytes == sum(p.numel() * 4 for p in a.unet.parameters()) + sum(
         t.numel() * t.element_size() for t in a.unet.buffers())
 
@@ -168,18 +168,33 @@ def test_a_warm_shape_that_is_not_one_is_refused_by_name():
 
 
 def test_compiled_vae_decode_equals_eager(tiny_checkpoints, tmp_path):
+    from farm.models.make import make_checkpoint
+
     ck = load_checkpoint(tiny_checkpoints["tiny-sd15"].single_file, CPU, torch.float32)
     compiler = UNetCompiler(CompileConfig(enabled=True, backend="aot_eager", cache_dir=tmp_path / "inductor"), CPU)
-    decoder = compiler.decoder(ck.vae, "tiny")
-    assert compiler.decoder(ck.vae, "tiny") is decoder  # one per VAE
+    decoder = compiler.decoder(ck.vae, "tiny", "sd15")
+    assert compiler.decoder(ck.vae, "tiny", "sd15") is decoder  # one per VAE
     assert UNetCompiler(CompileConfig(enabled=True, vae=False), CPU).decoder(ck.vae) is None  # the lever's off switch
     eager, compiled = VaeModel(ck.vae), VaeModel(ck.vae, compiled_decode=decoder)
     g = torch.Generator().manual_seed(5)
     for rows in (1, 3, 2):  # one image; then the dynamic batch dimension
         latents = torch.randn(rows, 4, 8, 8, generator=g)
         torch.testing.assert_close(compiled.decode(latents), eager.decode(latents), rtol=1e-4, atol=1e-4)
-    assert decoder.fallback is None, decoder.fallback  # it really ran compiled
-    assert decoder.calls == 3 and compiler.report()["vae:tiny"]["compile_s"] > 0
+    runner = decoder.stage.runner
+    assert runner.fallback is None, runner.fallback  # it really ran compiled
+    assert runner.calls == 3 and compiler.report()["vae:sd15"]["compile_s"] > 0
+
+    # another checkpoint's VAE of the same layout: the same compiled stage, its own weights
+    make_checkpoint("tiny-sd15", tmp_path / "other.safetensors", seed=8)
+    other = load_checkpoint(tmp_path / "other.safetensors", CPU, torch.float32)
+    other_decoder = compiler.decoder(other.vae, "other", "sd15")
+    assert other_decoder.stage is decoder.stage
+    for vae, dec in ((other.vae, other_decoder), (ck.vae, decoder)):
+        torch.testing.assert_close(VaeModel(vae, compiled_decode=dec).decode(latents), VaeModel(vae).decode(latents),
+                                   rtol=1e-4, atol=1e-4)
+    assert (VaeModel(other.vae).decode(latents) - eager.decode(latents)).abs().max() > 1e-3
+    report = compiler.report()["vae:sd15"]
+    assert report["checkpoints"] == ["other", "tiny"] and report["weight_copies"] == 2
 
     class Interrupted(Exception):
         pass
@@ -189,7 +204,7 @@ def test_compiled_vae_decode_equals_eager(tiny_checkpoints, tmp_path):
 
     with pytest.raises(Interrupted):  # a compiled decode is one graph: the check runs before it
         compiled.decode(latents, check=stop)
-    assert decoder.calls == 3
+    assert runner.calls == 5
 
 
 def test_a_thread_without_cuda_graph_state_is_given_its_own():
