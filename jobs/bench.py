@@ -26,7 +26,7 @@ import shutil
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -38,50 +38,13 @@ from farm.models.attention import SDPA, XFORMERS, requested_backend, xformers_pr
 from farm.models.compiled import CompileConfig
 from farm.models.make import make_checkpoint
 from farm.records.paths import FarmPaths
-from farm.worker.nvml import NvmlSampler, percentile
-from jobs.bench_report import ModeResult, device_label, plot, say, say_mode, summarize
+from farm.worker.nvml import NvmlSampler
+from jobs.bench_farm import bench_farm_modes
+from jobs.bench_report import (
+    DEFAULT_SIZE, MODES, BenchArgs, BenchStopped, ModeResult, device_label, mode_label, plot, say, say_mode,
+    stop_on_sigterm, summarize, workflow,
+)
 from jobs.bench_switch import measure_switches
-
-DEFAULT_SIZE = {"sd15": 512, "sdxl": 1024, "tiny-sd15": 64, "tiny-sdxl": 64}
-SUBJECTS = ("a lighthouse", "a red fox", "a city at night", "a bowl of fruit", "a mountain lake",
-            "an old car", "a robot", "a sailing ship")
-MODES = ("raw", "naive", "farm")
-
-
-def workflow(ckpt: str, seed: int, size: int, steps: int, sampler: str) -> dict:
-    return {
-        "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}},
-        "5": {"class_type": "EmptyLatentImage", "inputs": {"width": size, "height": size, "batch_size": 1}},
-        "6": {"class_type": "CLIPTextEncode", "inputs": {"text": f"{SUBJECTS[seed % 8]}, photo #{seed}",
-                                                         "clip": ["4", 1]}},
-        "7": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry", "clip": ["4", 1]}},
-        "3": {"class_type": "KSampler", "inputs": {
-            "seed": seed, "steps": steps, "cfg": 7.0, "sampler_name": sampler, "scheduler": "normal",
-            "denoise": 1.0, "model": ["4", 0], "positive": ["6", 0], "negative": ["7", 0], "latent_image": ["5", 0]}},
-        "8": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["4", 2]}},
-        "9": {"class_type": "SaveImage", "inputs": {"images": ["8", 0], "filename_prefix": "bench/img"}},
-    }
-
-
-@dataclass(frozen=True)
-class BenchArgs:
-    jobs: int  # farm mode's queue
-    naive_jobs: int
-    raw_jobs: int  # jobs per bucket in raw mode (rounded up to whole batches)
-    buckets: tuple[int, ...]  # jobs per batch tried in raw mode
-    checkpoints: int
-    steps: int
-    sampler: str
-    compile: bool
-    compile_backend: str  # "inductor"; "aot_eager" runs the compile path without generating code (CPU tests)
-    gpus: int | None
-    worker_gpus: float
-    modes: tuple[str, ...]
-
-
-def _label(arch: str, size: int, a: BenchArgs) -> str:
-    return f"{arch} {size}px {a.steps} steps {a.sampler}"
-
 
 def bench_device() -> torch.device:
     """Where raw mode, the switch timings and the attention probe run: the GPU when there is one."""
@@ -179,142 +142,6 @@ def best_batch(results: list[ModeResult], total_gib: float | None, headroom: flo
     return min(r.batch for r in fits if r.images_per_s >= 0.98 * best)  # within noise: less latency
 
 
-# -- through the farm ---------------------------------------------------------------------------------
-
-def _start_farm(root: Path, tag: str, a: BenchArgs, compile_on: bool, depth: int, max_batch: int):
-    from farm.client import Farm
-
-    db = root / f"queue-{tag}.sqlite"
-    if db.exists():
-        db.unlink()
-    farm = Farm.local(root / "models", root / "output", num_gpus=a.gpus, db=db, root=root, max_batch=max_batch,
-                      compile=CompileConfig(enabled=compile_on, backend=a.compile_backend), pipeline_depth=depth,
-                      worker_gpus=a.worker_gpus)
-    # ray.init installs its own SIGTERM handler in this process (it logs a stack and dies):
-    # ours again, so that a time limit still keeps and plots what was measured
-    signal.signal(signal.SIGTERM, _stop)
-    farm.wait_for_workers()
-    say(f"{tag}: the farm is up ({len(farm.status().workers)} worker(s))")
-    return farm
-
-
-def _stop_farm(farm) -> None:
-    import ray
-
-    from actors import ACTOR_NAMESPACE, DISPATCHER_NAME
-
-    farm.close(stop=False)
-    farm.cluster.stop()
-    deadline = time.time() + 30
-    while time.time() < deadline:  # the next farm must not find the dying actors by name
-        try:
-            ray.get_actor(DISPATCHER_NAME, namespace=ACTOR_NAMESPACE)
-            time.sleep(0.2)
-        except ValueError:
-            break
-    time.sleep(1.0)
-
-
-def _worker_stats(farm) -> list[dict]:
-    import ray
-
-    from actors import ACTOR_NAMESPACE
-
-    out = []
-    for status in farm.status().workers:
-        try:
-            stats = ray.get(ray.get_actor(status.worker_id, namespace=ACTOR_NAMESPACE).stats.remote(), timeout=30)
-        except Exception as exc:  # noqa: BLE001 - a report, never a failed bench
-            stats = {"error": str(exc)}
-        out.append({"worker_id": status.worker_id, "gpu_name": status.gpu_name, "gpu_uuid": status.gpu_uuid,
-                    "gpu_index": status.gpu_index, "node": status.node, **stats})
-    return out
-
-
-def _steady(nvml: NvmlSampler, results: list) -> dict:
-    """ModeResult's steady_* fields from the jobs' own timings (unix seconds)."""
-    finished = [r.timings.finished_at_s for r in results if r.timings.finished_at_s is not None]
-    started = [r.timings.started_at_s for r in results if r.timings.started_at_s is not None]
-    if not finished or not started:
-        return {}
-    window = (min(finished) - nvml.started_wall_s, max(started) - nvml.started_wall_s)
-    if window[1] <= window[0]:
-        return {}  # one batch, or too few jobs: no moment with a batch finished and another waiting
-    util = nvml.summary(window)  # None without NVML (a CPU run): the window alone is reported
-    return {"steady_window_s": (round(window[0], 2), round(window[1], 2)),
-            "steady_util_mean": util.mean_util if util else None, "steady_util_p5": util.p5_util if util else None}
-
-
-def _through_farm(farm, prepared: list, nvml: NvmlSampler, one_at_a_time: bool) -> tuple[float, list[float], list]:
-    """Seconds for all, each job's latency (submit to files written), and the results."""
-    latencies: list[float] = []
-    results = []
-    started = time.perf_counter()
-    with nvml:
-        if one_at_a_time:
-            for p in prepared:
-                t = time.perf_counter()
-                result = farm.submit_prepared([p])[0].outcome(600)
-                if not result.ok:
-                    raise RuntimeError(f"naive job failed: {result.error}")
-                latencies.append(time.perf_counter() - t)
-                results.append(result)
-        else:
-            t = time.perf_counter()
-            futures = farm.submit_prepared(prepared)
-            done: dict[str, float] = {}
-            for f in futures:
-                f.add_done_callback(lambda fut: done.setdefault(fut.prompt_id, time.perf_counter()))
-            for f in futures:
-                result = f.outcome(900)
-                if not result.ok:
-                    raise RuntimeError(f"farm job failed: {result.error}")
-                results.append(result)
-            latencies = [done.get(f.prompt_id, time.perf_counter()) - t for f in futures]
-    return time.perf_counter() - started, latencies, results
-
-
-def bench_farm_modes(names: list[str], size: int, batch: int, a: BenchArgs, root: Path, tag: str,
-                     record: Callable[[ModeResult], None], info: dict) -> None:
-    """Naive and farm modes, each handed to `record` when measured; `info` gets the workers'
-    stats and the farm's warm-up time as they come."""
-    if "naive" in a.modes:
-        farm = _start_farm(root, f"{tag}-naive", a, compile_on=False, depth=1, max_batch=1)
-        try:
-            warm = [farm.prepare(workflow(names[0], 200_000, size, a.steps, a.sampler))]
-            _through_farm(farm, warm, NvmlSampler(), one_at_a_time=True)  # loads the checkpoint
-            prepared = [farm.prepare(workflow(names[0], 210_000 + i, size, a.steps, a.sampler))
-                        for i in range(a.naive_jobs)]
-            nvml = NvmlSampler(period_s=0.05)
-            seconds, lat, _ = _through_farm(farm, prepared, nvml, one_at_a_time=True)
-            record(summarize("naive", len(prepared), seconds, 1, nvml, latency_p50_s=percentile(lat, 50),
-                             latency_p99_s=percentile(lat, 99)))
-            info["naive_workers"] = _worker_stats(farm)
-        finally:
-            _stop_farm(farm)
-    if "farm" in a.modes:
-        farm = _start_farm(root, f"{tag}-farm", a, compile_on=a.compile, depth=2, max_batch=batch)
-        try:
-            t = time.perf_counter()
-            # warm-up, outside the measurement: every checkpoint loaded once, every bucket's
-            # graph compiled and recorded (a farm does this once per worker)
-            warm = [farm.prepare(workflow(n, 300_000 + 100 * k + i, size, a.steps, a.sampler))
-                    for k, n in enumerate(names) for i in range(batch)]
-            _through_farm(farm, warm, NvmlSampler(), one_at_a_time=False)
-            info["farm_warmup_s"] = round(time.perf_counter() - t, 2)
-            say(f"farm warm-up ({len(warm)} jobs: every checkpoint loaded, every bucket compiled) took "
-                f"{info['farm_warmup_s']:.1f} s")
-            prepared = [farm.prepare(workflow(names[i % len(names)], 310_000 + i, size, a.steps, a.sampler))
-                        for i in range(a.jobs)]
-            nvml = NvmlSampler(period_s=0.05)
-            seconds, lat, done = _through_farm(farm, prepared, nvml, one_at_a_time=False)
-            record(summarize("farm", len(prepared), seconds, batch, nvml, latency_p50_s=percentile(lat, 50),
-                             latency_p99_s=percentile(lat, 99), **_steady(nvml, done)))
-            info["farm_workers"] = _worker_stats(farm)
-        finally:
-            _stop_farm(farm)
-
-
 # -- the whole bench ---------------------------------------------------------------------------------
 
 def _say_fallbacks(where: str, compile_report: dict) -> None:
@@ -334,7 +161,7 @@ def bench_arch(arch: str, root: Path, a: BenchArgs, save: Callable[[dict], None]
                     "best_batch": max(a.buckets), "farm_vs_raw_same_batch": None, "modes": [], "farm": {}}
 
     def record(mode: ModeResult) -> None:
-        say_mode(_label(arch, size, a), mode)
+        say_mode(mode_label(arch, size, a), mode)
         result["modes"].append(asdict(mode))
         by_mode = {m["mode"]: m for m in result["modes"]}
         raw = by_mode.get(f"raw_b{result['best_batch']}")
@@ -355,14 +182,6 @@ def bench_arch(arch: str, root: Path, a: BenchArgs, save: Callable[[dict], None]
     for worker in result["farm"].get("farm_workers", []):
         _say_fallbacks(f"farm {worker.get('worker_id')}", worker.get("compile") or {})
     return result
-
-
-class BenchStopped(Exception):
-    """SIGTERM (a time limit's `timeout`): stop measuring, keep and plot what was measured."""
-
-
-def _stop(signum: int, _frame) -> None:
-    raise BenchStopped(f"signal {signum}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -417,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         path.write_text(json.dumps(report, indent=1))  # what is measured survives a later timeout
 
     status = 0
-    signal.signal(signal.SIGTERM, _stop)
+    stop_on_sigterm()
     try:
         for arch in args.arch or ["sd15"]:
             save(bench_arch(arch, args.root, a, save))

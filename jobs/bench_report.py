@@ -1,9 +1,11 @@
-"""What `farm bench` reports: one ModeResult per measured mode, the lines it prints as it
-goes (each stamped with the seconds since the bench started, so a run cut short by its time
-limit still shows where the time went), and the PNG of GPU utilisation over time."""
+"""What `farm bench` runs and reports: the workflow and arguments every mode shares, one
+ModeResult per measured mode, the lines it prints as it goes (each stamped with the seconds
+since the bench started, so a run cut short by its time limit still shows where the time
+went), the SIGTERM that ends it, and the PNG of GPU utilisation over time."""
 from __future__ import annotations
 
 import platform
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +15,60 @@ import torch
 from farm.worker.nvml import NvmlSampler, gpu_identity
 
 _STARTED = time.perf_counter()
+
+DEFAULT_SIZE = {"sd15": 512, "sdxl": 1024, "tiny-sd15": 64, "tiny-sdxl": 64}
+SUBJECTS = ("a lighthouse", "a red fox", "a city at night", "a bowl of fruit", "a mountain lake",
+            "an old car", "a robot", "a sailing ship")
+MODES = ("raw", "naive", "farm")
+
+
+def workflow(ckpt: str, seed: int, size: int, steps: int, sampler: str) -> dict:
+    return {
+        "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}},
+        "5": {"class_type": "EmptyLatentImage", "inputs": {"width": size, "height": size, "batch_size": 1}},
+        "6": {"class_type": "CLIPTextEncode", "inputs": {"text": f"{SUBJECTS[seed % 8]}, photo #{seed}",
+                                                         "clip": ["4", 1]}},
+        "7": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry", "clip": ["4", 1]}},
+        "3": {"class_type": "KSampler", "inputs": {
+            "seed": seed, "steps": steps, "cfg": 7.0, "sampler_name": sampler, "scheduler": "normal",
+            "denoise": 1.0, "model": ["4", 0], "positive": ["6", 0], "negative": ["7", 0], "latent_image": ["5", 0]}},
+        "8": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["4", 2]}},
+        "9": {"class_type": "SaveImage", "inputs": {"images": ["8", 0], "filename_prefix": "bench/img"}},
+    }
+
+
+@dataclass(frozen=True)
+class BenchArgs:
+    jobs: int  # farm mode's queue
+    naive_jobs: int
+    raw_jobs: int  # jobs per bucket in raw mode (rounded up to whole batches)
+    buckets: tuple[int, ...]  # jobs per batch tried in raw mode
+    checkpoints: int
+    steps: int
+    sampler: str
+    compile: bool
+    compile_backend: str  # "inductor"; "aot_eager" runs the compile path without generating code (CPU tests)
+    gpus: int | None
+    worker_gpus: float
+    modes: tuple[str, ...]
+
+
+def mode_label(arch: str, size: int, a: BenchArgs) -> str:
+    return f"{arch} {size}px {a.steps} steps {a.sampler}"
+
+
+class BenchStopped(Exception):
+    """SIGTERM (a time limit's `timeout`): stop measuring, keep and plot what was measured."""
+
+
+def _stop(signum: int, _frame) -> None:
+    raise BenchStopped(f"signal {signum}")
+
+
+def stop_on_sigterm() -> None:
+    """SIGTERM raises BenchStopped in the main thread. Call again after ray.init, which
+    installs a handler of its own (it logs a stack and aborts)."""
+    signal.signal(signal.SIGTERM, _stop)
 
 
 def say(message: str) -> None:
