@@ -29,6 +29,10 @@ class JobContext:
     extra_pnginfo: dict | None = None  # e.g. {"workflow": <UI graph>}
     client_id: str | None = None
     events: EventSink = no_events
+    # A retry: its output nodes (SaveImage) run again instead of coming from the node cache.
+    # The last attempt may have failed because its files could not be written, and a cached
+    # output node writes nothing.
+    rerun_outputs: bool = False
 
     def emit(self, event_type: EventType, data: dict) -> None:
         """Tell whoever listens to this job (its websocket client, history, a future)."""

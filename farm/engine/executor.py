@@ -99,7 +99,8 @@ class Engine:
         for state in states:
             self._emit(state, EventType.EXECUTION_START, {})
             plan = state.job.plan
-            hits = {n for n in plan.order if self.cache.get(plan.signatures[n]) is not None}
+            hits = {n for n in plan.order
+                    if not self._reruns(state.job, n) and self.cache.get(plan.signatures[n]) is not None}
             cached = [n for n in state.job.workflow.nodes if n in hits]  # in the prompt's order, as ComfyUI
             state.outcome.cached_nodes = cached
             self._emit(state, EventType.EXECUTION_CACHED, {"nodes": cached})
@@ -122,9 +123,12 @@ class Engine:
         by_signature: dict[str, list[_JobState]] = {}
         for state in states:
             by_signature.setdefault(state.job.plan.signatures[node_id], []).append(state)
+        node_call = states[0].job.workflow.nodes[node_id]
+        node_cls = self.registry.get(node_call.class_type)
         missing: list[tuple[str, list[_JobState]]] = []
         for signature, group in by_signature.items():
-            hit = self.cache.get(signature)
+            rerun = any(self._reruns(s.job, node_id) for s in group)
+            hit = None if rerun else self.cache.get(signature)
             if hit is not None:
                 for state in group:
                     self._store(state, node_id, hit, cached=True)
@@ -132,8 +136,6 @@ class Engine:
                 missing.append((signature, group))
         if not missing:
             return
-        node_call = states[0].job.workflow.nodes[node_id]
-        node_cls = self.registry.get(node_call.class_type)
         node = node_cls()
         groups = [group for _, group in missing]
         inputs: list[dict] = []
@@ -177,6 +179,10 @@ class Engine:
             self.cache.put(signature, outputs)
             for state in group:
                 self._store(state, node_id, outputs, cached=False)
+
+    def _reruns(self, job: PlannedJob, node_id: str) -> bool:
+        """An output node of a retry runs again rather than from the cache (JobContext.rerun_outputs)."""
+        return job.context.rerun_outputs and self.registry.get(job.workflow.nodes[node_id].class_type).spec.output_node
 
     def _store(self, state: _JobState, node_id: str, outputs, cached: bool) -> None:
         """Keep a node's outputs for the job. An output node (one with ui) is announced with

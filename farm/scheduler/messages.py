@@ -28,6 +28,7 @@ class WorkItem:
     plan: Plan | None  # None only for a job stored by a farm that kept no plans: it cannot run
     client_id: str | None  # who hears its events; None: everyone
     extra_pnginfo: dict | None = None  # e.g. {"workflow": <UI graph>}, written into the PNGs
+    attempt: int = 1  # dispatches so far, this one included: a retry writes its images again
 
 
 class FailureKind(str, Enum):

@@ -13,7 +13,8 @@ from farm.scheduler.messages import Message, WorkerState, WorkItem
 
 
 def work_item(job: Job) -> WorkItem:
-    return WorkItem(job.job_id, job.workflow, job.plan, job.client_id, job.extra_data.get("extra_pnginfo"))
+    return WorkItem(job.job_id, job.workflow, job.plan, job.client_id, job.extra_data.get("extra_pnginfo"),
+                    attempt=max(1, job.attempts))
 
 
 def queue_item(job: Job) -> QueueItem:

@@ -210,7 +210,7 @@ class WorkerCore:
         on this node is only whether the model files exist here (a file only the farm's model
         source holds is fetched now, in the batch's own time: placement counted it)."""
         context = JobContext(item.prompt_id, item.prompt, item.extra_pnginfo, item.client_id,
-                             self._job_events(report))
+                             self._job_events(report), rerun_outputs=item.attempt > 1)
         try:
             if item.plan is None:
                 raise WorkflowFormatError("the job was stored without a plan (by an older farm); submit it again")

@@ -1,5 +1,6 @@
 """The engine on real tiny checkpoints: caching by signature, events, interrupts, node
 errors, and batched runs equal to one-by-one runs."""
+import dataclasses
 import json
 
 import numpy as np
@@ -182,6 +183,22 @@ def test_a_cached_output_node_is_announced_again_with_its_images(renderer):
     assert again[2].data["node"] == "9" and again[2].data["output"] == ran["output"]
     board = again[3].data["nodes"]
     assert list(board) == ["9"] and board["9"]["state"] == "finished"
+
+
+def test_a_retry_runs_its_output_node_again_and_writes_its_images(renderer, tmp_path):
+    """A job retried after its files could not be written (JobContext.rerun_outputs) must
+    write them: its SaveImage runs again instead of coming from the node cache."""
+    wf = txt2img(seed=31)
+    first = renderer.engine.run_batch([planned(renderer, wf)[1]])[0]
+    cached = renderer.engine.run_batch([planned(renderer, wf)[1]])[0]
+    assert first.ok and cached.ok and "9" in cached.cached_nodes and cached.images == []
+    prepared, job = planned(renderer, wf)
+    retry = PlannedJob(dataclasses.replace(job.context, rerun_outputs=True), job.plan)
+    [outcome] = renderer.engine.run_batch([retry])
+    assert outcome.ok and "9" in outcome.executed_nodes and "9" not in outcome.cached_nodes
+    assert "8" in outcome.cached_nodes  # only the output node runs again: the decoded images come from the cache
+    [ref] = outcome.images
+    assert ref.filename != first.images[0].filename and (tmp_path / "output" / ref.subfolder / ref.filename).is_file()
 
 
 def test_progress_state_marks_nodes_running_then_finished(renderer):

@@ -154,6 +154,19 @@ def test_a_failed_write_retries_the_job_then_fails_it_with_the_writers_message()
     assert [m.event for m in ledger.history_item("p0").messages] == [EventType.EXECUTION_ERROR]
 
 
+def test_a_retried_job_reaches_its_worker_marked_as_a_retry():
+    """The worker then runs its output nodes again rather than from its node cache, which
+    would write no files (the retry after a failed write would end done without images)."""
+    ledger, _ = make_ledger()
+    ledger.submit([job(0)])
+    [first] = ledger.next_batch("w1", EMPTY).items
+    assert first.attempt == 1
+    handle = object()
+    ledger.finish_batch(result(report("p0", writes=[handle])), {handle: OSError("disk full")})
+    [again] = ledger.next_batch("w1", EMPTY).items
+    assert again.prompt_id == "p0" and again.attempt == 2
+
+
 def test_only_the_job_whose_write_failed_is_retried():
     ledger, _ = make_ledger()
     ledger.submit([job(0), job(1)])

@@ -163,6 +163,25 @@ def test_a_failed_write_is_in_the_jobs_handle_not_a_raise_on_the_engine_thread(r
         report.writes[0].result(30)
 
 
+def test_a_job_retried_after_a_failed_write_writes_its_images_this_time(rig):
+    """The dispatcher retries a job whose files did not reach the disk (attempt 2). On the
+    same worker its SaveImage is in the node cache: it must run again and write."""
+    import dataclasses
+
+    core, _, _, _, paths = rig
+    blocker = paths.output / "later"
+    blocker.write_text("a file where the subfolder should be")
+    job = item("p-retry", **{"9.filename_prefix": "later/img", "3.seed": 8})
+    (first,) = core.run_batch([job]).reports
+    with pytest.raises(OutputWriteError):
+        first.writes[0].result(30)
+    blocker.unlink()  # the disk is fine again
+    (again,) = core.run_batch([dataclasses.replace(job, attempt=2)]).reports
+    assert again.ok and len(again.images) == 1 and len(again.writes) == 1
+    again.writes[0].result(30)
+    assert (paths.output / again.images[0].subfolder / again.images[0].filename).is_file()
+
+
 def test_the_report_names_the_lora_set_the_last_call_applied(rig, tiny_loras):
     core = rig[0]
     lora = "tiny-sd15-kohya.safetensors"
