@@ -181,14 +181,20 @@ def test_restart_mid_queue_loses_nothing(farm_server, restart_farm):
 
 def test_front_cancel_and_delete(farm_server):
     with httpx.Client(base_url=farm_server, timeout=30) as http:
-        # more than the farm runs at once (2 workers x batches of 8)
-        blockers = [queue_prompt(http, small_workflow(seed=i, steps=20))["prompt_id"] for i in range(64)]
+        # More than the farm holds at once (2 workers, each with two batches of 8 in flight and
+        # one in reserve: 48), queued in one request (a tiny 64 px batch takes well under a
+        # second on a CPU: prompts queued one by one drain nearly as fast as they come), so
+        # that the last ones still wait, behind several batches, while they are cancelled
+        answer = http.post("/batch", json={"prompt": small_workflow(seed=7000, steps=20),
+                                           "overrides": [{"3.seed": 7000 + i} for i in range(96)]})
+        assert answer.status_code == 200, answer.text
+        blockers = answer.json()["prompt_ids"]
         front = queue_prompt(http, small_workflow(seed=99, steps=1), front=True)["prompt_id"]
         pending = [item[1] for item in http.get("/queue").json()["queue_pending"]]
         if front in pending:
             assert pending[0] == front  # ahead of everything that waits
         waiting = [pid for pid in pending if pid in blockers]
-        assert len(waiting) >= 2, "every blocker started at once: queue more of them for this farm"
+        assert len(waiting) >= 17, "the blockers started too soon: queue more of them for this farm"
         victim, deleted = waiting[-1], waiting[-2]  # the last to start: still waiting a moment later
 
         assert http.post(f"/api/jobs/{victim}/cancel").json() == {"cancelled": True}
