@@ -6,15 +6,8 @@ import torch
 
 import farm.nodes.latent as latent_nodes
 from farm.nodes.values import VaeModel
-from node_rendering import batched_and_alone, cpu_renderer
-from test_ksampler_steps import workflow
-
-
-@pytest.fixture(scope="module")
-def renderer(tiny_models, tmp_path_factory):
-    r = cpu_renderer(tiny_models, tmp_path_factory.mktemp("decode-out"))
-    yield r
-    r.close()
+from node_rendering import batched_and_alone
+from test_ksampler_steps import renderer, workflow  # noqa: F401 - its module-scoped renderer fixture, reused
 
 
 @pytest.fixture
