@@ -39,6 +39,7 @@ from farm.records.images import ImageRef
 from farm.records.paths import FarmPaths
 from farm.records.queue import QueueSnapshot
 from farm.records.workers import WorkerStatus
+from farm.scheduler.batch_size import BatchSizer
 from farm.scheduler.jobs import Job
 from farm.settings import Limits
 from farm.workflow.prepare import (
@@ -81,11 +82,13 @@ class Farm:
               tiers: TierConfig = TierConfig(), max_batch: int = 8, max_attempts: int = 3,
               num_cpus: int | None = None, limits: Limits | None = None,
               compile: CompileConfig = CompileConfig(), pipeline_depth: int = 2, worker_gpus: float = 1.0,
-              model_source: str | None = None) -> "Farm":
+              model_source: str | None = None, batch_sizer: BatchSizer | None = None) -> "Farm":
         """A farm in an embedded Ray on this machine: one worker per GPU; on a machine
         without GPUs, `num_gpus` logical ones (default 1) whose workers run on the CPU.
         If this process already runs Ray (and a farm), that one is used. `model_source`: a
-        folder or fsspec URI a worker fetches model files from that `models` lacks."""
+        folder or fsspec URI a worker fetches model files from that `models` lacks.
+        `batch_sizer`: jobs per call by architecture and size (default: the built-in caps
+        under `max_batch`)."""
         root = Path(root).absolute()
         paths = FarmPaths.under(root, Path(models), Path(output) if output else None, model_source).create()
         owns = not ray_cluster.is_initialized()
@@ -93,7 +96,8 @@ class Farm:
         config = ray_cluster.FarmConfig(paths=paths, db=Path(db).absolute() if db else root / "queue.sqlite",
                                         num_workers=num_workers, tiers=tiers, max_batch=max_batch,
                                         max_attempts=max_attempts, compile=compile,
-                                        pipeline_depth=pipeline_depth, worker_gpus=worker_gpus)
+                                        pipeline_depth=pipeline_depth, worker_gpus=worker_gpus,
+                                        batch_sizer=batch_sizer)
         Path(config.db).parent.mkdir(parents=True, exist_ok=True)
         return cls(ray_cluster.FarmCluster.start(config), paths, owns_ray=owns, limits=limits)
 

@@ -1,8 +1,8 @@
 """`farm bench`: what this machine's GPU renders per second, measured three ways in one call.
 
 - raw: the engine alone in this process (LocalRenderer), jobs run as cross-job batches of
-  each size in --buckets, compiled; the best size (images/s, within free memory) is the
-  farm's batch size for that architecture and resolution;
+  each size in --buckets, largest first, compiled; the best size (images/s, within free
+  memory) is the farm's batch size for that architecture and resolution;
 - naive: one job at a time through the farm (Farm.local: Ray, queue, writer), eager, no
   pipelining: ComfyUI's way;
 - farm: a queue of --jobs batch-1 jobs over --checkpoints checkpoints submitted at once,
@@ -12,21 +12,27 @@ Each mode reports images/s, NVML utilisation (mean and 5th percentile, sampled a
 latency p50/p99 (submit to files on disk), model loads and compile time. The JSON and a PNG
 of utilisation over time go to --out, named by date and device.
 
+One call measures every architecture (on a GPU by default SD1.5 at 512 px and SDXL at
+1024 px, each with its own plan: jobs, buckets, checkpoints) in three phases, so that the
+slow parts happen once: cold compiles of all architectures at once, in one process each
+(jobs.bench_precompile: compiling is mostly single-threaded Python), which fill inductor's
+disk cache that raw mode and the farm's worker then read; raw mode per architecture; then
+one eager farm for every architecture's naive mode and one compiled farm for every farm
+mode (a farm's start, Ray's workers importing torch, is paid twice, not four times).
+
 Checkpoints are full-size random weights made on the spot (the GPU's work does not depend on
 the weights' values); extra checkpoints are hard links of the first under other names (the
 farm loads each name separately). Every job has its own seed and prompt."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import json
-import os
 import re
-import shutil
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -36,51 +42,29 @@ from farm.engine import JobContext, PlannedJob
 from farm.engine.local import LocalRenderer
 from farm.models.attention import SDPA, XFORMERS, requested_backend, xformers_problem
 from farm.models.compiled import CompileConfig
-from farm.models.make import make_checkpoint
 from farm.records.paths import FarmPaths
 from farm.worker.nvml import NvmlSampler
-from jobs.bench_farm import bench_farm_modes
+from jobs.bench_farm import bench_farm, bench_naive, start_naive_farm
+from jobs.bench_precompile import Precompile
 from jobs.bench_report import (
-    DEFAULT_SIZE, MODES, BenchArgs, BenchStopped, ModeResult, device_label, mode_label, plot, say, say_mode,
-    stop_on_sigterm, summarize, workflow,
+    ARCH_PLANS, DEFAULT_PLAN, DEFAULT_SIZE, MODES, ArchRun, BenchArgs, BenchStopped, ModeResult, bench_checkpoints,
+    bench_device, device_label, plot, say, stop_on_sigterm, summarize, workflow,
 )
 from jobs.bench_switch import measure_switches
-
-def bench_device() -> torch.device:
-    """Where raw mode, the switch timings and the attention probe run: the GPU when there is one."""
-    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
-
-
-def _checkpoints(arch: str, root: Path, count: int) -> list[str]:
-    folder = root / "models" / "checkpoints"
-    first = folder / f"{arch}.safetensors"
-    if not first.exists():
-        t = time.perf_counter()
-        make_checkpoint(arch, first, seed=0)
-        say(f"made {arch} in {time.perf_counter() - t:.1f} s")
-    names = [first.name]
-    for i in range(1, count):
-        other = folder / f"{arch}-{chr(ord('a') + i)}.safetensors"
-        if not other.exists():
-            try:
-                os.link(first, other)
-            except OSError:  # another file system: a copy
-                shutil.copyfile(first, other)
-        names.append(other.name)
-    return names
 
 
 # -- raw: the engine alone ----------------------------------------------------------------------
 
-def _planned(renderer: LocalRenderer, ckpt: str, seeds: range, size: int, a: BenchArgs) -> list[PlannedJob]:
+def planned_jobs(renderer: LocalRenderer, ckpt: str, seeds: range, size: int, steps: int,
+                 sampler: str) -> list[PlannedJob]:
     jobs = []
     for seed in seeds:
-        p = renderer.prepare(workflow(ckpt, seed, size, a.steps, a.sampler))
+        p = renderer.prepare(workflow(ckpt, seed, size, steps, sampler))
         jobs.append(PlannedJob(JobContext(p.prompt_id, p.prompt), p.plan))
     return jobs
 
 
-def _run_raw(renderer: LocalRenderer, jobs: list[PlannedJob], batch: int) -> None:
+def run_batches(renderer: LocalRenderer, jobs: list[PlannedJob], batch: int) -> None:
     for i in range(0, len(jobs), batch):
         outcomes = renderer.engine.run_batch(jobs[i:i + batch])
         failed = [str(o.error) for o in outcomes if not o.ok]
@@ -88,38 +72,45 @@ def _run_raw(renderer: LocalRenderer, jobs: list[PlannedJob], batch: int) -> Non
             raise RuntimeError(f"raw batch of {batch} failed: {failed[0]}")
 
 
-def bench_raw(arch: str, root: Path, ckpt: str, size: int, a: BenchArgs,
-              record: Callable[[ModeResult], None]) -> tuple[list[ModeResult], dict]:
-    device = bench_device()
+def bench_raw(run: ArchRun, root: Path) -> tuple[list[ModeResult], dict]:
+    """Raw mode, the largest bucket first: a graph compiled for the largest batch serves the
+    smaller ones, while one compiled for a small batch carries inductor's guards that its
+    buffers fit 32-bit indexing, which a larger batch can fail, costing a second compile."""
+    a, device = run.args, bench_device()
     compile_cfg = CompileConfig(enabled=a.compile, backend=a.compile_backend)
     renderer = LocalRenderer(FarmPaths.under(root), device, compile=compile_cfg)
-    seed = 100_000
+    buckets = sorted(a.buckets, reverse=True)
+
+    def jobs(seed: int, count: int) -> list[PlannedJob]:
+        return planned_jobs(renderer, run.names[0], range(seed, seed + count), run.size, a.steps, a.sampler)
+
     t = time.perf_counter()
-    _run_raw(renderer, _planned(renderer, ckpt, range(seed, seed + 1), size, a), 1)
+    run_batches(renderer, jobs(100_000, buckets[0]), buckets[0])
     first_s = time.perf_counter() - t
-    say(f"{arch} raw: first job (load, and compile at batch 1) took {first_s:.1f} s")
+    say(f"{run.arch} raw: first batch of {buckets[0]} (load, and compile unless cached) took {first_s:.1f} s")
     results = []
-    for batch in a.buckets:
-        seed += 1_000
-        warm = _planned(renderer, ckpt, range(seed, seed + batch), size, a)
-        _run_raw(renderer, warm, batch)  # records this bucket's CUDA graph
+    for n, batch in enumerate(buckets):
+        seed = 101_000 + 1_000 * n
         count = -(-a.raw_jobs // batch) * batch
-        jobs = _planned(renderer, ckpt, range(seed + batch, seed + batch + count), size, a)
-        if device.type == "cuda":
+        warm, measured = jobs(seed, batch), jobs(seed + batch, count)
+        if device.type == "cuda":  # the warm batch records this bucket's CUDA graph: its memory counts
             torch.cuda.reset_peak_memory_stats()
         nvml = NvmlSampler(period_s=0.05)
-        started = time.perf_counter()
         try:
+            run_batches(renderer, warm, batch)
+            started = time.perf_counter()
             with nvml:
-                _run_raw(renderer, jobs, batch)
+                run_batches(renderer, measured, batch)
         except torch.cuda.OutOfMemoryError:
-            say(f"{arch} raw batch {batch}: out of memory; larger buckets skipped")
-            break
+            say(f"{run.arch} raw batch {batch}: out of memory; measuring the smaller ones")
+            torch.cuda.empty_cache()
+            continue
         peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
         r = summarize(f"raw_b{batch}", count, time.perf_counter() - started, batch, nvml, peak_vram_gib=peak)
         results.append(r)
-        record(r)
-    info = {"first_job_with_load_and_compile_s": round(first_s, 2), "compile": renderer.models.compiler.report(),
+        run.record(r)
+    info = {"first_batch": buckets[0], "first_batch_with_load_and_compile_s": round(first_s, 2),
+            "compile": renderer.models.compiler.report(),
             "device_total_gib": torch.cuda.mem_get_info()[1] / 2**30 if device.type == "cuda" else None}
     renderer.models.unload_all()
     renderer.close()
@@ -144,7 +135,7 @@ def best_batch(results: list[ModeResult], total_gib: float | None, headroom: flo
 
 # -- the whole bench ---------------------------------------------------------------------------------
 
-def _say_fallbacks(where: str, compile_report: dict) -> None:
+def say_fallbacks(where: str, compile_report: dict) -> None:
     """A compiled UNet or VAE that fell back to eager makes every figure after it an eager
     one: say so on the bench's output, not only in its JSON."""
     for label, entry in compile_report.items():
@@ -152,46 +143,90 @@ def _say_fallbacks(where: str, compile_report: dict) -> None:
             say(f"warning: {where}: compiled {label} fell back to eager: {entry['fallback']}")
 
 
-def bench_arch(arch: str, root: Path, a: BenchArgs, save: Callable[[dict], None]) -> dict:
-    """Every mode asked for on one architecture. The result is handed to `save` after each
-    mode, so a run stopped by its time limit keeps what it measured."""
-    size = DEFAULT_SIZE[arch]
-    names = _checkpoints(arch, root, a.checkpoints)
-    result: dict = {"arch": arch, "size": size, "steps": a.steps, "sampler": a.sampler, "checkpoints": names,
-                    "best_batch": max(a.buckets), "farm_vs_raw_same_batch": None, "modes": [], "farm": {}}
+def raw_and_switch(run: ArchRun, root: Path) -> None:
+    raw, run.result["raw"] = bench_raw(run, root)
+    say_fallbacks("raw", run.result["raw"]["compile"])
+    run.result["best_batch"] = best_batch(raw, run.result["raw"]["device_total_gib"]) if raw else 1
+    say(f"{run.arch} {run.size}px: best batch {run.best_batch}")
+    run.result["switch"] = measure_switches(FarmPaths.under(root).models, run.names, bench_device())
+    gc.collect()
+    say(f"{run.arch}: checkpoint switch into device memory, by source: {run.result['switch']}")
+    run.save(run.result)
 
-    def record(mode: ModeResult) -> None:
-        say_mode(mode_label(arch, size, a), mode)
-        result["modes"].append(asdict(mode))
-        by_mode = {m["mode"]: m for m in result["modes"]}
-        raw = by_mode.get(f"raw_b{result['best_batch']}")
-        if "farm" in by_mode and raw:
-            result["farm_vs_raw_same_batch"] = by_mode["farm"]["images_per_s"] / raw["images_per_s"]
-        save(result)
 
+def bench_all(runs: list[ArchRun], root: Path, a: BenchArgs, phases: dict[str, float]) -> None:
+    """The phases, each over every architecture; the JSON is saved after every mode, and
+    `phases` gets each phase's seconds: where the call's time went."""
+    def phase(name: str, started: float) -> None:
+        phases[name] = round(time.perf_counter() - started, 1)
+        say(f"phase {name} took {phases[name]:.1f} s")
+
+    t = time.perf_counter()
+    compiling = Precompile(runs, root) if a.compile and ("raw" in a.modes or "farm" in a.modes) else None
+    try:
+        # the naive farm starts while the compile processes run (this process only waits);
+        # it loads no checkpoint before its first job
+        naive_farm = start_naive_farm(root, a) if "naive" in a.modes else None
+        if compiling is not None:
+            compiling.wait()  # the compile processes make each architecture's checkpoints too
+    finally:
+        if compiling is not None:
+            compiling.stop()
+    for run in runs:
+        run.names = bench_checkpoints(run.arch, root, run.args.checkpoints)
+        run.result["checkpoints"] = run.names
+    phase("compile_and_start", t)  # the compile processes, and the naive farm starting meanwhile
+    if naive_farm is not None:
+        t = time.perf_counter()
+        bench_naive(runs, naive_farm)
+        phase("naive", t)
     if "raw" in a.modes:
-        raw, result["raw"] = bench_raw(arch, root, names[0], size, a, record)
-        _say_fallbacks("raw", result["raw"]["compile"])
-        result["best_batch"] = best_batch(raw, result["raw"]["device_total_gib"]) if raw else 1
-        say(f"{arch} {size}px: best batch {result['best_batch']}")
-        result["switch"] = measure_switches(FarmPaths.under(root).models, names, bench_device())
-        gc.collect()
-        say(f"{arch}: checkpoint switch into device memory, by source: {result['switch']}")
-        save(result)
-    bench_farm_modes(names, size, result["best_batch"], a, root, arch, record, result["farm"])
-    for worker in result["farm"].get("farm_workers", []):
-        _say_fallbacks(f"farm {worker.get('worker_id')}", worker.get("compile") or {})
-    return result
+        t = time.perf_counter()
+        for run in runs:
+            raw_and_switch(run, root)
+        phase("raw", t)
+    if "farm" in a.modes:
+        t = time.perf_counter()
+        bench_farm(runs, a, root)
+        for run in runs:
+            for worker in run.result["farm"].get("farm_workers", []):
+                say_fallbacks(f"farm {worker.get('worker_id')}", worker.get("compile") or {})
+        phase("farm", t)
+
+
+def arch_args(args: argparse.Namespace, arch: str, shared: dict) -> BenchArgs:
+    """The architecture's plan, with what the command line gave for every architecture."""
+    plan = ARCH_PLANS.get(arch, DEFAULT_PLAN)
+    given = {"jobs": args.jobs, "naive_jobs": args.naive_jobs, "raw_jobs": args.raw_jobs,
+             "buckets": args.buckets, "checkpoints": args.checkpoints}
+    plan = dataclasses.replace(plan, **{k: v for k, v in given.items() if v is not None})
+    return BenchArgs(plan.jobs, plan.naive_jobs, plan.raw_jobs, tuple(sorted(set(plan.buckets))),
+                     max(1, plan.checkpoints), **shared)
+
+
+def _buckets(parser: argparse.ArgumentParser, text: str | None) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        buckets = tuple(sorted({int(b) for b in text.split(",") if b.strip()}))
+    except ValueError:
+        parser.error(f"--buckets: {text!r} is not a comma-separated list of batch sizes, e.g. 1,8,16")
+    if not buckets or min(buckets) < 1:
+        parser.error("--buckets: give batch sizes of at least 1, e.g. 1,8,16")
+    return buckets
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="farm bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--arch", action="append", choices=sorted(DEFAULT_SIZE), help="repeatable (default sd15)")
-    parser.add_argument("--jobs", type=int, default=64, help="farm mode: batch-1 jobs queued at once")
-    parser.add_argument("--naive-jobs", type=int, default=16)
-    parser.add_argument("--raw-jobs", type=int, default=32, help="raw mode: jobs per batch size")
-    parser.add_argument("--buckets", default="1,8,16", help="raw mode: batch sizes (jobs) to measure")
-    parser.add_argument("--checkpoints", type=int, default=3, help="farm mode: jobs spread over this many")
+    parser.add_argument("--arch", action="append", choices=sorted(DEFAULT_SIZE),
+                        help="repeatable (default: sd15 and sdxl on a GPU, sd15 without one)")
+    parser.add_argument("--jobs", type=int, help="farm mode: batch-1 jobs queued at once (default per arch: "
+                        + ", ".join(f"{k} {v.jobs}" for k, v in ARCH_PLANS.items()) + ")")
+    parser.add_argument("--naive-jobs", type=int)
+    parser.add_argument("--raw-jobs", type=int, help="raw mode: jobs per batch size")
+    parser.add_argument("--buckets", help="raw mode: batch sizes (jobs) to measure (default per arch: "
+                        + ", ".join(f"{k} {','.join(map(str, v.buckets))}" for k, v in ARCH_PLANS.items()) + ")")
+    parser.add_argument("--checkpoints", type=int, help="farm mode: jobs spread over this many")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--sampler", default="euler")
     parser.add_argument("--modes", default=",".join(MODES), help="any of raw,naive,farm")
@@ -207,14 +242,12 @@ def main(argv: list[str] | None = None) -> int:
     bad = [m for m in modes if m not in MODES]
     if bad:
         parser.error(f"--modes: {bad[0]!r} is not one of {', '.join(MODES)}")
-    try:
-        buckets = tuple(sorted({int(b) for b in args.buckets.split(",") if b.strip()}))
-    except ValueError:
-        parser.error(f"--buckets: {args.buckets!r} is not a comma-separated list of batch sizes, e.g. 1,8,16")
-    if not buckets or min(buckets) < 1:
-        parser.error("--buckets: give batch sizes of at least 1, e.g. 1,8,16")
-    a = BenchArgs(args.jobs, args.naive_jobs, args.raw_jobs, buckets, max(1, args.checkpoints), args.steps,
-                  args.sampler, not args.no_compile, args.compile_backend, args.gpus, args.worker_gpus, modes)
+    args.buckets = _buckets(parser, args.buckets)
+    shared = dict(steps=args.steps, sampler=args.sampler, compile=not args.no_compile,
+                  compile_backend=args.compile_backend, gpus=args.gpus, worker_gpus=args.worker_gpus, modes=modes)
+    archs = list(dict.fromkeys(args.arch or (["sd15", "sdxl"] if torch.cuda.is_available() else ["sd15"])))
+    per_arch = {arch: arch_args(args, arch, shared) for arch in archs}
+    a = per_arch[archs[0]]  # what every architecture shares: modes, compile, GPUs
     device, uuid = device_label()
     started = datetime.now(timezone.utc)
     # PyTorch's SDPA unless FARM_ATTENTION=xformers asks for xformers and it runs here; the
@@ -225,21 +258,27 @@ def main(argv: list[str] | None = None) -> int:
     report = {"device": device, "gpu_uuid": uuid, "gpus_visible": torch.cuda.device_count(),
               "date": started.isoformat(timespec="seconds"), "torch": torch.__version__,
               "compile": a.compile, "attention": {"backend": attention, "xformers": xformers or "usable"},
-              "args": {**asdict(a), "buckets": list(buckets)}, "results": []}
+              "args": {arch: {**dataclasses.asdict(x), "buckets": list(x.buckets)} for arch, x in per_arch.items()},
+              "phases_s": {}, "results": []}
     stem = f"bench-{started:%Y%m%d-%H%M}-{re.sub(r'[^A-Za-z0-9]+', '-', device).strip('-').lower()}"
     path = args.json or args.out / f"{stem}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
 
-    def save(result: dict) -> None:
-        if not report["results"] or report["results"][-1] is not result:
-            report["results"].append(result)
+    def save(_result: dict) -> None:
         path.write_text(json.dumps(report, indent=1))  # what is measured survives a later timeout
 
+    runs = []
+    for arch, x in per_arch.items():
+        size = DEFAULT_SIZE[arch]
+        result = {"arch": arch, "size": size, "steps": x.steps, "sampler": x.sampler, "checkpoints": [],
+                  "best_batch": max(x.buckets), "farm_vs_raw_same_batch": None, "modes": [], "farm": {}}
+        report["results"].append(result)
+        runs.append(ArchRun(arch, size, x, result, save))
     status = 0
     stop_on_sigterm()
+    call_started = time.perf_counter()
     try:
-        for arch in args.arch or ["sd15"]:
-            save(bench_arch(arch, args.root, a, save))
+        bench_all(runs, args.root, a, report["phases_s"])
     except BenchStopped as stopped:
         say(f"stopped by {stopped} (a time limit?): writing what was measured so far")
         report["stopped"] = str(stopped)
@@ -250,12 +289,9 @@ def main(argv: list[str] | None = None) -> int:
 
             if ray.is_initialized():
                 ray.shutdown()
+    report["seconds"] = round(time.perf_counter() - call_started, 1)
     png = plot(report, path.with_suffix(".png"))
     report["plot"] = png.name if png else None
     path.write_text(json.dumps(report, indent=1))
-    say(f"wrote {path}" + (f" and {png}" if png else ""))
+    say(f"wrote {path}" + (f" and {png}" if png else "") + f"; {report['seconds']:.0f} s in all")
     return status
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,28 +1,38 @@
 """`farm bench`'s naive and farm modes: jobs through a real farm (Farm.local: Ray, the SQLite
-queue, a GpuWorker per GPU, the OutputWriter), timed from submission to files on disk."""
+queue, a GpuWorker per GPU, the OutputWriter), timed from submission to files on disk. One
+farm serves every architecture's naive mode, another every farm mode: a farm's start
+(Ray's worker processes importing torch and diffusers) is paid once per mode."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from pathlib import Path
 
+from farm.models.arch import ARCH_FAMILY
 from farm.models.compiled import CompileConfig
+from farm.scheduler.batch_size import LATENT_FACTOR, BatchSizer
 from farm.worker.nvml import NvmlSampler, percentile
-from jobs.bench_report import BenchArgs, ModeResult, say, stop_on_sigterm, summarize, workflow
+from jobs.bench_report import ArchRun, BenchArgs, say, stop_on_sigterm, summarize, workflow
 
 
-def _start_farm(root: Path, tag: str, a: BenchArgs, compile_on: bool, depth: int, max_batch: int):
+def _start_farm(root: Path, tag: str, a: BenchArgs, compile_on: bool, depth: int, max_batch: int,
+                sizer: BatchSizer | None = None):
+    from actors import cluster as ray_cluster
     from farm.client import Farm
 
     db = root / f"queue-{tag}.sqlite"
     if db.exists():
         db.unlink()
+    t = time.perf_counter()
+    if not ray_cluster.is_initialized():
+        ray_cluster.init_local(num_gpus=a.gpus)
+        say(f"{tag}: Ray is up in {time.perf_counter() - t:.1f} s")
     farm = Farm.local(root / "models", root / "output", num_gpus=a.gpus, db=db, root=root, max_batch=max_batch,
                       compile=CompileConfig(enabled=compile_on, backend=a.compile_backend), pipeline_depth=depth,
-                      worker_gpus=a.worker_gpus)
+                      worker_gpus=a.worker_gpus, batch_sizer=sizer)
     stop_on_sigterm()  # ray.init replaced it: a time limit must still keep what was measured
+    say(f"{tag}: the farm's actors are placed ({time.perf_counter() - t:.1f} s)")
     farm.wait_for_workers()
-    say(f"{tag}: the farm is up ({len(farm.status().workers)} worker(s))")
+    say(f"{tag}: the farm is up ({len(farm.status().workers)} worker(s), {time.perf_counter() - t:.1f} s)")
     return farm
 
 
@@ -102,42 +112,58 @@ def _through_farm(farm, prepared: list, nvml: NvmlSampler, one_at_a_time: bool) 
     return time.perf_counter() - started, latencies, results
 
 
-def bench_farm_modes(names: list[str], size: int, batch: int, a: BenchArgs, root: Path, tag: str,
-                     record: Callable[[ModeResult], None], info: dict) -> None:
-    """Naive and farm modes, each handed to `record` when measured; `info` gets the workers'
-    stats and the farm's warm-up time as they come."""
-    if "naive" in a.modes:
-        farm = _start_farm(root, f"{tag}-naive", a, compile_on=False, depth=1, max_batch=1)
-        try:
-            warm = [farm.prepare(workflow(names[0], 200_000, size, a.steps, a.sampler))]
+def start_naive_farm(root: Path, a: BenchArgs):
+    """The farm of the naive mode: eager, one job per call, no second call in flight."""
+    return _start_farm(root, "naive", a, compile_on=False, depth=1, max_batch=1)
+
+
+def bench_naive(runs: list[ArchRun], farm) -> None:
+    """Naive mode of every architecture on the naive farm, which is stopped after."""
+    try:
+        for run in runs:
+            x = run.args
+            warm = [farm.prepare(workflow(run.names[0], 200_000, run.size, x.steps, x.sampler))]
             _through_farm(farm, warm, NvmlSampler(), one_at_a_time=True)  # loads the checkpoint
-            prepared = [farm.prepare(workflow(names[0], 210_000 + i, size, a.steps, a.sampler))
-                        for i in range(a.naive_jobs)]
+            prepared = [farm.prepare(workflow(run.names[0], 210_000 + i, run.size, x.steps, x.sampler))
+                        for i in range(x.naive_jobs)]
             nvml = NvmlSampler(period_s=0.05)
             seconds, lat, _ = _through_farm(farm, prepared, nvml, one_at_a_time=True)
-            record(summarize("naive", len(prepared), seconds, 1, nvml, latency_p50_s=percentile(lat, 50),
-                             latency_p99_s=percentile(lat, 99)))
-            info["naive_workers"] = _worker_stats(farm)
-        finally:
-            _stop_farm(farm)
-    if "farm" in a.modes:
-        farm = _start_farm(root, f"{tag}-farm", a, compile_on=a.compile, depth=2, max_batch=batch)
-        try:
+            run.record(summarize("naive", len(prepared), seconds, 1, nvml, latency_p50_s=percentile(lat, 50),
+                                 latency_p99_s=percentile(lat, 99)))
+            run.result["farm"]["naive_workers"] = _worker_stats(farm)
+    finally:
+        _stop_farm(farm)
+
+
+def bench_farm(runs: list[ArchRun], a: BenchArgs, root: Path) -> None:
+    """Farm mode of every architecture on one compiled farm, one architecture's queue after
+    the other. Each architecture's batch is its best raw batch: the farm's batch sizer gets
+    that as its measured table, and max_batch is the largest of them."""
+    batch = max(run.best_batch for run in runs)
+    sizer = BatchSizer(max_batch=batch, throughput={
+        (ARCH_FAMILY[run.arch].value, run.size // LATENT_FACTOR, run.size // LATENT_FACTOR): {run.best_batch: 1.0}
+        for run in runs})
+    farm = _start_farm(root, "farm", a, compile_on=a.compile, depth=2, max_batch=batch, sizer=sizer)
+    try:
+        for run in runs:
+            x, info = run.args, run.result["farm"]
             t = time.perf_counter()
-            # warm-up, outside the measurement: every checkpoint loaded once, every bucket's
-            # graph compiled and recorded (a farm does this once per worker)
-            warm = [farm.prepare(workflow(n, 300_000 + 100 * k + i, size, a.steps, a.sampler))
-                    for k, n in enumerate(names) for i in range(batch)]
+            # warm-up, outside the measurement: every checkpoint loaded once, the batch's
+            # graph traced (or read from inductor's cache) and recorded, as a farm does once
+            # per worker: a full batch of the first checkpoint, one job of each other
+            warm = [farm.prepare(workflow(n, 300_000 + 100 * k + i, run.size, x.steps, x.sampler))
+                    for k, n in enumerate(run.names) for i in range(run.best_batch if k == 0 else 1)]
             _through_farm(farm, warm, NvmlSampler(), one_at_a_time=False)
             info["farm_warmup_s"] = round(time.perf_counter() - t, 2)
-            say(f"farm warm-up ({len(warm)} jobs: every checkpoint loaded, every bucket compiled) took "
+            say(f"{run.arch} farm warm-up ({len(warm)} jobs: every checkpoint loaded, the batch compiled) took "
                 f"{info['farm_warmup_s']:.1f} s")
-            prepared = [farm.prepare(workflow(names[i % len(names)], 310_000 + i, size, a.steps, a.sampler))
-                        for i in range(a.jobs)]
+            prepared = [farm.prepare(workflow(run.names[i % len(run.names)], 310_000 + i, run.size, x.steps,
+                                              x.sampler)) for i in range(x.jobs)]
             nvml = NvmlSampler(period_s=0.05)
             seconds, lat, done = _through_farm(farm, prepared, nvml, one_at_a_time=False)
-            record(summarize("farm", len(prepared), seconds, batch, nvml, latency_p50_s=percentile(lat, 50),
-                             latency_p99_s=percentile(lat, 99), **_steady(nvml, done)))
+            run.record(summarize("farm", len(prepared), seconds, run.best_batch, nvml,
+                                 latency_p50_s=percentile(lat, 50), latency_p99_s=percentile(lat, 99),
+                                 **_steady(nvml, done)))
             info["farm_workers"] = _worker_stats(farm)
-        finally:
-            _stop_farm(farm)
+    finally:
+        _stop_farm(farm)

@@ -4,14 +4,18 @@ since the bench started, so a run cut short by its time limit still shows where 
 went), the SIGTERM that ends it, and the PNG of GPU utilisation over time."""
 from __future__ import annotations
 
+import os
 import platform
+import shutil
 import signal
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
+from farm.models.make import make_checkpoint
 from farm.worker.nvml import NvmlSampler, gpu_identity
 
 _STARTED = time.perf_counter()
@@ -20,6 +24,32 @@ DEFAULT_SIZE = {"sd15": 512, "sdxl": 1024, "tiny-sd15": 64, "tiny-sdxl": 64}
 SUBJECTS = ("a lighthouse", "a red fox", "a city at night", "a bowl of fruit", "a mountain lake",
             "an old car", "a robot", "a sailing ship")
 MODES = ("raw", "naive", "farm")
+
+
+def bench_device() -> torch.device:
+    """Where raw mode, the switch timings and the attention probe run: the GPU when there is one."""
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def bench_checkpoints(arch: str, root: Path, count: int) -> list[str]:
+    """`count` checkpoint files of `arch` under root/models/checkpoints: the first made with
+    random weights (unless there), the others hard links of it under other names."""
+    folder = root / "models" / "checkpoints"
+    first = folder / f"{arch}.safetensors"
+    if not first.exists():
+        t = time.perf_counter()
+        make_checkpoint(arch, first, seed=0)
+        say(f"made {arch} in {time.perf_counter() - t:.1f} s")
+    names = [first.name]
+    for i in range(1, count):
+        other = folder / f"{arch}-{chr(ord('a') + i)}.safetensors"
+        if not other.exists():
+            try:
+                os.link(first, other)
+            except OSError:  # another file system: a copy
+                shutil.copyfile(first, other)
+        names.append(other.name)
+    return names
 
 
 def workflow(ckpt: str, seed: int, size: int, steps: int, sampler: str) -> dict:
@@ -38,6 +68,27 @@ def workflow(ckpt: str, seed: int, size: int, steps: int, sampler: str) -> dict:
 
 
 @dataclass(frozen=True)
+class ArchPlan:
+    """What one architecture's run measures when the command line does not say."""
+
+    jobs: int  # farm mode's queue
+    naive_jobs: int
+    raw_jobs: int  # jobs per bucket in raw mode (rounded up to whole batches)
+    buckets: tuple[int, ...]  # jobs per batch tried in raw mode
+    checkpoints: int
+
+
+# Sized so that both architectures, cold compiles included, fit one 10-minute call on an
+# H100, where an SD1.5 job takes about 0.14 s in a batch of 32 and an SDXL one 0.85 s
+# (SDXL's batches of 8 ran no faster than 4 there).
+ARCH_PLANS = {
+    "sd15": ArchPlan(jobs=128, naive_jobs=16, raw_jobs=32, buckets=(1, 8, 16, 32), checkpoints=3),
+    "sdxl": ArchPlan(jobs=32, naive_jobs=4, raw_jobs=8, buckets=(1, 4, 8), checkpoints=2),
+}
+DEFAULT_PLAN = ArchPlan(jobs=64, naive_jobs=16, raw_jobs=32, buckets=(1, 8, 16), checkpoints=3)  # tiny archs
+
+
+@dataclass(frozen=True)
 class BenchArgs:
     jobs: int  # farm mode's queue
     naive_jobs: int
@@ -53,8 +104,34 @@ class BenchArgs:
     modes: tuple[str, ...]
 
 
-def mode_label(arch: str, size: int, a: BenchArgs) -> str:
-    return f"{arch} {size}px {a.steps} steps {a.sampler}"
+@dataclass
+class ArchRun:
+    """One architecture's part of a bench: its arguments, checkpoints and the result it
+    fills in (the JSON's entry under "results"), saved after every measured mode."""
+
+    arch: str
+    size: int  # image side, pixels
+    args: BenchArgs
+    result: dict
+    save: Callable[[dict], None]
+    names: list[str] = field(default_factory=list)  # checkpoint files, the first made, the rest links
+
+    @property
+    def best_batch(self) -> int:
+        return self.result["best_batch"]
+
+    @property
+    def label(self) -> str:
+        return f"{self.arch} {self.size}px {self.args.steps} steps {self.args.sampler}"
+
+    def record(self, mode: "ModeResult") -> None:
+        say_mode(self.label, mode)
+        self.result["modes"].append(asdict(mode))
+        by_mode = {m["mode"]: m for m in self.result["modes"]}
+        raw = by_mode.get(f"raw_b{self.best_batch}")
+        if "farm" in by_mode and raw:
+            self.result["farm_vs_raw_same_batch"] = by_mode["farm"]["images_per_s"] / raw["images_per_s"]
+        self.save(self.result)
 
 
 class BenchStopped(Exception):

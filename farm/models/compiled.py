@@ -294,7 +294,10 @@ class UNetCompiler:
                     stage = self._stages[key] = WeightStage(unet, self._compiled(label), label)
             runner = stage.runner
             unet = stage.module
-            for _, jobs, height, width in (s for s in self.config.warm_shapes if s[0] == arch):
+            # the largest shape first: its graph serves the smaller ones, while a small one's
+            # graph carries guards (buffers that fit 32-bit indexing) a larger one can fail
+            shapes = sorted((s for s in self.config.warm_shapes if s[0] == arch), key=lambda s: -s[1] * s[2] * s[3])
+            for _, jobs, height, width in shapes:
                 key = f"{arch} {jobs}x{height}x{width}"
                 started = time.perf_counter()
                 try:

@@ -20,45 +20,61 @@ ROOT = Path(__file__).resolve().parents[2]  # the repository
 def test_bench_runs_every_mode_on_the_cpu(tmp_path):
     out = tmp_path / "results"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    # The compiled path as on a GPU (raw mode and the farm's worker compile the UNet and the
-    # VAE decoder per checkpoint and bucket), with aot_eager: dynamo traces, no code is
+    # The compiled path as on a GPU (the compile processes, raw mode and the farm's worker
+    # compile the UNet and the VAE decoder), with aot_eager: dynamo traces, no code is
     # generated (inductor takes minutes on two cores; tests/models/test_compiled.py holds
-    # inductor's images to eager's).
+    # inductor's images to eager's). Two architectures in one call, as on a GPU: one compile
+    # process each, then one farm per mode for both.
     proc = subprocess.run(
-        [sys.executable, "-m", "farm", "bench", "--arch", "tiny-sd15", "--jobs", "16", "--naive-jobs", "2",
-         "--raw-jobs", "2", "--buckets", "1,2", "--checkpoints", "2", "--steps", "2", "--compile-backend", "aot_eager",
-         "--root", str(tmp_path / "bench"), "--out", str(out)],
+        [sys.executable, "-m", "farm", "bench", "--arch", "tiny-sd15", "--arch", "tiny-sdxl", "--jobs", "16",
+         "--naive-jobs", "2", "--raw-jobs", "2", "--buckets", "1,2", "--checkpoints", "2", "--steps", "2",
+         "--compile-backend", "aot_eager", "--root", str(tmp_path / "bench"), "--out", str(out)],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     [report_path] = list(out.glob("bench-*.json"))
     report = json.loads(report_path.read_text())
-    [result] = report["results"]
-    assert [m["mode"] for m in result["modes"]] == ["raw_b1", "raw_b2", "naive", "farm"]
-    assert result["best_batch"] in (1, 2)
-    for mode in result["modes"]:
-        assert mode["images_per_s"] > 0 and mode["jobs"] >= 2
-    farm = result["modes"][-1]
-    assert farm["jobs"] == 16 and farm["latency_p50_s"] <= farm["latency_p99_s"]
-    # the steady state: from the first job finished to the last one started, within the run
-    # (16 jobs: at least 8 batches, so the last is handed out well after the first one's files are written)
-    start, end = farm["steady_window_s"]
-    assert 0 <= start < end <= farm["seconds"]
-    [worker] = result["farm"]["farm_workers"]
-    assert worker["pipeline_depth"] == 2
-    # compiled, not fallen back to eager: every checkpoint's UNet and VAE decoder, raw and farm
-    for compiled in (result["raw"]["compile"], worker["compile"]):
-        assert all(entry["fallback"] is None for entry in compiled.values()), compiled
-    # one compiled UNet and one compiled VAE decoder (stages) for both checkpoints of the
-    # architecture, fed each one's weights
-    assert set(worker["compile"]) == {"unet:sd15", "vae:sd15"}
-    for stage in worker["compile"].values():
-        assert stage["checkpoints"] == sorted(result["checkpoints"]) and stage["weight_copies"] >= 1
+    assert [r["arch"] for r in report["results"]] == ["tiny-sd15", "tiny-sdxl"]
+    assert list(report["phases_s"]) == ["compile_and_start", "naive", "raw", "farm"]
+    assert 0 < sum(report["phases_s"].values()) <= report["seconds"]
+    workers = []
+    for result in report["results"]:
+        family = result["arch"].removeprefix("tiny-")
+        # naive first (its farm started during the compiles), then raw, the largest batch
+        # first (the graph compiled for it serves the smaller ones), then the farm
+        assert [m["mode"] for m in result["modes"]] == ["naive", "raw_b2", "raw_b1", "farm"]
+        assert result["best_batch"] in (1, 2)
+        for mode in result["modes"]:
+            assert mode["images_per_s"] > 0 and mode["jobs"] >= 2
+        # the compile process ran the largest batch on the first checkpoint, compiled
+        pre = result["precompile"]
+        assert pre["batch"] == 2 and pre["compile"][f"unet:{family}"]["fallback"] is None, pre
+        assert result["raw"]["first_batch"] == 2
+        farm = result["modes"][-1]
+        assert farm["jobs"] == 16 and farm["latency_p50_s"] <= farm["latency_p99_s"]
+        assert farm["batch"] == result["best_batch"]
+        # the steady state: from the first job finished to the last one started, within the
+        # run (16 jobs: at least 8 batches, so the last is handed out well after the first
+        # one's files are written)
+        start, end = farm["steady_window_s"]
+        assert 0 <= start < end <= farm["seconds"]
+        [worker] = result["farm"]["farm_workers"]
+        assert worker["pipeline_depth"] == 2
+        # compiled, not fallen back to eager: every UNet and VAE decoder, raw and farm
+        for compiled in (result["raw"]["compile"], worker["compile"]):
+            assert all(entry["fallback"] is None for entry in compiled.values()), compiled
+        # one compiled UNet and one compiled VAE decoder (stages) for both checkpoints of the
+        # architecture, fed each one's weights
+        for stage in (worker["compile"][f"unet:{family}"], worker["compile"][f"vae:{family}"]):
+            assert stage["checkpoints"] == sorted(result["checkpoints"]) and stage["weight_copies"] >= 1
+        assert {load["checkpoint"] for load in worker["loads"]} >= set(result["checkpoints"])
+        assert len(result["checkpoints"]) == 2
+        # a budget of one checkpoint: each switch evicts the other to host RAM, and back
+        switch = result["switch"]
+        assert switch["store"]["loads"] == 2 and switch["pinned"]["loads"] == 6, switch
+        workers.append(worker["worker_id"])
+    # both architectures' farm modes ran on one farm (one worker: a farm per mode, not per arch)
+    assert len(set(workers)) == 1
     assert "fell back to eager" not in proc.stdout
-    assert {load["checkpoint"] for load in worker["loads"]} == set(result["checkpoints"])
-    assert len(result["checkpoints"]) == 2
-    # a budget of one checkpoint: each switch evicts the other to host RAM, and back
-    switch = result["switch"]
-    assert switch["store"]["loads"] == 2 and switch["pinned"]["loads"] == 6, switch
     assert (out / report_path.with_suffix(".png").name).exists() == (report["plot"] is not None)
     assert "best batch" in proc.stdout and "farm:" in proc.stdout
     # whether xformers could run here (not a dependency: usually why not), as the probe says
@@ -79,16 +95,15 @@ def test_bench_stopped_by_sigterm_keeps_what_it_measured(tmp_path):
     handler of its own: the modes measured before must be in the JSON, not lost."""
     out = tmp_path / "results"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "farm", "bench", "--arch", "tiny-sd15", "--modes", "raw,naive", "--buckets", "1",
-         "--raw-jobs", "2", "--naive-jobs", "200", "--steps", "8", "--no-compile", "--root", str(tmp_path / "bench"),
-         "--out", str(out)],
+        [sys.executable, "-m", "farm", "bench", "--arch", "tiny-sd15", "--modes", "naive,farm", "--naive-jobs", "2",
+         "--jobs", "2000", "--steps", "8", "--no-compile", "--root", str(tmp_path / "bench"), "--out", str(out)],
         cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         text=True)
     lines = []
     try:
         for line in proc.stdout:
             lines.append(line)
-            if "naive: the farm is up" in line:  # Ray runs; the naive jobs are being measured
+            if "farm: the farm is up" in line:  # Ray runs; the farm mode's jobs are being measured
                 proc.send_signal(signal.SIGTERM)
                 break
         rest, _ = proc.communicate(timeout=120)
@@ -101,8 +116,8 @@ def test_bench_stopped_by_sigterm_keeps_what_it_measured(tmp_path):
     report = json.loads(report_path.read_text())
     assert report["stopped"] == f"signal {int(signal.SIGTERM)}"
     [result] = report["results"]
-    assert [m["mode"] for m in result["modes"]] == ["raw_b1"]  # naive never finished
+    assert [m["mode"] for m in result["modes"]] == ["naive"]  # the farm mode never finished
     assert result["modes"][0]["jobs"] == 2 and result["modes"][0]["images_per_s"] > 0
-    assert result["switch"]["pinned"]["loads"] > 0
+    assert list(report["phases_s"]) == ["compile_and_start", "naive"]
     # every line says when it was printed: where a stopped run's time went
-    assert all(line.startswith("[") for line in output.splitlines() if "raw_b1" in line or "farm is up" in line)
+    assert all(line.startswith("[") for line in output.splitlines() if " naive: " in line or "farm is up" in line)

@@ -61,6 +61,7 @@ def test_compiled_latents_equal_eager(tiny_checkpoints, tmp_path):
     warmed = compiler.warm(torch.float32)
     print(f"warm-up {time.perf_counter() - started:.1f} s: {warmed}")
     assert set(warmed) == {"tiny-sd15 1x8x8", "tiny-sd15 3x8x8"} and all(s > 0 for s in warmed.values())
+    assert list(warmed) == ["tiny-sd15 3x8x8", "tiny-sd15 1x8x8"]  # the largest first: its graph serves both
     # the random-weight UNet is the stage of its layout: compiled, used by no checkpoint yet
     [(label, entry)] = compiler.report().items()
     assert label == "unet:sd15" and entry["checkpoints"] == [] and entry["weight_copies"] == 0
