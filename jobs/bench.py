@@ -38,7 +38,7 @@ from pathlib import Path
 
 import torch
 
-from farm.engine import JobContext, PlannedJob
+from farm.engine import PlannedJob
 from farm.engine.local import LocalRenderer
 from farm.models.attention import SDPA, XFORMERS, requested_backend, xformers_problem
 from farm.models.compiled import CompileConfig
@@ -48,29 +48,12 @@ from jobs.bench_farm import bench_farm, bench_naive, start_naive_farm
 from jobs.bench_precompile import Precompile
 from jobs.bench_report import (
     ARCH_PLANS, DEFAULT_PLAN, DEFAULT_SIZE, MODES, ArchRun, BenchArgs, BenchStopped, ModeResult, bench_checkpoints,
-    bench_device, device_label, plot, say, stop_on_sigterm, summarize, workflow,
+    bench_device, device_label, planned_jobs, plot, run_batches, say, stop_on_sigterm, summarize,
 )
 from jobs.bench_switch import measure_switches
 
 
 # -- raw: the engine alone ----------------------------------------------------------------------
-
-def planned_jobs(renderer: LocalRenderer, ckpt: str, seeds: range, size: int, steps: int,
-                 sampler: str) -> list[PlannedJob]:
-    jobs = []
-    for seed in seeds:
-        p = renderer.prepare(workflow(ckpt, seed, size, steps, sampler))
-        jobs.append(PlannedJob(JobContext(p.prompt_id, p.prompt), p.plan))
-    return jobs
-
-
-def run_batches(renderer: LocalRenderer, jobs: list[PlannedJob], batch: int) -> None:
-    for i in range(0, len(jobs), batch):
-        outcomes = renderer.engine.run_batch(jobs[i:i + batch])
-        failed = [str(o.error) for o in outcomes if not o.ok]
-        if failed:
-            raise RuntimeError(f"raw batch of {batch} failed: {failed[0]}")
-
 
 def bench_raw(run: ArchRun, root: Path) -> tuple[list[ModeResult], dict]:
     """Raw mode, the largest bucket first: a graph compiled for the largest batch serves the

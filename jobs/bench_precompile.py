@@ -85,8 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     from farm.engine.local import LocalRenderer
     from farm.models.compiled import CompileConfig
     from farm.records.paths import FarmPaths
-    from jobs.bench import planned_jobs, run_batches
-    from jobs.bench_report import bench_device
+    from jobs.bench_report import bench_device, planned_jobs, run_batches
 
     started = time.perf_counter()
     names = bench_checkpoints(args.arch, args.root, args.checkpoints)

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from farm.engine import JobContext, PlannedJob
+from farm.engine.local import LocalRenderer
 from farm.models.make import make_checkpoint
 from farm.worker.nvml import NvmlSampler, gpu_identity
 
@@ -65,6 +67,23 @@ def workflow(ckpt: str, seed: int, size: int, steps: int, sampler: str) -> dict:
         "8": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["4", 2]}},
         "9": {"class_type": "SaveImage", "inputs": {"images": ["8", 0], "filename_prefix": "bench/img"}},
     }
+
+
+def planned_jobs(renderer: LocalRenderer, ckpt: str, seeds: range, size: int, steps: int,
+                 sampler: str) -> list[PlannedJob]:
+    jobs = []
+    for seed in seeds:
+        p = renderer.prepare(workflow(ckpt, seed, size, steps, sampler))
+        jobs.append(PlannedJob(JobContext(p.prompt_id, p.prompt), p.plan))
+    return jobs
+
+
+def run_batches(renderer: LocalRenderer, jobs: list[PlannedJob], batch: int) -> None:
+    for i in range(0, len(jobs), batch):
+        outcomes = renderer.engine.run_batch(jobs[i:i + batch])
+        failed = [str(o.error) for o in outcomes if not o.ok]
+        if failed:
+            raise RuntimeError(f"raw batch of {batch} failed: {failed[0]}")
 
 
 @dataclass(frozen=True)
