@@ -22,6 +22,27 @@ def _add_paths(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", type=Path, help="where images are written (default: .farm/output)")
 
 
+def _warm_shape(text: str) -> tuple[str, int, int, int]:
+    """"sd15:16:512x512" -> ("sd15", 16, 64, 64): the compiler's (arch, jobs, latent h, latent w).
+    An argparse type: a bad value is a ConfigError, one line from main, before Ray is touched."""
+    from farm.errors import ConfigError
+
+    parts = text.split(":")
+    try:
+        arch, jobs, size = parts
+        width, height = (int(n) for n in size.lower().split("x"))
+        jobs_n = int(jobs)
+    except ValueError:
+        raise ConfigError(f"--warm {text!r} is not ARCH:JOBS:WIDTHxHEIGHT, e.g. sd15:16:512x512") from None
+    if width % 8 or height % 8 or width <= 0 or height <= 0:
+        raise ConfigError(f"--warm {text!r}: width and height are pixels, positive multiples of 8")
+    from farm.models.compiled import CompileConfig
+
+    shape = (arch, jobs_n, height // 8, width // 8)
+    CompileConfig(warm_shapes=(shape,))  # raises ConfigError naming the architectures it knows
+    return shape
+
+
 def _add_farm_setup(p: argparse.ArgumentParser) -> None:
     """What a farm started on a cluster is set up with (farm serve and farm start)."""
     p.add_argument("--model-source", metavar="PATH_OR_URI",
@@ -41,6 +62,10 @@ def _add_farm_setup(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-compile", action="store_true",
                    help="sample with the eager UNet and VAE (default on a GPU: torch.compile, paid once per worker "
                         "and shape; its cache is kept under the farm's state folder)")
+    p.add_argument("--warm", action="append", metavar="ARCH:JOBS:WxH", default=[], type=_warm_shape,
+                   help="compile this shape when a GPU worker starts, before it takes a job (repeatable), e.g. "
+                        "sd15:16:512x512 (SD1.5, batches of up to 16 jobs, 512 px); without it the first batch of a "
+                        "shape pays its compile")
 
 
 def _scaling(args):
@@ -67,7 +92,8 @@ def _farm_config(args, paths, db):
     from farm.models.compiled import CompileConfig
 
     max_workers, knobs = _scaling(args)
-    compile_cfg = CompileConfig(enabled=False) if getattr(args, "no_compile", False) else CompileConfig()
+    compile_cfg = CompileConfig(enabled=False) if getattr(args, "no_compile", False) else CompileConfig(
+        warm_shapes=tuple(getattr(args, "warm", None) or ()))
     return cluster.FarmConfig(paths=paths, db=db, num_workers=getattr(args, "workers", None),
                               max_workers=max_workers, autoscale=knobs, compile=compile_cfg)
 
