@@ -101,8 +101,8 @@ class ArchPlan:
 # H100, where an SD1.5 job takes about 0.14 s in a batch of 32 and an SDXL one 0.85 s
 # (SDXL's batches of 8 ran no faster than 4 there).
 ARCH_PLANS = {
-    "sd15": ArchPlan(jobs=128, naive_jobs=16, raw_jobs=32, buckets=(1, 8, 16, 32), checkpoints=3),
-    "sdxl": ArchPlan(jobs=32, naive_jobs=4, raw_jobs=8, buckets=(1, 4, 8), checkpoints=2),
+    "sd15": ArchPlan(jobs=128, naive_jobs=16, raw_jobs=16, buckets=(1, 8, 16, 32), checkpoints=3),
+    "sdxl": ArchPlan(jobs=24, naive_jobs=4, raw_jobs=4, buckets=(1, 4, 8), checkpoints=2),
 }
 DEFAULT_PLAN = ArchPlan(jobs=64, naive_jobs=16, raw_jobs=32, buckets=(1, 8, 16), checkpoints=3)  # tiny archs
 

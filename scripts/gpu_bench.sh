@@ -9,7 +9,7 @@
 #   e.g. scripts/gpu_bench.sh 560 -- --arch sd15      (one architecture)
 set -uo pipefail
 out=${OUT:?set OUT to the folder the results go to}
-limit=${1:-560}
+limit=${1:-570}
 shift $(( $# < 1 ? $# : 1 ))
 [ "${1:-}" = "--" ] && shift
 if ! python3 -c 'import ray, diffusers' 2>/dev/null; then
