@@ -2,8 +2,7 @@
 # The whole GPU bench in one call on a GPU machine: `farm bench` for SD1.5 512 px and SDXL
 # 1024 px (its default on a GPU), every mode, under one time limit. Where Ray and diffusers
 # are missing (a machine that cannot download), it installs the wheels in .whl/ (pip
-# download'ed beforehand for that machine's Python) into /tmp/site, and byte-compiles them
-# once, in parallel, rather than in every Ray worker process that imports them.
+# download'ed beforehand for that machine's Python) into /tmp/site.
 #
 #   OUT=/some/folder scripts/gpu_bench.sh [LIMIT_S] [-- extra farm bench flags]
 #   e.g. scripts/gpu_bench.sh 560 -- --arch sd15      (one architecture)
@@ -15,7 +14,6 @@ shift $(( $# < 1 ? $# : 1 ))
 if ! python3 -c 'import ray, diffusers' 2>/dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     || exit 1
-  python3 -m compileall -q -j 0 /tmp/site >/dev/null 2>&1
   export PYTHONPATH=/tmp/site:$PWD
 fi
 # TORCH_LOGS=recompiles: a shape that compiles again says which guard failed
