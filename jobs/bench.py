@@ -67,6 +67,8 @@ def bench_raw(run: ArchRun, root: Path) -> tuple[list[ModeResult], dict]:
     def jobs(seed: int, count: int) -> list[PlannedJob]:
         return planned_jobs(renderer, run.names[0], range(seed, seed + count), run.size, a.steps, a.sampler)
 
+    if device.type == "cuda":  # a batch that records a bucket's CUDA graph: its memory counts
+        torch.cuda.reset_peak_memory_stats()
     t = time.perf_counter()
     run_batches(renderer, jobs(100_000, buckets[0]), buckets[0])
     first_s = time.perf_counter() - t
@@ -75,12 +77,13 @@ def bench_raw(run: ArchRun, root: Path) -> tuple[list[ModeResult], dict]:
     for n, batch in enumerate(buckets):
         seed = 101_000 + 1_000 * n
         count = -(-a.raw_jobs // batch) * batch
-        warm, measured = jobs(seed, batch), jobs(seed + batch, count)
-        if device.type == "cuda":  # the warm batch records this bucket's CUDA graph: its memory counts
-            torch.cuda.reset_peak_memory_stats()
+        measured = jobs(seed + batch, count)
         nvml = NvmlSampler(period_s=0.05)
         try:
-            run_batches(renderer, warm, batch)
+            if n > 0:  # a warm batch records this bucket's graph (the first batch did the largest's)
+                if device.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats()
+                run_batches(renderer, jobs(seed, batch), batch)
             started = time.perf_counter()
             with nvml:
                 run_batches(renderer, measured, batch)
