@@ -1,12 +1,13 @@
 """`farm bench`: what this machine's GPU renders per second, measured three ways in one call.
 
 - raw: the engine alone in this process (LocalRenderer), jobs run as cross-job batches of
-  each size in --buckets, largest first, compiled; the best size (images/s, within free
-  memory) is the farm's batch size for that architecture and resolution;
+  each size in --buckets, largest first, compiled; it reports the best size (images/s,
+  within free memory), what a measured table would tell the farm's batch sizer;
 - naive: one job at a time through the farm (Farm.local: Ray, queue, writer), eager, no
   pipelining: ComfyUI's way;
 - farm: a queue of --jobs batch-1 jobs over --checkpoints checkpoints submitted at once,
-  everything on (compiled UNet, batches of the best size, two batches in flight per worker).
+  everything on (compiled UNet, batches as the farm's batch sizer allows them, two batches
+  in flight per worker); raw mode measures that batch size too (farm_vs_raw_same_batch).
 
 Each mode reports images/s, NVML utilisation (mean and 5th percentile, sampled at 20 Hz),
 latency p50/p99 (submit to files on disk), model loads and compile time. The JSON and a PNG
@@ -16,9 +17,11 @@ One call measures every architecture (on a GPU by default SD1.5 at 512 px and SD
 1024 px, each with its own plan: jobs, buckets, checkpoints) in three phases, so that the
 slow parts happen once: cold compiles of all architectures at once, in one process each
 (jobs.bench_precompile: compiling is mostly single-threaded Python), which fill inductor's
-disk cache that raw mode and the farm's worker then read; raw mode per architecture; then
-one eager farm for every architecture's naive mode and one compiled farm for every farm
-mode (a farm's start, Ray's workers importing torch, is paid twice, not four times).
+disk cache that raw mode and the farm's worker then read, while the eager farm of the naive
+mode starts; then naive, farm and raw, each over every architecture, with one farm for every
+architecture's naive mode and one compiled farm for every farm mode (a farm's start, Ray's
+workers importing torch, is paid twice, not four times). Farm mode comes before raw mode:
+where a time limit cuts a run short, the farm's figures are the ones that matter most.
 
 Checkpoints are full-size random weights made on the spot (the GPU's work does not depend on
 the weights' values); extra checkpoints are hard links of the first under other names (the
@@ -133,7 +136,7 @@ def raw_and_switch(run: ArchRun, root: Path) -> None:
     raw, run.result["raw"] = bench_raw(run, root)
     say_fallbacks("raw", run.result["raw"]["compile"])
     run.result["best_batch"] = best_batch(raw, run.result["raw"]["device_total_gib"]) if raw else 1
-    say(f"{run.arch} {run.size}px: best batch {run.best_batch}")
+    say(f"{run.arch} {run.size}px: best batch {run.result['best_batch']}")
     run.result["switch"] = measure_switches(FarmPaths.under(root).models, run.names, bench_device())
     gc.collect()
     say(f"{run.arch}: checkpoint switch into device memory, by source: {run.result['switch']}")
@@ -166,11 +169,6 @@ def bench_all(runs: list[ArchRun], root: Path, a: BenchArgs, phases: dict[str, f
         t = time.perf_counter()
         bench_naive(runs, naive_farm)
         phase("naive", t)
-    if "raw" in a.modes:
-        t = time.perf_counter()
-        for run in runs:
-            raw_and_switch(run, root)
-        phase("raw", t)
     if "farm" in a.modes:
         t = time.perf_counter()
         bench_farm(runs, a, root)
@@ -178,6 +176,11 @@ def bench_all(runs: list[ArchRun], root: Path, a: BenchArgs, phases: dict[str, f
             for worker in run.result["farm"].get("farm_workers", []):
                 say_fallbacks(f"farm {worker.get('worker_id')}", worker.get("compile") or {})
         phase("farm", t)
+    if "raw" in a.modes:
+        t = time.perf_counter()
+        for run in runs:
+            raw_and_switch(run, root)
+        phase("raw", t)
 
 
 def arch_args(args: argparse.Namespace, arch: str, shared: dict) -> BenchArgs:
@@ -257,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     for arch, x in per_arch.items():
         size = DEFAULT_SIZE[arch]
         result = {"arch": arch, "size": size, "steps": x.steps, "sampler": x.sampler, "checkpoints": [],
-                  "best_batch": max(x.buckets), "farm_vs_raw_same_batch": None, "modes": [], "farm": {}}
+                  "best_batch": None, "farm_batch": None, "farm_vs_raw_same_batch": None, "modes": [], "farm": {}}
         report["results"].append(result)
         runs.append(ArchRun(arch, size, x, result, save))
     status = 0

@@ -137,12 +137,14 @@ def bench_naive(runs: list[ArchRun], farm) -> None:
 
 def bench_farm(runs: list[ArchRun], a: BenchArgs, root: Path) -> None:
     """Farm mode of every architecture on one compiled farm, one architecture's queue after
-    the other. Each architecture's batch is its best raw batch: the farm's batch sizer gets
-    that as its measured table, and max_batch is the largest of them."""
-    batch = max(run.best_batch for run in runs)
-    sizer = BatchSizer(max_batch=batch, throughput={
-        (ARCH_FAMILY[run.arch].value, run.size // LATENT_FACTOR, run.size // LATENT_FACTOR): {run.best_batch: 1.0}
-        for run in runs})
+    the other. Batches are what the farm's own batch sizer allows, as deployed (its default
+    caps per architecture and size: nothing here tunes them), up to the largest raw bucket;
+    raw mode measures that batch size too, for the farm-against-raw figure."""
+    sizer = BatchSizer(max_batch=max(max(run.args.buckets) for run in runs))
+    for run in runs:
+        latent = run.size // LATENT_FACTOR
+        run.result["farm_batch"] = sizer.limit(ARCH_FAMILY[run.arch].value, latent, latent)
+    batch = max(run.result["farm_batch"] for run in runs)
     farm = _start_farm(root, "farm", a, compile_on=a.compile, depth=2, max_batch=batch, sizer=sizer)
     try:
         for run in runs:
@@ -152,7 +154,7 @@ def bench_farm(runs: list[ArchRun], a: BenchArgs, root: Path) -> None:
             # graph traced (or read from inductor's cache) and recorded, as a farm does once
             # per worker: a full batch of the first checkpoint, one job of each other
             warm = [farm.prepare(workflow(n, 300_000 + 100 * k + i, run.size, x.steps, x.sampler))
-                    for k, n in enumerate(run.names) for i in range(run.best_batch if k == 0 else 1)]
+                    for k, n in enumerate(run.names) for i in range(run.result["farm_batch"] if k == 0 else 1)]
             _through_farm(farm, warm, NvmlSampler(), one_at_a_time=False)
             info["farm_warmup_s"] = round(time.perf_counter() - t, 2)
             say(f"{run.arch} farm warm-up ({len(warm)} jobs: every checkpoint loaded, the batch compiled) took "
@@ -161,7 +163,7 @@ def bench_farm(runs: list[ArchRun], a: BenchArgs, root: Path) -> None:
                                               x.sampler)) for i in range(x.jobs)]
             nvml = NvmlSampler(period_s=0.05)
             seconds, lat, done = _through_farm(farm, prepared, nvml, one_at_a_time=False)
-            run.record(summarize("farm", len(prepared), seconds, run.best_batch, nvml,
+            run.record(summarize("farm", len(prepared), seconds, run.result["farm_batch"], nvml,
                                  latency_p50_s=percentile(lat, 50), latency_p99_s=percentile(lat, 99),
                                  **_steady(nvml, done)))
             info["farm_workers"] = _worker_stats(farm)

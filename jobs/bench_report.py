@@ -136,10 +136,6 @@ class ArchRun:
     names: list[str] = field(default_factory=list)  # checkpoint files, the first made, the rest links
 
     @property
-    def best_batch(self) -> int:
-        return self.result["best_batch"]
-
-    @property
     def label(self) -> str:
         return f"{self.arch} {self.size}px {self.args.steps} steps {self.args.sampler}"
 
@@ -147,7 +143,7 @@ class ArchRun:
         say_mode(self.label, mode)
         self.result["modes"].append(asdict(mode))
         by_mode = {m["mode"]: m for m in self.result["modes"]}
-        raw = by_mode.get(f"raw_b{self.best_batch}")
+        raw = by_mode.get(f"raw_b{self.result.get('farm_batch')}")
         if "farm" in by_mode and raw:
             self.result["farm_vs_raw_same_batch"] = by_mode["farm"]["images_per_s"] / raw["images_per_s"]
         self.save(self.result)
@@ -235,7 +231,7 @@ def plot(report: dict, path: Path) -> Path | None:
     fig, axes = plt.subplots(len(results), 1, figsize=(11, 3.2 * len(results)), squeeze=False)
     for ax, res in zip(axes[:, 0], results):
         for m in res["modes"]:
-            if m["mode"] in ("naive", "farm") or m["mode"] == f"raw_b{res['best_batch']}":
+            if m["mode"] in ("naive", "farm") or m["mode"] == f"raw_b{res.get('farm_batch')}":
                 ts = [p[0] for p in m["timeline"]]
                 us = [p[1] for p in m["timeline"]]
                 label = (f"{m['mode']}: {m['images_per_s']:.2f} img/s, mean {m['nvml_util_mean'] or 0:.0f}% "

@@ -34,24 +34,28 @@ def test_bench_runs_every_mode_on_the_cpu(tmp_path):
     [report_path] = list(out.glob("bench-*.json"))
     report = json.loads(report_path.read_text())
     assert [r["arch"] for r in report["results"]] == ["tiny-sd15", "tiny-sdxl"]
-    assert list(report["phases_s"]) == ["compile_and_start", "naive", "raw", "farm"]
+    assert list(report["phases_s"]) == ["compile_and_start", "naive", "farm", "raw"]
     assert 0 < sum(report["phases_s"].values()) <= report["seconds"]
     workers = []
     for result in report["results"]:
         family = result["arch"].removeprefix("tiny-")
-        # naive first (its farm started during the compiles), then raw, the largest batch
-        # first (the graph compiled for it serves the smaller ones), then the farm
-        assert [m["mode"] for m in result["modes"]] == ["naive", "raw_b2", "raw_b1", "farm"]
+        # naive first (its farm started during the compiles), then the farm, then raw, the
+        # largest batch first (the graph compiled for it serves the smaller ones)
+        assert [m["mode"] for m in result["modes"]] == ["naive", "farm", "raw_b2", "raw_b1"]
         assert result["best_batch"] in (1, 2)
+        # the farm's batch sizer allows 2 (its cap for a 64 px image, under the largest bucket)
+        assert result["farm_batch"] == 2
+        raw_same = next(m for m in result["modes"] if m["mode"] == "raw_b2")
+        assert result["farm_vs_raw_same_batch"] == farm_mode(result)["images_per_s"] / raw_same["images_per_s"]
         for mode in result["modes"]:
             assert mode["images_per_s"] > 0 and mode["jobs"] >= 2
         # the compile process ran the largest batch on the first checkpoint, compiled
         pre = result["precompile"]
         assert pre["batch"] == 2 and pre["compile"][f"unet:{family}"]["fallback"] is None, pre
         assert result["raw"]["first_batch"] == 2
-        farm = result["modes"][-1]
+        farm = farm_mode(result)
         assert farm["jobs"] == 16 and farm["latency_p50_s"] <= farm["latency_p99_s"]
-        assert farm["batch"] == result["best_batch"]
+        assert farm["batch"] == result["farm_batch"]
         # the steady state: from the first job finished to the last one started, within the
         # run (16 jobs: at least 8 batches, so the last is handed out well after the first
         # one's files are written)
@@ -80,6 +84,10 @@ def test_bench_runs_every_mode_on_the_cpu(tmp_path):
     # whether xformers could run here (not a dependency: usually why not), as the probe says
     assert report["attention"] == {"backend": "sdpa",
                                    "xformers": xformers_problem(torch.device("cpu"), torch.float16) or "usable"}
+
+
+def farm_mode(result: dict) -> dict:
+    return next(m for m in result["modes"] if m["mode"] == "farm")
 
 
 def test_bench_refuses_a_bad_mode(tmp_path):
