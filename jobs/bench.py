@@ -60,8 +60,8 @@ from jobs.bench_switch import measure_switches
 
 def bench_raw(run: ArchRun, root: Path) -> tuple[list[ModeResult], dict]:
     """Raw mode, the largest bucket first: a graph compiled for the largest batch serves the
-    smaller ones, while one compiled for a small batch carries inductor's guards that its
-    buffers fit 32-bit indexing, which a larger batch can fail, costing a second compile."""
+    smaller ones, while one compiled for a small batch was seen to compile again for a large
+    one (likely inductor's guards that its buffers fit 32-bit indexing)."""
     a, device = run.args, bench_device()
     compile_cfg = CompileConfig(enabled=a.compile, backend=a.compile_backend)
     renderer = LocalRenderer(FarmPaths.under(root), device, compile=compile_cfg)

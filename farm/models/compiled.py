@@ -295,7 +295,8 @@ class UNetCompiler:
             runner = stage.runner
             unet = stage.module
             # the largest shape first: its graph serves the smaller ones, while a small one's
-            # graph carries guards (buffers that fit 32-bit indexing) a larger one can fail
+            # was seen to compile again for a larger one (likely inductor's guards that its
+            # buffers fit 32-bit indexing: see benchmarks/compile_shapes.py)
             shapes = sorted((s for s in self.config.warm_shapes if s[0] == arch), key=lambda s: -s[1] * s[2] * s[3])
             for _, jobs, height, width in shapes:
                 key = f"{arch} {jobs}x{height}x{width}"
