@@ -35,7 +35,6 @@ import json
 import re
 import signal
 import time
-from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
