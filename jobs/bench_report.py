@@ -97,9 +97,10 @@ class ArchPlan:
     checkpoints: int
 
 
-# Sized so that both architectures, cold compiles included, fit one 10-minute call on an
-# H100, where an SD1.5 job takes about 0.14 s in a batch of 32 and an SDXL one 0.85 s
-# (SDXL's batches of 8 ran no faster than 4 there).
+# Sized for both architectures, cold compiles included, to fit one 10-minute call on an
+# H100 (an estimate from its earlier timings, about 540 s; not yet measured): there an SD1.5
+# job takes about 0.14 s in a batch of 32 and an SDXL one 0.85 s (SDXL's batches of 8 ran no
+# faster than 4).
 ARCH_PLANS = {
     "sd15": ArchPlan(jobs=128, naive_jobs=16, raw_jobs=16, buckets=(1, 8, 16, 32), checkpoints=3),
     "sdxl": ArchPlan(jobs=24, naive_jobs=4, raw_jobs=4, buckets=(1, 4, 8), checkpoints=2),
