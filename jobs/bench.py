@@ -188,8 +188,8 @@ def arch_args(args: argparse.Namespace, arch: str, shared: dict) -> BenchArgs:
     given = {"jobs": args.jobs, "naive_jobs": args.naive_jobs, "raw_jobs": args.raw_jobs,
              "buckets": args.buckets, "checkpoints": args.checkpoints}
     plan = dataclasses.replace(plan, **{k: v for k, v in given.items() if v is not None})
-    return BenchArgs(plan.jobs, plan.naive_jobs, plan.raw_jobs, tuple(sorted(set(plan.buckets))),
-                     max(1, plan.checkpoints), **shared)
+    return BenchArgs(**{**dataclasses.asdict(plan), "buckets": tuple(sorted(set(plan.buckets))),
+                        "checkpoints": max(1, plan.checkpoints)}, **shared)
 
 
 def _buckets(parser: argparse.ArgumentParser, text: str | None) -> tuple[int, ...] | None:

@@ -109,12 +109,9 @@ DEFAULT_PLAN = ArchPlan(jobs=64, naive_jobs=16, raw_jobs=32, buckets=(1, 8, 16),
 
 
 @dataclass(frozen=True)
-class BenchArgs:
-    jobs: int  # farm mode's queue
-    naive_jobs: int
-    raw_jobs: int  # jobs per bucket in raw mode (rounded up to whole batches)
-    buckets: tuple[int, ...]  # jobs per batch tried in raw mode
-    checkpoints: int
+class BenchArgs(ArchPlan):
+    """One architecture's plan and what every architecture of the run shares."""
+
     steps: int
     sampler: str
     compile: bool
