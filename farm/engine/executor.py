@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -82,15 +83,17 @@ class Engine:
     def run(self, job: PlannedJob) -> JobOutcome:
         return self.run_batch([job])[0]
 
-    def run_batch(self, jobs: list[PlannedJob], interrupt: threading.Event | None = None) -> list[JobOutcome]:
+    def run_batch(self, jobs: list[PlannedJob], interrupt: threading.Event | None = None,
+                  stopped: Callable[[str], bool] | None = None) -> list[JobOutcome]:
         """Run jobs that share one plan shape (same node ids and order). Each job gets its
         own events and outcome; a failing node fails the jobs it was running for.
 
         `interrupt`: this call's stop flag, for a caller that runs several calls at once
         (a farm worker overlaps one batch's decoding with the next one's sampling); without
-        it the engine's own flag, cleared here."""
-        if len({tuple(j.plan.order) for j in jobs}) > 1:
-            return [self.run_batch([j], interrupt)[0] for j in jobs]  # not one shape: no sharing to be had
+        it the engine's own flag, cleared here. `stopped(prompt_id)`: asked before every
+        node, a job it names ends there, interrupted, while the rest of the batch runs on."""
+        if len({tuple(j.plan.order) for j in jobs}) > 1:  # not one shape: no sharing to be had
+            return [self.run_batch([j], interrupt, stopped)[0] for j in jobs]
         started = time.perf_counter()
         if interrupt is None:
             interrupt = self.interrupt
@@ -105,6 +108,8 @@ class Engine:
             state.outcome.cached_nodes = cached
             self._emit(state, EventType.EXECUTION_CACHED, {"nodes": cached})
         for node_id in jobs[0].plan.order:
+            if stopped is not None:
+                self._stop_asked(states, node_id, stopped)
             live = [s for s in states if s.outcome.error is None]
             if not live:
                 break
@@ -116,6 +121,13 @@ class Engine:
             state.outcome.run_s = elapsed
             self._finish(state)
         return [s.outcome for s in states]
+
+    @staticmethod
+    def _stop_asked(states: list[_JobState], node_id: str, stopped: Callable[[str], bool]) -> None:
+        for state in states:
+            if state.outcome.error is None and stopped(state.outcome.prompt_id):
+                state.outcome.error = Interrupted("interrupted by the user")
+                state.outcome.interrupted_at = (node_id, state.job.workflow.nodes[node_id].class_type)
 
     # -- one node, for every live job of the batch ---------------------------------------
 

@@ -71,8 +71,23 @@ class _Call:
     """One engine call in flight, and what an interrupt asked of it."""
 
     prompt_ids: tuple[str, ...]
-    stop: threading.Event = field(default_factory=threading.Event)
+    stop: threading.Event = field(default_factory=threading.Event)  # the whole call stops
     targets: set[str] | None = field(default_factory=set)  # prompt ids asked to stop; None: all
+
+    def ask_to_stop(self, prompt_ids: set[str] | None) -> None:
+        """Named prompts leave the call at its next node while the others run on (stopping
+        the call would throw away their progress); once none is left wanted, or with None,
+        the whole call stops at once, mid-step. Under the worker's state lock."""
+        if prompt_ids is None or self.targets is None:
+            self.targets = None
+        else:
+            self.targets |= prompt_ids
+        if self.targets is None or self.targets >= set(self.prompt_ids):
+            self.stop.set()
+
+    def is_stopped(self, prompt_id: str) -> bool:
+        targets = self.targets
+        return targets is None or prompt_id in targets
 
 
 class WorkerCore:
@@ -161,10 +176,9 @@ class WorkerCore:
                 asked = {i: self._early_stops.pop(i, None) for i in call.prompt_ids}
                 early = {i for i, t in asked.items() if t is not None and now - t < EARLY_STOP_S}
                 if early:
-                    call.targets |= early
-                    call.stop.set()
+                    call.ask_to_stop(early)
             try:
-                outcomes = self._engine_call(planned, call.stop)
+                outcomes = self._engine_call(planned, call.stop, call.is_stopped)
             finally:
                 with self._state_lock:
                     self._calls.pop(id(call), None)
@@ -190,7 +204,8 @@ class WorkerCore:
                 return
             planned = retry
 
-    def _engine_call(self, planned: list[PlannedJob], stop: threading.Event) -> list[JobOutcome]:
+    def _engine_call(self, planned: list[PlannedJob], stop: threading.Event,
+                     stopped: Callable[[str], bool]) -> list[JobOutcome]:
         names = set().union(*(set(p.plan.checkpoints) for p in planned))
         try:
             self.models.keep(names)
@@ -198,7 +213,7 @@ class WorkerCore:
             self.models.release(names)
             return [_failed_before_running(p, NodeExecutionError(*_loader_node(p, names), exc)) for p in planned]
         try:
-            return self.engine.run_batch(planned, stop)
+            return self.engine.run_batch(planned, stop, stopped)
         finally:
             self.models.release(names)
             last = planned[-1].plan
@@ -276,26 +291,21 @@ class WorkerCore:
     # -- control (any thread) --------------------------------------------------------------
 
     def interrupt(self, prompt_ids: set[str] | None = None) -> bool:
-        """Stop the running call if it runs one of `prompt_ids` (None: whatever runs). Jobs
-        of the same call that were not asked for run again right after. A named prompt that
-        runs nowhere here yet is stopped when its call begins, if it begins within
-        EARLY_STOP_S (it was dispatched here and is on its way); returns whether a running
-        call was stopped now."""
+        """Stop `prompt_ids` (None: whatever runs). A named prompt leaves its call at the
+        call's next node; the rest of the batch runs on (the call stops at once only when
+        nothing of it is wanted any more). A named prompt that runs nowhere here yet is
+        stopped when its call begins, if it begins within EARLY_STOP_S (it was dispatched
+        here and is on its way); returns whether a running call was asked now."""
         stopped = False
         now = time.monotonic()
         with self._state_lock:
             found: set[str] = set()
             for call in self._calls.values():
-                if prompt_ids is not None:
-                    hit = set(prompt_ids) & set(call.prompt_ids)
-                    if not hit:
-                        continue
-                    found |= hit
-                    if call.targets is not None:
-                        call.targets |= hit
-                else:
-                    call.targets = None
-                call.stop.set()
+                hit = None if prompt_ids is None else set(prompt_ids) & set(call.prompt_ids)
+                if hit is not None and not hit:
+                    continue
+                found |= hit or set()
+                call.ask_to_stop(hit)
                 stopped = True
             self._early_stops = {i: t for i, t in self._early_stops.items() if now - t < EARLY_STOP_S}
             for prompt_id in set(prompt_ids or ()) - found:

@@ -1,5 +1,5 @@
 """WorkerCore without Ray: a batch's reports, events and files; a targeted interrupt that
-spares the other job of the call; faults classified for the dispatcher."""
+spares the other job of the call (it runs on, not again); faults classified for the dispatcher."""
 from __future__ import annotations
 
 import concurrent.futures
@@ -92,15 +92,46 @@ def test_interrupting_one_job_of_a_batch_spares_the_other(rig):
             seen.set()
 
     listeners.append(watch)
-    stopper = threading.Thread(target=lambda: seen.wait(60) and core.interrupt({"stop-me"}))
+    asked: list[bool] = []
+    stopper = threading.Thread(target=lambda: seen.wait(60) and asked.append(core.interrupt({"stop-me"})))
     stopper.start()
-    result = core.run_batch([item("stop-me", **{"3.steps": 12}), item("keep-me", **{"3.steps": 12})])
+    samplings = core.engine.node_runs.get("KSampler", 0)
+    result = core.run_batch([item("stop-me", **{"3.steps": 12, "3.seed": 21}),
+                             item("keep-me", **{"3.steps": 12, "3.seed": 22})])
     stopper.join()
     listeners.remove(watch)
+    assert asked == [True]  # it reached the running call
     by_id = {r.prompt_id: r for r in result.reports}
     assert by_id["stop-me"].failure is FailureKind.INTERRUPTED
+    # the stop waits for the batch's sampler and takes the job out before the next node
+    (stopped,) = [m.data for m in by_id["stop-me"].messages if m.event is EventType.EXECUTION_INTERRUPTED]
+    assert stopped["node_type"] == "VAEDecode" and "3" in stopped["executed"]
+    assert not by_id["stop-me"].images
     assert by_id["keep-me"].ok and len(by_id["keep-me"].images) == 1
+    # the other job was not stopped and run again: the two seeds sampled once each
+    assert core.engine.node_runs["KSampler"] - samplings == 2
+    assert [m.event for m in by_id["keep-me"].messages].count(EventType.EXECUTION_START) == 1
     assert core.interrupt({"stop-me"}) is False  # nothing runs now
+
+
+def test_interrupting_every_job_of_a_batch_stops_it_within_the_sampler(rig):
+    core, writer, events, listeners, _ = rig
+    seen = threading.Event()
+
+    def watch(batch):
+        if any(e.type is EventType.PROGRESS and e.data["prompt_id"] == "a" for e in batch):
+            seen.set()
+
+    listeners.append(watch)
+    stopper = threading.Thread(target=lambda: seen.wait(60) and core.interrupt({"a", "b"}))
+    stopper.start()
+    result = core.run_batch([item("a", **{"3.steps": 200}), item("b", **{"3.steps": 200})])
+    stopper.join()
+    listeners.remove(watch)
+    for report in result.reports:
+        assert report.failure is FailureKind.INTERRUPTED
+        (stopped,) = [m.data for m in report.messages if m.event is EventType.EXECUTION_INTERRUPTED]
+        assert stopped["node_type"] == "KSampler"
 
 
 def test_an_interrupt_that_arrives_before_its_call_begins_stops_it_when_it_does(rig):
@@ -111,7 +142,8 @@ def test_an_interrupt_that_arrives_before_its_call_begins_stops_it_when_it_does(
     result = core.run_batch([item("early", **{"3.seed": 5}), item("bystander", **{"3.seed": 6})])
     by_id = {r.prompt_id: r for r in result.reports}
     assert by_id["early"].failure is FailureKind.INTERRUPTED
-    assert by_id["bystander"].ok and len(by_id["bystander"].images) == 1  # run again right after
+    assert by_id["bystander"].ok and len(by_id["bystander"].images) == 1
+    assert [m.event for m in by_id["bystander"].messages].count(EventType.EXECUTION_START) == 1  # not run twice
     again = core.run_batch([item("early", **{"3.seed": 5})])  # the stop was used up
     assert again.reports[0].ok
 
