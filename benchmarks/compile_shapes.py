@@ -7,9 +7,13 @@ A random-weight UNet of the architecture, compiled as a farm worker compiles it
 buckets), is called once per entry of --jobs, in that order (CFG: two UNet rows a job). Each
 first call's seconds says whether that size reused the graph (a CUDA graph recording: about
 a second) or compiled again (a minute on an H100); with TORCH_LOGS=recompiles torch names the
-guard that failed. Compare `--jobs 1,32` with `--jobs 32,1`: the farm compiles the largest
-batch first on the reading that a graph compiled for a small batch carries inductor's guards
-that its buffers fit 32-bit indexing."""
+guard that failed, and TORCH_LOGS=recompiles,dynamic the line of code each guard comes from.
+
+On a CPU (2026-12-07, torch 2.11, tiny-sd15, --backend aot_eager, --jobs 32,16,1; the log is
+benchmarks/results/compile-shapes-20261207-cpu.log) each of the three sizes compiled: the
+guards were diffusers' Upsample2D test `hidden_states.shape[0] >= 64` (64 rows) and the CPU
+convolution's layout choice (16 rows). The first is the 64-row recompile seen on an H100;
+dynamo guards on the model's code, so the backend does not change it."""
 from __future__ import annotations
 
 import argparse

@@ -32,6 +32,7 @@ import argparse
 import dataclasses
 import gc
 import json
+import os
 import re
 import signal
 import time
@@ -58,9 +59,9 @@ from jobs.bench_switch import measure_switches
 # -- raw: the engine alone ----------------------------------------------------------------------
 
 def bench_raw(run: ArchRun, root: Path) -> tuple[list[ModeResult], dict]:
-    """Raw mode, the largest bucket first: a graph compiled for the largest batch serves the
-    smaller ones, while one compiled for a small batch was seen to compile again for a large
-    one (likely inductor's guards that its buffers fit 32-bit indexing)."""
+    """Raw mode, the largest bucket first: the precompile ran that batch, so its graph is in
+    inductor's cache and the smaller buckets (under GRAPH_SPLIT_ROWS, like the largest)
+    only record their CUDA graphs."""
     a, device = run.args, bench_device()
     compile_cfg = CompileConfig(enabled=a.compile, backend=a.compile_backend)
     renderer = LocalRenderer(FarmPaths.under(root), device, compile=compile_cfg)
@@ -147,7 +148,8 @@ def bench_all(runs: list[ArchRun], root: Path, a: BenchArgs, phases: dict[str, f
     `phases` gets each phase's seconds: where the call's time went."""
     def phase(name: str, started: float) -> None:
         phases[name] = round(time.perf_counter() - started, 1)
-        say(f"phase {name} took {phases[name]:.1f} s")
+        # the load average: a busy CPU slows eager batch-1 jobs, which wait on kernel launches
+        say(f"phase {name} took {phases[name]:.1f} s; load average {os.getloadavg()[0]:.1f}")
 
     t = time.perf_counter()
     compiling = Precompile(runs, root) if a.compile and ("raw" in a.modes or "farm" in a.modes) else None

@@ -4,14 +4,16 @@ farm serves every architecture's naive mode, another every farm mode: a farm's s
 (Ray's worker processes importing torch and diffusers) is paid once per mode."""
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from farm.models.arch import ARCH_FAMILY
 from farm.models.compiled import CompileConfig
 from farm.scheduler.batch_size import LATENT_FACTOR, BatchSizer
 from farm.worker.nvml import NvmlSampler, percentile
-from jobs.bench_report import ArchRun, BenchArgs, say, stop_on_sigterm, summarize, workflow
+from jobs.bench_report import ArchRun, BenchArgs, BenchStopped, say, stop_on_sigterm, summarize, workflow
 
 
 def _start_farm(root: Path, tag: str, a: BenchArgs, compile_on: bool, depth: int, max_batch: int,
@@ -34,6 +36,21 @@ def _start_farm(root: Path, tag: str, a: BenchArgs, compile_on: bool, depth: int
     farm.wait_for_workers()
     say(f"{tag}: the farm is up ({len(farm.status().workers)} worker(s), {time.perf_counter() - t:.1f} s)")
     return farm
+
+
+@contextlib.contextmanager
+def _measuring_on(farm) -> Iterator[None]:
+    """The farm is stopped after its mode, but not when the bench itself is stopped: a time
+    limit's grace (30 s in scripts/gpu_bench.sh) is shorter than a worker busy compiling
+    takes to answer a stop, and ray.shutdown() in main ends the farm with Ray."""
+    try:
+        yield
+    except BenchStopped:
+        raise
+    except BaseException:
+        _stop_farm(farm)
+        raise
+    _stop_farm(farm)
 
 
 def _stop_farm(farm) -> None:
@@ -119,7 +136,7 @@ def start_naive_farm(root: Path, a: BenchArgs):
 
 def bench_naive(runs: list[ArchRun], farm) -> None:
     """Naive mode of every architecture on the naive farm, which is stopped after."""
-    try:
+    with _measuring_on(farm):
         for run in runs:
             x = run.args
             warm = [farm.prepare(workflow(run.names[0], 200_000, run.size, x.steps, x.sampler))]
@@ -131,8 +148,6 @@ def bench_naive(runs: list[ArchRun], farm) -> None:
             run.record(summarize("naive", len(prepared), seconds, 1, nvml, latency_p50_s=percentile(lat, 50),
                                  latency_p99_s=percentile(lat, 99)))
             run.result["farm"]["naive_workers"] = _worker_stats(farm)
-    finally:
-        _stop_farm(farm)
 
 
 def bench_farm(runs: list[ArchRun], a: BenchArgs, root: Path) -> None:
@@ -146,7 +161,7 @@ def bench_farm(runs: list[ArchRun], a: BenchArgs, root: Path) -> None:
         run.result["farm_batch"] = sizer.limit(ARCH_FAMILY[run.arch].value, latent, latent)
     batch = max(run.result["farm_batch"] for run in runs)
     farm = _start_farm(root, "farm", a, compile_on=a.compile, depth=2, max_batch=batch, sizer=sizer)
-    try:
+    with _measuring_on(farm):
         for run in runs:
             x, info = run.args, run.result["farm"]
             t = time.perf_counter()
@@ -167,5 +182,3 @@ def bench_farm(runs: list[ArchRun], a: BenchArgs, root: Path) -> None:
                                  latency_p50_s=percentile(lat, 50), latency_p99_s=percentile(lat, 99),
                                  **_steady(nvml, done)))
             info["farm_workers"] = _worker_stats(farm)
-    finally:
-        _stop_farm(farm)

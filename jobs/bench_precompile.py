@@ -3,14 +3,19 @@
 Compiling a UNet is mostly single-threaded Python (dynamo's trace, AOTAutograd, inductor's
 lowering; only Triton's kernel builds use a pool), so SD1.5 and SDXL compiled one after the
 other leave a 16-core machine idle for minutes: on an H100, SD1.5's first shape took 82 s and
-its VAE decoder 22 s. Here each architecture's process makes its checkpoints, then runs one
-batch of its largest bucket through a LocalRenderer, exactly as raw mode's first batch will.
-What it compiles lands in inductor's disk cache under the bench root, which raw mode (this
-bench's own process) and the farm's worker (a Ray actor) read: each then pays dynamo's trace
-and a cache load, not code generation. The largest batch goes first because a graph compiled
-for it serves every smaller batch (see jobs.bench.bench_raw).
+its VAE decoder 22 s. Here each architecture's process compiles the UNet first, on random
+weights, as a worker started with `--warm` does (UNetCompiler.warm), while a thread makes the
+checkpoints; then it runs one batch of the farm's size through a LocalRenderer, which puts
+the checkpoint's weights on the warmed UNet's stage and compiles the VAE decoder. What it
+compiles lands in inductor's disk cache under the bench root, which raw mode (this bench's
+own process) and the farm's worker (a Ray actor) read: each then pays dynamo's trace and a
+cache load, not code generation.
 
-    python -m jobs.bench_precompile --arch sd15 --batch 32 --root .farm/bench
+The batch is the largest raw bucket, which the plans keep at the farm's batch: the graphs
+split at 64 UNet rows (32 jobs), so a larger one would compile again for the farm (see
+farm.models.compiled.GRAPH_SPLIT_ROWS).
+
+    python -m jobs.bench_precompile --arch sd15 --batch 16 --root .farm/bench
 
 prints its progress and, last, one line `precompiled {json}` that the bench reads.
 """
@@ -88,20 +93,37 @@ def main(argv: list[str] | None = None) -> int:
     from jobs.bench_report import bench_device, planned_jobs, run_batches
 
     started = time.perf_counter()
-    names = bench_checkpoints(args.arch, args.root, args.checkpoints)
-    made_s = time.perf_counter() - started
+    made: dict[str, object] = {}
+
+    def make() -> None:  # beside the UNet's compile, which needs no checkpoint
+        try:
+            made["names"] = bench_checkpoints(args.arch, args.root, args.checkpoints)
+        except BaseException as exc:  # noqa: BLE001 - raised in the main thread below
+            made["error"] = exc
+        made["seconds"] = time.perf_counter() - started
+
+    maker = threading.Thread(target=make, name="make-checkpoints")
+    maker.start()
+    latent = DEFAULT_SIZE[args.arch] // 8
     renderer = LocalRenderer(FarmPaths.under(args.root), bench_device(),
-                             compile=CompileConfig(enabled=True, backend=args.backend))
-    jobs = planned_jobs(renderer, names[0], range(90_000, 90_000 + args.batch), DEFAULT_SIZE[args.arch],
-                        args.steps, args.sampler)
+                             compile=CompileConfig(enabled=True, backend=args.backend,
+                                                   warm_shapes=((args.arch, args.batch, latent, latent),)))
+    warmed = renderer.models.compiler.warm(renderer.engine.dtype)
+    unet_s = time.perf_counter() - started
+    maker.join()
+    if "error" in made:
+        raise made["error"]  # type: ignore[misc]
+    jobs = planned_jobs(renderer, made["names"][0], range(90_000, 90_000 + args.batch),  # type: ignore[index]
+                        DEFAULT_SIZE[args.arch], args.steps, args.sampler)
     t = time.perf_counter()
     run_batches(renderer, jobs, args.batch)
     batch_s = time.perf_counter() - t
     report = renderer.models.compiler.report()
     renderer.close()
-    say(f"{args.arch}: checkpoints ready in {made_s:.1f} s; a first batch of {args.batch} (load, compile) "
-        f"in {batch_s:.1f} s")
-    print(RESULT_PREFIX + json.dumps({"batch": args.batch, "make_checkpoints_s": round(made_s, 2),
+    say(f"{args.arch}: UNet compiled in {unet_s:.1f} s ({warmed or 'not warmed'}), checkpoints made meanwhile "
+        f"in {made['seconds']:.1f} s; a first batch of {args.batch} (load, VAE compile) in {batch_s:.1f} s")
+    print(RESULT_PREFIX + json.dumps({"batch": args.batch, "make_checkpoints_s": round(made["seconds"], 2),
+                                      "unet_warm_s": round(unet_s, 2), "warmed": warmed,
                                       "first_batch_s": round(batch_s, 2), "compile": report}), flush=True)
     return 0
 

@@ -98,11 +98,13 @@ class ArchPlan:
 
 
 # Sized for both architectures, cold compiles included, to fit one 10-minute call on an
-# H100 (an estimate from its earlier timings, about 540 s; not yet measured): there an SD1.5
-# job takes about 0.14 s in a batch of 32 and an SDXL one 0.85 s (SDXL's batches of 8 ran no
-# faster than 4).
+# H100 (an estimate from its timings, about 560 s; not yet measured whole): there an SD1.5
+# job takes about 0.14 s in a batch of 16 and an SDXL one 0.85 s (SDXL's batches of 8 ran no
+# faster than 4). The largest bucket is the farm's batch (the batch sizer's default cap):
+# a batch of 32 SD1.5 jobs is 64 UNet rows, past farm.models.compiled.GRAPH_SPLIT_ROWS, and
+# would cost a second cold compile (about 100 s) for 2% more images/s.
 ARCH_PLANS = {
-    "sd15": ArchPlan(jobs=128, naive_jobs=16, raw_jobs=16, buckets=(1, 8, 16, 32), checkpoints=3),
+    "sd15": ArchPlan(jobs=128, naive_jobs=16, raw_jobs=16, buckets=(1, 8, 16), checkpoints=3),
     "sdxl": ArchPlan(jobs=24, naive_jobs=4, raw_jobs=4, buckets=(1, 4, 8), checkpoints=2),
 }
 DEFAULT_PLAN = ArchPlan(jobs=64, naive_jobs=16, raw_jobs=32, buckets=(1, 8, 16), checkpoints=3)  # tiny archs

@@ -9,6 +9,12 @@ marked dynamic, so inductor compiles one graph per latent size for every bucket 
 is the expensive part: a minute or more per graph on a GPU), and the FX graph cache on disk
 lets a restarted worker skip most of it.
 
+One graph covers the rows on one side of 64 (GRAPH_SPLIT_ROWS): diffusers' Upsample2D takes a
+different path for a batch of 64 or more (it makes its input contiguous there), dynamo guards
+the graph on that test, and a batch on the other side compiles a second graph (72.5 s more on
+an H100). The default buckets stop at 32 rows. On a CPU the convolutions' layout choice
+splits once more, at 16 rows; on an H100 rows 2 to 32 shared one graph.
+
 One compiled module per architecture: checkpoints of one layout run on a shared stage fed
 their weights (farm.models.compiled_stage), so a second checkpoint costs a weight copy, not
 another dynamo trace and another set of CUDA graphs.
@@ -41,6 +47,7 @@ from farm.models.compiled_stage import StagedRunner, WeightStage, layout_key, mo
 log = logging.getLogger(__name__)
 
 DEFAULT_BUCKETS = (2, 4, 8, 16, 32)  # UNet rows (jobs x 2 with CFG)
+GRAPH_SPLIT_ROWS = 64  # diffusers' Upsample2D branches on batch >= 64: a graph on each side
 _ATTR = "_farm_compiled"
 WarmShape = tuple[str, int, int, int]  # (architecture, jobs per batch, latent height, latent width)
 PROMPT_TOKENS = 77  # one CLIP chunk: the context length of a plain prompt
@@ -294,9 +301,9 @@ class UNetCompiler:
                     stage = self._stages[key] = WeightStage(unet, self._compiled(label), label)
             runner = stage.runner
             unet = stage.module
-            # the largest shape first: its graph serves the smaller ones, while a small one's
-            # was seen to compile again for a larger one (likely inductor's guards that its
-            # buffers fit 32-bit indexing: see benchmarks/compile_shapes.py)
+            # the largest shape first, so a log reads as the compiles happen: shapes on one
+            # side of GRAPH_SPLIT_ROWS share a graph (the first compiles it, the others record
+            # their CUDA graphs), each side compiles its own
             shapes = sorted((s for s in self.config.warm_shapes if s[0] == arch), key=lambda s: -s[1] * s[2] * s[3])
             for _, jobs, height, width in shapes:
                 key = f"{arch} {jobs}x{height}x{width}"
@@ -344,7 +351,8 @@ def _random_unet(arch: str, device: torch.device, dtype: torch.dtype) -> torch.n
     from farm.models.arch import arch_info
     from farm.models.attention import apply_attention_backend
 
-    unet = UNet2DConditionModel.from_config(dict(arch_info(arch).configs.unet)).to(device, dtype)
+    with torch.device(device):  # initialised where it runs: SDXL's 2.6 B weights take a minute on a CPU
+        unet = UNet2DConditionModel.from_config(dict(arch_info(arch).configs.unet)).to(dtype)
     unet.eval().requires_grad_(False)
     apply_attention_backend(unet, None)
     return unet

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -49,9 +50,13 @@ def test_bench_runs_every_mode_on_the_cpu(tmp_path):
         assert result["farm_vs_raw_same_batch"] == farm_mode(result)["images_per_s"] / raw_same["images_per_s"]
         for mode in result["modes"]:
             assert mode["images_per_s"] > 0 and mode["jobs"] >= 2
-        # the compile process ran the largest batch on the first checkpoint, compiled
+        # the compile process compiled the UNet on random weights at the largest batch (as
+        # `--warm` does), then ran that batch on the first checkpoint on the same stage
         pre = result["precompile"]
         assert pre["batch"] == 2 and pre["compile"][f"unet:{family}"]["fallback"] is None, pre
+        assert list(pre["warmed"]) == [f"{result['arch']} 2x8x8"], pre
+        assert pre["compile"][f"unet:{family}"]["checkpoints"] == [result["checkpoints"][0]], pre
+        assert pre["compile"][f"unet:{family}"]["weight_copies"] == 1, pre
         assert result["raw"]["first_batch"] == 2
         farm = farm_mode(result)
         assert farm["jobs"] == 16 and farm["latency_p50_s"] <= farm["latency_p99_s"]
@@ -113,13 +118,18 @@ def test_bench_stopped_by_sigterm_keeps_what_it_measured(tmp_path):
             lines.append(line)
             if "farm: the farm is up" in line:  # Ray runs; the farm mode's jobs are being measured
                 proc.send_signal(signal.SIGTERM)
+                signalled = time.monotonic()
                 break
         rest, _ = proc.communicate(timeout=120)
+        ended_s = time.monotonic() - signalled
     finally:
         proc.kill()
     output = "".join(lines) + rest
     assert proc.returncode == 128 + signal.SIGTERM, output[-3000:]
     assert "stopped by signal" in output and "Traceback" not in output
+    # inside scripts/gpu_bench.sh's grace (timeout -k 30): the busy farm is not stopped
+    # politely, Ray's shutdown ends it
+    assert ended_s < 30, f"{ended_s:.0f} s from SIGTERM to exit"
     [report_path] = list(out.glob("bench-*.json"))
     report = json.loads(report_path.read_text())
     assert report["stopped"] == f"signal {int(signal.SIGTERM)}"
