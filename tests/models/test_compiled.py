@@ -233,3 +233,36 @@ def test_a_thread_without_cuda_graph_state_is_given_its_own():
     assert seen["before"] is False  # a new thread really starts without it
     assert seen["local"] == {} and seen["tls"] is True and seen["same"] is True
     assert seen["local"] is not trees.get_obj(trees.local, "tree_manager_containers")  # its own, not the main thread's
+
+
+def test_a_graph_serves_the_rows_on_one_side_of_graph_split_rows():
+    """Why the bench's and the farm's largest batch stay under 64 UNet rows: diffusers'
+    Upsample2D tests the batch against 64, dynamo guards on it, and the other side compiles
+    again (a minute or more of inductor on a GPU). A backend that counts the graphs it is
+    given, as dynamo hands them over, with the batch dimension dynamic as CompiledUNet marks it."""
+    from farm.models.compiled import GRAPH_SPLIT_ROWS, _dummy_inputs, _random_unet
+
+    graphs: list[int] = []
+
+    def counting(gm, _example_inputs):
+        graphs.append(len(gm.graph.nodes))
+        return gm.forward
+
+    torch._dynamo.reset()
+    unet = _random_unet("tiny-sd15", CPU, torch.float32)
+    compiled = torch.compile(unet, backend=counting, dynamic=None)
+    seen = []
+    try:
+        # 32 then 16 rows: one side of the split (on a CPU the convolutions' layout choice
+        # splits again at 16 rows, so nothing below 16 here), then the split itself
+        for rows in (GRAPH_SPLIT_ROWS // 2, GRAPH_SPLIT_ROWS // 4, GRAPH_SPLIT_ROWS):
+            x, t, embeds, _ = _dummy_inputs(unet, rows, 8, 8)
+            for tensor in (x, t, embeds):
+                torch._dynamo.maybe_mark_dynamic(tensor, 0)
+            with torch.inference_mode():
+                compiled(x, t, encoder_hidden_states=embeds, return_dict=False)
+            seen.append(len(graphs))
+    finally:
+        torch._dynamo.reset()
+    assert seen[0] >= 1 and seen[1] == seen[0], seen  # 16 rows reused the 32-row graph
+    assert seen[2] > seen[1], seen  # 64 rows compiled another
