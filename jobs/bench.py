@@ -15,7 +15,7 @@ of utilisation over time go to --out, named by date and device.
 
 One call measures every architecture (on a GPU by default SD1.5 at 512 px and SDXL at
 1024 px, each with its own plan: jobs, buckets, checkpoints) in three phases, so that the
-slow parts happen once: cold compiles of all architectures at once, in one process each
+slow parts happen once: cold compiles of all architectures at once, in two processes each
 (jobs.bench_precompile: compiling is mostly single-threaded Python), which fill inductor's
 disk cache that raw mode and the farm's worker then read, while the eager farm of the naive
 mode starts; then naive, farm and raw, each over every architecture, with one farm for every

@@ -6,7 +6,9 @@ other leave a 16-core machine idle for minutes: on an H100, SD1.5's first shape 
 its VAE decoder 22 s. Here each architecture's process compiles the UNet first, on random
 weights, as a worker started with `--warm` does (UNetCompiler.warm), while a thread makes the
 checkpoints; then it runs one batch of the farm's size through a LocalRenderer, which puts
-the checkpoint's weights on the warmed UNet's stage and compiles the VAE decoder. What it
+the checkpoint's weights on the warmed UNet's stage. A second process per architecture
+(`--part vae`) compiles the VAE decoder on random weights meanwhile, so that batch finds the
+decoder's graph in the cache instead of compiling it after the UNet. What they
 compiles lands in inductor's disk cache under the bench root, which raw mode (this bench's
 own process) and the farm's worker (a Ray actor) read: each then pays dynamo's trace and a
 cache load, not code generation.
@@ -34,46 +36,94 @@ from jobs.bench_report import DEFAULT_SIZE, ArchRun, bench_checkpoints, say
 RESULT_PREFIX = "precompiled "
 
 
+PARTS = {"all": "precompile", "vae": "precompile_vae"}  # --part -> the run's result key
+
+
 class Precompile:
-    """Every run's cold compile, in parallel processes, started at once; `wait()` gives each
-    run's result "precompile" (seconds, or why it failed: raw mode then compiles for itself).
+    """Every run's cold compiles, in parallel processes, started at once: per architecture
+    one for the UNet and the first batch, one for the VAE decoder alone (its graph is then
+    in the cache when that batch decodes). `wait()` gives each run's results "precompile"
+    and "precompile_vae" (seconds, or why it failed: raw mode then compiles for itself).
     `stop()` kills what still runs (a bench stopped by SIGTERM)."""
 
     def __init__(self, runs: list[ArchRun], root: Path):
-        self.procs: list[tuple[ArchRun, subprocess.Popen, threading.Thread]] = []
+        self.procs: list[tuple[ArchRun, str, subprocess.Popen, threading.Thread]] = []
         for run in runs:
             a = run.args
-            cmd = [sys.executable, "-m", "jobs.bench_precompile", "--arch", run.arch, "--batch", str(max(a.buckets)),
-                   "--checkpoints", str(a.checkpoints), "--steps", str(a.steps), "--sampler", a.sampler,
-                   "--backend", a.compile_backend, "--root", str(root)]
-            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
-            relay = threading.Thread(target=_relay, args=(run, proc), daemon=True)
-            relay.start()
-            self.procs.append((run, proc, relay))
-        say(f"compiling {', '.join(r.arch for r in runs)} at once, one process each")
+            for part in PARTS:
+                cmd = [sys.executable, "-m", "jobs.bench_precompile", "--arch", run.arch, "--part", part,
+                       "--batch", str(max(a.buckets)), "--checkpoints", str(a.checkpoints), "--steps", str(a.steps),
+                       "--sampler", a.sampler, "--backend", a.compile_backend, "--root", str(root)]
+                proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+                relay = threading.Thread(target=_relay, args=(run, part, proc), daemon=True)
+                relay.start()
+                self.procs.append((run, part, proc, relay))
+        say(f"compiling {', '.join(r.arch for r in runs)} at once: UNet and first batch, VAE decoder, "
+            "one process each")
 
     def wait(self) -> None:
-        for run, proc, relay in self.procs:
+        for run, part, proc, relay in self.procs:
             code = proc.wait()
             relay.join(timeout=10)
-            if code != 0 or "precompile" not in run.result:
-                run.result["precompile"] = {"error": f"exit status {code}"}
-                say(f"warning: {run.arch}: the compile process failed (exit {code}); raw mode compiles itself")
+            if code != 0 or PARTS[part] not in run.result:
+                run.result[PARTS[part]] = {"error": f"exit status {code}"}
+                say(f"warning: {run.arch}: the {part} compile process failed (exit {code}); "
+                    "what it would have compiled compiles later")
 
     def stop(self) -> None:
-        for _, proc, _ in self.procs:
+        for _, _, proc, _ in self.procs:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
 
 
-def _relay(run: ArchRun, proc: subprocess.Popen) -> None:
+def _relay(run: ArchRun, part: str, proc: subprocess.Popen) -> None:
     """The process's lines on the bench's output, each marked with its architecture."""
     assert proc.stdout is not None
     for line in proc.stdout:
         if line.startswith(RESULT_PREFIX):
-            run.result["precompile"] = json.loads(line[len(RESULT_PREFIX):])
-        print(f"    [{run.arch} compile] {line.rstrip()}", flush=True)
+            run.result[PARTS[part]] = json.loads(line[len(RESULT_PREFIX):])
+        print(f"    [{run.arch} {'compile' if part == 'all' else part}] {line.rstrip()}", flush=True)
+
+
+def compile_vae(arch: str, batch: int, root: Path, backend: str) -> dict:
+    """The architecture's VAE decoder compiled on random weights, set up as a loaded
+    checkpoint's (device, dtype, attention) and called as VAEDecode calls it: as many rows as
+    one decoder call of the batch takes, under inference mode."""
+    import torch
+    from diffusers import AutoencoderKL
+
+    from farm.engine.local import LocalRenderer
+    from farm.models.arch import arch_info
+    from farm.models.attention import apply_attention_backend
+    from farm.models.compiled import CompileConfig
+    from farm.models.device import choose_vae_dtype
+    from farm.nodes.latent import DECODE_PIXELS_PER_CALL
+    from farm.records.paths import FarmPaths
+    from jobs.bench_report import bench_device
+
+    info = arch_info(arch)
+    renderer = LocalRenderer(FarmPaths.under(root), bench_device(),
+                             compile=CompileConfig(enabled=True, backend=backend))
+    device, dtype = renderer.engine.device, renderer.engine.dtype
+    with torch.device(device):
+        vae = AutoencoderKL.from_config(dict(info.configs.vae))
+    vae = torch.nn.Module.to(vae, dtype=choose_vae_dtype(info.arch, device, dtype)).eval().requires_grad_(False)
+    apply_attention_backend(vae, None)  # the processors a loaded checkpoint's VAE gets
+    decode = renderer.models.compiler.decoder(vae, "random", info.arch.value)
+    size = DEFAULT_SIZE[arch]
+    rows = max(1, min(batch, DECODE_PIXELS_PER_CALL // (size * size)))
+    latents = torch.randn(rows, vae.config.latent_channels, size // 8, size // 8, device=device,
+                          dtype=next(vae.parameters()).dtype)
+    started = time.perf_counter()
+    with torch.inference_mode():
+        decode(latents)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - started
+    report = renderer.models.compiler.report()
+    renderer.close()
+    return {"rows": rows, "first_call_s": round(seconds, 2), "compile": report}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -85,7 +135,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sampler", default="euler")
     parser.add_argument("--backend", default="inductor", choices=("inductor", "aot_eager"))
     parser.add_argument("--root", type=Path, required=True)
+    parser.add_argument("--part", default="all", choices=sorted(PARTS),
+                        help="all: UNet, checkpoints, one batch; vae: the VAE decoder alone")
     args = parser.parse_args(argv)
+    if args.part == "vae":
+        result = compile_vae(args.arch, args.batch, args.root, args.backend)
+        say(f"{args.arch}: VAE decoder compiled for {result['rows']} rows in {result['first_call_s']:.1f} s")
+        print(RESULT_PREFIX + json.dumps(result), flush=True)
+        return 0
 
     from farm.engine.local import LocalRenderer
     from farm.models.compiled import CompileConfig

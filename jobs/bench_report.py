@@ -98,7 +98,7 @@ class ArchPlan:
 
 
 # Sized for both architectures, cold compiles included, to fit one 10-minute call on an
-# H100 (an estimate from its timings, about 560 s; not yet measured whole): there an SD1.5
+# H100 (an estimate from its timings, about 530 s; not yet measured whole): there an SD1.5
 # job takes about 0.14 s in a batch of 16 and an SDXL one 0.85 s (SDXL's batches of 8 ran no
 # faster than 4). The largest bucket is the farm's batch (the batch sizer's default cap):
 # a batch of 32 SD1.5 jobs is 64 UNet rows, past farm.models.compiled.GRAPH_SPLIT_ROWS, and
