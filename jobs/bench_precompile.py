@@ -178,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     report = renderer.models.compiler.report()
     renderer.close()
     say(f"{args.arch}: UNet compiled in {unet_s:.1f} s ({warmed or 'not warmed'}), checkpoints made meanwhile "
-        f"in {made['seconds']:.1f} s; a first batch of {args.batch} (checkpoint load, VAE decoder trace) in {batch_s:.1f} s")
+        f"in {made['seconds']:.1f} s; a first batch of {args.batch} (checkpoint load, VAE decoder trace) "
+        f"in {batch_s:.1f} s")
     print(RESULT_PREFIX + json.dumps({"batch": args.batch, "make_checkpoints_s": round(made["seconds"], 2),
                                       "unet_warm_s": round(unet_s, 2), "warmed": warmed,
                                       "first_batch_s": round(batch_s, 2), "compile": report}), flush=True)
