@@ -87,7 +87,8 @@ def test_bench_runs_every_mode_on_the_cpu(tmp_path):
     # both architectures' farm modes ran on one farm (one worker: a farm per mode, not per arch)
     assert len(set(workers)) == 1
     assert "fell back to eager" not in proc.stdout
-    assert (out / report_path.with_suffix(".png").name).exists() == (report["plot"] is not None)
+    # the PNG of utilisation over time (matplotlib is a test dependency: the plot runs here)
+    assert report["plot"] == report_path.with_suffix(".png").name and (out / report["plot"]).stat().st_size > 0
     assert "best batch" in proc.stdout and "farm:" in proc.stdout
     # whether xformers could run here (not a dependency: usually why not), as the probe says
     assert report["attention"] == {"backend": "sdpa",
