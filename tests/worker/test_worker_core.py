@@ -83,28 +83,45 @@ def test_a_batch_reports_each_job_with_its_files_messages_and_events(rig):
     assert all(e.client_id == "client-1" for e in events)
 
 
-def test_interrupting_one_job_of_a_batch_spares_the_other(rig):
-    core, writer, events, listeners, _ = rig
+def run_interrupting(rig, items: list[WorkItem], stop: set[str]):
+    """The batch of `items`, and an interrupt of `stop` sent from another thread once the
+    first of them reports sampler progress; returns the batch's result and what interrupt()
+    answered."""
+    core, _, _, listeners, _ = rig
     seen = threading.Event()
 
     def watch(batch):
-        if any(e.type is EventType.PROGRESS and e.data["prompt_id"] == "stop-me" for e in batch):
+        if any(e.type is EventType.PROGRESS and e.data["prompt_id"] in stop for e in batch):
             seen.set()
 
     listeners.append(watch)
     asked: list[bool] = []
-    stopper = threading.Thread(target=lambda: seen.wait(60) and asked.append(core.interrupt({"stop-me"})))
+    stopper = threading.Thread(target=lambda: seen.wait(60) and asked.append(core.interrupt(stop)))
     stopper.start()
+    try:
+        result = core.run_batch(items)
+    finally:
+        stopper.join()
+        listeners.remove(watch)
+    return result, asked
+
+
+def interrupted_at(report) -> dict:
+    """The report's one execution_interrupted payload."""
+    (payload,) = [m.data for m in report.messages if m.event is EventType.EXECUTION_INTERRUPTED]
+    return payload
+
+
+def test_interrupting_one_job_of_a_batch_spares_the_other(rig):
+    core = rig[0]
     samplings = core.engine.node_runs.get("KSampler", 0)
-    result = core.run_batch([item("stop-me", **{"3.steps": 12, "3.seed": 21}),
-                             item("keep-me", **{"3.steps": 12, "3.seed": 22})])
-    stopper.join()
-    listeners.remove(watch)
+    result, asked = run_interrupting(rig, [item("stop-me", **{"3.steps": 12, "3.seed": 21}),
+                                           item("keep-me", **{"3.steps": 12, "3.seed": 22})], {"stop-me"})
     assert asked == [True]  # it reached the running call
     by_id = {r.prompt_id: r for r in result.reports}
     assert by_id["stop-me"].failure is FailureKind.INTERRUPTED
     # the stop waits for the batch's sampler and takes the job out before the next node
-    (stopped,) = [m.data for m in by_id["stop-me"].messages if m.event is EventType.EXECUTION_INTERRUPTED]
+    stopped = interrupted_at(by_id["stop-me"])
     assert stopped["node_type"] == "VAEDecode" and "3" in stopped["executed"]
     assert not by_id["stop-me"].images
     assert by_id["keep-me"].ok and len(by_id["keep-me"].images) == 1
@@ -115,23 +132,12 @@ def test_interrupting_one_job_of_a_batch_spares_the_other(rig):
 
 
 def test_interrupting_every_job_of_a_batch_stops_it_within_the_sampler(rig):
-    core, writer, events, listeners, _ = rig
-    seen = threading.Event()
-
-    def watch(batch):
-        if any(e.type is EventType.PROGRESS and e.data["prompt_id"] == "a" for e in batch):
-            seen.set()
-
-    listeners.append(watch)
-    stopper = threading.Thread(target=lambda: seen.wait(60) and core.interrupt({"a", "b"}))
-    stopper.start()
-    result = core.run_batch([item("a", **{"3.steps": 200}), item("b", **{"3.steps": 200})])
-    stopper.join()
-    listeners.remove(watch)
+    result, asked = run_interrupting(rig, [item("a", **{"3.steps": 200}), item("b", **{"3.steps": 200})],
+                                     {"a", "b"})
+    assert asked == [True]
     for report in result.reports:
         assert report.failure is FailureKind.INTERRUPTED
-        (stopped,) = [m.data for m in report.messages if m.event is EventType.EXECUTION_INTERRUPTED]
-        assert stopped["node_type"] == "KSampler"
+        assert interrupted_at(report)["node_type"] == "KSampler"
 
 
 def test_an_interrupt_that_arrives_before_its_call_begins_stops_it_when_it_does(rig):
