@@ -9,7 +9,7 @@ checkpoints; then it runs one batch of the farm's size through a LocalRenderer, 
 the checkpoint's weights on the warmed UNet's stage. A second process per architecture
 (`--part vae`) compiles the VAE decoder on random weights meanwhile, so that batch finds the
 decoder's graph in the cache instead of compiling it after the UNet. What they
-compiles lands in inductor's disk cache under the bench root, which raw mode (this bench's
+compile lands in inductor's disk cache under the bench root, which raw mode (this bench's
 own process) and the farm's worker (a Ray actor) read: each then pays dynamo's trace and a
 cache load, not code generation.
 
@@ -29,6 +29,7 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from jobs.bench_report import DEFAULT_SIZE, ArchRun, bench_checkpoints, say
@@ -91,26 +92,19 @@ def compile_vae(arch: str, batch: int, root: Path, backend: str) -> dict:
     checkpoint's (device, dtype, attention) and called as VAEDecode calls it: as many rows as
     one decoder call of the batch takes, under inference mode."""
     import torch
-    from diffusers import AutoencoderKL
 
     from farm.engine.local import LocalRenderer
-    from farm.models.arch import arch_info
-    from farm.models.attention import apply_attention_backend
-    from farm.models.compiled import CompileConfig
-    from farm.models.device import choose_vae_dtype
+    from farm.models.arch import ARCH_FAMILY
+    from farm.models.compiled import CompileConfig, _random_vae
     from farm.nodes.latent import DECODE_PIXELS_PER_CALL
     from farm.records.paths import FarmPaths
     from jobs.bench_report import bench_device
 
-    info = arch_info(arch)
     renderer = LocalRenderer(FarmPaths.under(root), bench_device(),
                              compile=CompileConfig(enabled=True, backend=backend))
-    device, dtype = renderer.engine.device, renderer.engine.dtype
-    with torch.device(device):
-        vae = AutoencoderKL.from_config(dict(info.configs.vae))
-    vae = torch.nn.Module.to(vae, dtype=choose_vae_dtype(info.arch, device, dtype)).eval().requires_grad_(False)
-    apply_attention_backend(vae, None)  # the processors a loaded checkpoint's VAE gets
-    decode = renderer.models.compiler.decoder(vae, "random", info.arch.value)
+    device = renderer.engine.device
+    vae = _random_vae(arch, device, renderer.engine.dtype)
+    decode = renderer.models.compiler.decoder(vae, "random", ARCH_FAMILY[arch].value)
     size = DEFAULT_SIZE[arch]
     rows = max(1, min(batch, DECODE_PIXELS_PER_CALL // (size * size)))
     latents = torch.randn(rows, vae.config.latent_channels, size // 8, size // 8, device=device,
@@ -150,37 +144,30 @@ def main(argv: list[str] | None = None) -> int:
     from jobs.bench_report import bench_device, planned_jobs, run_batches
 
     started = time.perf_counter()
-    made: dict[str, object] = {}
 
-    def make() -> None:  # beside the UNet's compile, which needs no checkpoint
-        try:
-            made["names"] = bench_checkpoints(args.arch, args.root, args.checkpoints)
-        except BaseException as exc:  # noqa: BLE001 - raised in the main thread below
-            made["error"] = exc
-        made["seconds"] = time.perf_counter() - started
+    def make() -> tuple[list[str], float]:  # beside the UNet's compile, which needs no checkpoint
+        return bench_checkpoints(args.arch, args.root, args.checkpoints), time.perf_counter() - started
 
-    maker = threading.Thread(target=make, name="make-checkpoints")
-    maker.start()
-    latent = DEFAULT_SIZE[args.arch] // 8
-    renderer = LocalRenderer(FarmPaths.under(args.root), bench_device(),
-                             compile=CompileConfig(enabled=True, backend=args.backend,
-                                                   warm_shapes=((args.arch, args.batch, latent, latent),)))
-    warmed = renderer.models.compiler.warm(renderer.engine.dtype)
-    unet_s = time.perf_counter() - started
-    maker.join()
-    if "error" in made:
-        raise made["error"]  # type: ignore[misc]
-    jobs = planned_jobs(renderer, made["names"][0], range(90_000, 90_000 + args.batch),  # type: ignore[index]
-                        DEFAULT_SIZE[args.arch], args.steps, args.sampler)
+    with ThreadPoolExecutor(1, thread_name_prefix="make-checkpoints") as pool:
+        making = pool.submit(make)
+        latent = DEFAULT_SIZE[args.arch] // 8
+        renderer = LocalRenderer(FarmPaths.under(args.root), bench_device(),
+                                 compile=CompileConfig(enabled=True, backend=args.backend,
+                                                       warm_shapes=((args.arch, args.batch, latent, latent),)))
+        warmed = renderer.models.compiler.warm(renderer.engine.dtype)
+        unet_s = time.perf_counter() - started
+        names, made_s = making.result()  # its exception, if any, raised here
+    jobs = planned_jobs(renderer, names[0], range(90_000, 90_000 + args.batch), DEFAULT_SIZE[args.arch],
+                        args.steps, args.sampler)
     t = time.perf_counter()
     run_batches(renderer, jobs, args.batch)
     batch_s = time.perf_counter() - t
     report = renderer.models.compiler.report()
     renderer.close()
     say(f"{args.arch}: UNet compiled in {unet_s:.1f} s ({warmed or 'not warmed'}), checkpoints made meanwhile "
-        f"in {made['seconds']:.1f} s; a first batch of {args.batch} (checkpoint load, VAE decoder trace) "
+        f"in {made_s:.1f} s; a first batch of {args.batch} (checkpoint load, VAE decoder trace) "
         f"in {batch_s:.1f} s")
-    print(RESULT_PREFIX + json.dumps({"batch": args.batch, "make_checkpoints_s": round(made["seconds"], 2),
+    print(RESULT_PREFIX + json.dumps({"batch": args.batch, "make_checkpoints_s": round(made_s, 2),
                                       "unet_warm_s": round(unet_s, 2), "warmed": warmed,
                                       "first_batch_s": round(batch_s, 2), "compile": report}), flush=True)
     return 0

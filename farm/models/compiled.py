@@ -358,6 +358,25 @@ def _random_unet(arch: str, device: torch.device, dtype: torch.dtype) -> torch.n
     return unet
 
 
+def _random_vae(arch: str, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+    """The architecture's VAE with random weights, set up as load_checkpoint sets a loaded
+    one up (its dtype from choose_vae_dtype beside models in `dtype`, eval, no gradients,
+    the attention backend): the same decoder graph to compile."""
+    from diffusers import AutoencoderKL
+
+    from farm.models.arch import arch_info
+    from farm.models.attention import apply_attention_backend
+    from farm.models.device import choose_vae_dtype
+
+    info = arch_info(arch)
+    with torch.device(device):
+        vae = AutoencoderKL.from_config(dict(info.configs.vae))
+    vae = torch.nn.Module.to(vae, dtype=choose_vae_dtype(info.arch, device, dtype))
+    vae.eval().requires_grad_(False)
+    apply_attention_backend(vae, None)  # on the VAE alone: the processors a loaded one gets
+    return vae
+
+
 def _dummy_inputs(unet: torch.nn.Module, rows: int, height: int, width: int) -> tuple:
     """(x, timestep, embeds, added) of `rows` rows as the sampler passes them (timestep in
     float32, the rest in the UNet's dtype)."""
