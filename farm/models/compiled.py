@@ -29,6 +29,7 @@ changes no real row: the compiled output equals eager within float tolerance (th
 tests/models/test_compiled.py holds it to the oracle's tolerances)."""
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -43,6 +44,7 @@ import torch
 from farm.errors import ConfigError
 from farm.models.arch import ARCH_FAMILY
 from farm.models.compiled_stage import StagedRunner, WeightStage, layout_key, module_bytes, stage_of
+from farm.sampling.stage import run_sampling
 
 log = logging.getLogger(__name__)
 
@@ -309,8 +311,10 @@ class UNetCompiler:
                 key = f"{arch} {jobs}x{height}x{width}"
                 started = time.perf_counter()
                 try:
-                    with torch.inference_mode():  # the sampler's mode: dynamo guards on it
-                        runner(*_dummy_inputs(unet, 2 * jobs, height, width))  # CFG: two rows a job
+                    # on the sampling thread, under inference mode, as jobs call it: CUDA graph
+                    # trees keep per-thread state, and a graph warmed up on one thread and
+                    # recorded on another fails its capture (seen on an H100, torch 2.11)
+                    run_sampling(self.device, functools.partial(_call_on_dummies, runner, unet, 2 * jobs, height, width))
                 except Exception as exc:  # out of memory, mostly: jobs will find their own size
                     runner.stats.fallback = f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
                 if runner.stats.fallback is not None:
@@ -375,6 +379,10 @@ def _random_vae(arch: str, device: torch.device, dtype: torch.dtype) -> torch.nn
     vae.eval().requires_grad_(False)
     apply_attention_backend(vae, None)  # on the VAE alone: the processors a loaded one gets
     return vae
+
+
+def _call_on_dummies(runner: Callable[..., Any], unet: torch.nn.Module, rows: int, height: int, width: int) -> Any:
+    return runner(*_dummy_inputs(unet, rows, height, width))
 
 
 def _dummy_inputs(unet: torch.nn.Module, rows: int, height: int, width: int) -> tuple:

@@ -57,9 +57,11 @@ def test_bench_runs_every_mode_on_the_cpu(tmp_path):
         assert list(pre["warmed"]) == [f"{result['arch']} 2x8x8"], pre
         assert pre["compile"][f"unet:{family}"]["checkpoints"] == [result["checkpoints"][0]], pre
         assert pre["compile"][f"unet:{family}"]["weight_copies"] == 1, pre
-        # and another process compiled the VAE decoder alone, for the batch's decode call
+        # and another process compiled the VAE decoder alone, for the batch's decode call and
+        # for a single image (a dimension of size 1 is a graph of its own)
         vae = result["precompile_vae"]
         assert vae["rows"] == 2 and vae["compile"][f"vae:{family}"]["fallback"] is None, vae
+        assert sorted(vae["seconds_by_rows"]) == ["1", "2"] and vae["compile"][f"vae:{family}"]["calls"] == 2, vae
         assert result["raw"]["first_batch"] == 2
         farm = farm_mode(result)
         assert farm["jobs"] == 16 and farm["latency_p50_s"] <= farm["latency_p99_s"]

@@ -160,6 +160,29 @@ def test_with_compile_off_warm_shapes_do_nothing():
     off = UNetCompiler(CompileConfig(enabled=False, warm_shapes=(("tiny-sd15", 1, 8, 8),)), CPU)
     assert off.warm(torch.float32) == {} and off.report() == {} and off.warmed == {}
 
+def test_warming_compiles_on_the_sampling_thread():
+    """Jobs call the compiled UNet on the device's sampling thread (farm.sampling.stage), and
+    CUDA graph trees keep per-thread state: a warm-up on the calling thread and the first
+    batch's recording on the sampling thread failed the graph's capture on an H100, and the
+    UNet fell back to eager. A backend that notes the thread dynamo hands it the graph on."""
+    import threading
+
+    threads: list[str] = []
+
+    def recording(gm, _example_inputs):
+        threads.append(threading.current_thread().name)
+        return gm.forward
+
+    torch._dynamo.reset()
+    try:
+        compiler = UNetCompiler(CompileConfig(enabled=True, backend=recording,
+                                              warm_shapes=(("tiny-sd15", 1, 8, 8),)), CPU)
+        assert set(compiler.warm(torch.float32)) == {"tiny-sd15 1x8x8"}
+    finally:
+        torch._dynamo.reset()
+    assert threads and all(name.startswith("sampling-") for name in threads), threads
+
+
 def test_a_warm_shape_that_is_not_one_is_refused_by_name():
     from farm.errors import ConfigError
 
