@@ -1,8 +1,8 @@
 """`farm bench`: what this machine's GPU renders per second, measured three ways in one call.
 
-- raw: the engine alone in this process (LocalRenderer), jobs run as cross-job batches of
-  each size in --buckets, largest first, compiled; it reports the best size (images/s,
-  within free memory), what a measured table would tell the farm's batch sizer;
+- raw: the engine alone (LocalRenderer, no Ray), jobs run as cross-job batches of each size
+  in --buckets, largest first, compiled; it reports the best size (images/s, within free
+  memory), what a measured table would tell the farm's batch sizer (jobs.bench_raw);
 - naive: one job at a time through the farm (Farm.local: Ray, queue, writer), eager, no
   pipelining: ComfyUI's way;
 - farm: a queue of --jobs batch-1 jobs over --checkpoints checkpoints submitted at once,
@@ -15,13 +15,17 @@ of utilisation over time go to --out, named by date and device.
 
 One call measures every architecture (on a GPU by default SD1.5 at 512 px and SDXL at
 1024 px, each with its own plan: jobs, buckets, checkpoints) in three phases, so that the
-slow parts happen once: cold compiles of all architectures at once, in two processes each
-(jobs.bench_precompile: compiling is mostly single-threaded Python), which fill inductor's
-disk cache that raw mode and the farm's worker then read, while the eager farm of the naive
-mode starts; then naive, farm and raw, each over every architecture, with one farm for every
-architecture's naive mode and one compiled farm for every farm mode (a farm's start, Ray's
-workers importing torch, is paid twice, not four times). Farm mode comes before raw mode:
-where a time limit cuts a run short, the farm's figures are the ones that matter most.
+slow parts happen once:
+1. cold compiles of all architectures at once, in two processes each (jobs.bench_precompile:
+   compiling is mostly single-threaded Python), while the eager farm of the naive mode
+   starts. Each architecture's UNet process then measures raw mode on what it compiled, in
+   turn with the others (SD1.5's raw mode runs while SDXL still compiles), and fills
+   inductor's disk cache, which the farm's worker reads;
+2. naive, over every architecture, on one farm;
+3. farm, over every architecture, on one compiled farm (a farm's start, Ray's workers
+   importing torch, is paid twice, not four times).
+Raw mode runs last, in this process, only where a compile process did not measure it
+(--no-compile, or a compile process that failed).
 
 Checkpoints are full-size random weights made on the spot (the GPU's work does not depend on
 the weights' values); extra checkpoints are hard links of the first under other names (the
@@ -30,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import gc
 import json
 import os
 import re
@@ -41,107 +44,17 @@ from pathlib import Path
 
 import torch
 
-from farm.engine import PlannedJob
-from farm.engine.local import LocalRenderer
 from farm.models.attention import SDPA, XFORMERS, requested_backend, xformers_problem
-from farm.models.compiled import CompileConfig
-from farm.records.paths import FarmPaths
-from farm.worker.nvml import NvmlSampler
 from jobs.bench_farm import bench_farm, bench_naive, start_naive_farm
 from jobs.bench_precompile import Precompile
+from jobs.bench_raw import adopt_raw, raw_and_switch
 from jobs.bench_report import (
-    ARCH_PLANS, DEFAULT_PLAN, DEFAULT_SIZE, MODES, ArchRun, BenchArgs, BenchStopped, ModeResult, bench_checkpoints,
-    bench_device, device_label, planned_jobs, plot, run_batches, say, stop_on_sigterm, summarize,
+    ARCH_PLANS, DEFAULT_PLAN, DEFAULT_SIZE, MODES, ArchRun, BenchArgs, BenchStopped, bench_checkpoints, bench_device,
+    device_label, plot, say, say_fallbacks, stop_on_sigterm,
 )
-from jobs.bench_switch import measure_switches
-
-
-# -- raw: the engine alone ----------------------------------------------------------------------
-
-def bench_raw(run: ArchRun, root: Path) -> tuple[list[ModeResult], dict]:
-    """Raw mode, the largest bucket first: the precompile ran that batch, so its graph is in
-    inductor's cache and the smaller buckets (under GRAPH_SPLIT_ROWS, like the largest)
-    only record their CUDA graphs."""
-    a, device = run.args, bench_device()
-    compile_cfg = CompileConfig(enabled=a.compile, backend=a.compile_backend)
-    renderer = LocalRenderer(FarmPaths.under(root), device, compile=compile_cfg)
-    buckets = sorted(a.buckets, reverse=True)
-
-    def jobs(seed: int, count: int) -> list[PlannedJob]:
-        return planned_jobs(renderer, run.names[0], range(seed, seed + count), run.size, a.steps, a.sampler)
-
-    if device.type == "cuda":  # a batch that records a bucket's CUDA graph: its memory counts
-        torch.cuda.reset_peak_memory_stats()
-    t = time.perf_counter()
-    run_batches(renderer, jobs(100_000, buckets[0]), buckets[0])
-    first_s = time.perf_counter() - t
-    say(f"{run.arch} raw: first batch of {buckets[0]} (load, and compile unless cached) took {first_s:.1f} s")
-    results = []
-    for n, batch in enumerate(buckets):
-        seed = 101_000 + 1_000 * n
-        count = -(-a.raw_jobs // batch) * batch
-        measured = jobs(seed + batch, count)
-        nvml = NvmlSampler(period_s=0.05)
-        try:
-            if n > 0:  # a warm batch records this bucket's graph (the first batch did the largest's)
-                if device.type == "cuda":
-                    torch.cuda.reset_peak_memory_stats()
-                run_batches(renderer, jobs(seed, batch), batch)
-            started = time.perf_counter()
-            with nvml:
-                run_batches(renderer, measured, batch)
-        except torch.cuda.OutOfMemoryError:
-            say(f"{run.arch} raw batch {batch}: out of memory; measuring the smaller ones")
-            torch.cuda.empty_cache()
-            continue
-        peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
-        r = summarize(f"raw_b{batch}", count, time.perf_counter() - started, batch, nvml, peak_vram_gib=peak)
-        results.append(r)
-        run.record(r)
-    info = {"first_batch": buckets[0], "first_batch_with_load_and_compile_s": round(first_s, 2),
-            "compile": renderer.models.compiler.report(),
-            "device_total_gib": torch.cuda.mem_get_info()[1] / 2**30 if device.type == "cuda" else None}
-    renderer.models.unload_all()
-    renderer.close()
-    del renderer
-    torch._dynamo.reset()  # drops the compiled graphs before the farm's worker needs the memory
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-    return results, info
-
-
-def best_batch(results: list[ModeResult], total_gib: float | None, headroom: float = 0.85) -> int:
-    """The raw bucket with the most images/s whose peak memory fits `headroom` of the card
-    (other checkpoints and a second batch in flight need the rest); ties: the smaller."""
-    fits = [r for r in results if total_gib is None or r.peak_vram_gib is None
-            or r.peak_vram_gib <= headroom * total_gib]
-    if not fits:
-        return 1
-    best = max(r.images_per_s for r in fits)
-    return min(r.batch for r in fits if r.images_per_s >= 0.98 * best)  # within noise: less latency
 
 
 # -- the whole bench ---------------------------------------------------------------------------------
-
-def say_fallbacks(where: str, compile_report: dict) -> None:
-    """A compiled UNet or VAE that fell back to eager makes every figure after it an eager
-    one: say so on the bench's output, not only in its JSON."""
-    for label, entry in compile_report.items():
-        if isinstance(entry, dict) and entry.get("fallback"):
-            say(f"warning: {where}: compiled {label} fell back to eager: {entry['fallback']}")
-
-
-def raw_and_switch(run: ArchRun, root: Path) -> None:
-    raw, run.result["raw"] = bench_raw(run, root)
-    say_fallbacks("raw", run.result["raw"]["compile"])
-    run.result["best_batch"] = best_batch(raw, run.result["raw"]["device_total_gib"]) if raw else 1
-    say(f"{run.arch} {run.size}px: best batch {run.result['best_batch']}")
-    run.result["switch"] = measure_switches(FarmPaths.under(root).models, run.names, bench_device())
-    gc.collect()
-    say(f"{run.arch}: checkpoint switch into device memory, by source: {run.result['switch']}")
-    run.save(run.result)
-
 
 def bench_all(runs: list[ArchRun], root: Path, a: BenchArgs, phases: dict[str, float]) -> None:
     """The phases, each over every architecture; the JSON is saved after every mode, and
@@ -165,6 +78,10 @@ def bench_all(runs: list[ArchRun], root: Path, a: BenchArgs, phases: dict[str, f
     for run in runs:
         run.names = bench_checkpoints(run.arch, root, run.args.checkpoints)
         run.result["checkpoints"] = run.names
+        measured = run.result.get("precompile", {}).pop("raw", None)
+        if measured is not None:  # raw mode, measured by the compile process after its first batch
+            adopt_raw(run, measured)
+            say_fallbacks("raw", run.result["raw"]["compile"])
     phase("compile_and_start", t)  # the compile processes, and the naive farm starting meanwhile
     if naive_farm is not None:
         t = time.perf_counter()
@@ -177,10 +94,12 @@ def bench_all(runs: list[ArchRun], root: Path, a: BenchArgs, phases: dict[str, f
             for worker in run.result["farm"].get("farm_workers", []):
                 say_fallbacks(f"farm {worker.get('worker_id')}", worker.get("compile") or {})
         phase("farm", t)
-    if "raw" in a.modes:
+    if "raw" in a.modes and any("raw" not in run.result for run in runs):
         t = time.perf_counter()
         for run in runs:
-            raw_and_switch(run, root)
+            if "raw" not in run.result:  # not measured by its compile process
+                raw_and_switch(run, root)
+                say_fallbacks("raw", run.result["raw"]["compile"])
         phase("raw", t)
 
 

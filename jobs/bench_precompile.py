@@ -6,12 +6,13 @@ other leave a 16-core machine idle for minutes: on an H100, SD1.5's first shape 
 its VAE decoder 22 s. Here each architecture's process compiles the UNet first, on random
 weights, as a worker started with `--warm` does (UNetCompiler.warm), while a thread makes the
 checkpoints; then it runs one batch of the farm's size through a LocalRenderer, which puts
-the checkpoint's weights on the warmed UNet's stage. A second process per architecture
-(`--part vae`) compiles the VAE decoder on random weights meanwhile, so that batch finds the
-decoder's graph in the cache instead of compiling it after the UNet. What they
-compile lands in inductor's disk cache under the bench root, which raw mode (this bench's
-own process) and the farm's worker (a Ray actor) read: each then pays dynamo's trace and a
-cache load, not code generation.
+the checkpoint's weights on the warmed UNet's stage, and, when the bench measures raw mode,
+raw mode and the switch timings on that renderer (jobs.bench_raw), taking its turn on the
+GPU with the other processes. A second process per architecture (`--part vae`) compiles the
+VAE decoder on random weights meanwhile, so that batch finds the decoder's graph in the
+cache instead of compiling it after the UNet. What they compile lands in inductor's disk
+cache under the bench root, which the farm's worker (a Ray actor) reads: it then pays
+dynamo's trace and a cache load, not code generation.
 
 The batch is the largest raw bucket, which the plans keep at the farm's batch: the graphs
 split at 64 UNet rows (32 jobs), so a larger one would compile again for the farm (see
@@ -55,6 +56,8 @@ class Precompile:
                 cmd = [sys.executable, "-m", "jobs.bench_precompile", "--arch", run.arch, "--part", part,
                        "--batch", str(max(a.buckets)), "--checkpoints", str(a.checkpoints), "--steps", str(a.steps),
                        "--sampler", a.sampler, "--backend", a.compile_backend, "--root", str(root)]
+                if part == "all" and "raw" in a.modes:
+                    cmd += ["--raw-buckets", ",".join(map(str, a.buckets)), "--raw-jobs", str(a.raw_jobs)]
                 proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
                 relay = threading.Thread(target=_relay, args=(run, part, proc), daemon=True)
                 relay.start()
@@ -86,7 +89,9 @@ def _relay(run: ArchRun, part: str, proc: subprocess.Popen) -> None:
     assert proc.stdout is not None
     for line in proc.stdout:
         if line.startswith(RESULT_PREFIX):
-            run.result[PARTS[part]] = json.loads(line[len(RESULT_PREFIX):])
+            result = run.result[PARTS[part]] = json.loads(line[len(RESULT_PREFIX):])
+            # raw mode's measurements (utilisation timelines) go to the JSON, not the output
+            line = RESULT_PREFIX + json.dumps({k: v for k, v in result.items() if k != "raw"})
         print(f"    [{run.arch} {'compile' if part == 'all' else part}] {line.rstrip()}", flush=True)
 
 
@@ -137,7 +142,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backend", default="inductor", choices=("inductor", "aot_eager"))
     parser.add_argument("--root", type=Path, required=True)
     parser.add_argument("--part", default="all", choices=sorted(PARTS),
-                        help="all: UNet, checkpoints, one batch; vae: the VAE decoder alone")
+                        help="all: UNet, checkpoints, one batch (and raw mode); vae: the VAE decoder alone")
+    parser.add_argument("--raw-buckets", help="all: then measure raw mode at these batch sizes, e.g. 1,8,16")
+    parser.add_argument("--raw-jobs", type=int, default=16, help="raw mode: jobs per batch size")
     args = parser.parse_args(argv)
     if args.part == "vae":
         result = compile_vae(args.arch, args.batch, args.root, args.backend)
@@ -145,9 +152,12 @@ def main(argv: list[str] | None = None) -> int:
         print(RESULT_PREFIX + json.dumps(result), flush=True)
         return 0
 
+    import torch
+
     from farm.engine.local import LocalRenderer
     from farm.models.compiled import CompileConfig
     from farm.records.paths import FarmPaths
+    from jobs.bench_raw import gpu_turn
     from jobs.bench_report import bench_device, planned_jobs, run_batches
 
     started = time.perf_counter()
@@ -166,18 +176,49 @@ def main(argv: list[str] | None = None) -> int:
         names, made_s = making.result()  # its exception, if any, raised here
     jobs = planned_jobs(renderer, names[0], range(90_000, 90_000 + args.batch), DEFAULT_SIZE[args.arch],
                         args.steps, args.sampler)
-    t = time.perf_counter()
-    run_batches(renderer, jobs, args.batch)
-    batch_s = time.perf_counter() - t
-    report = renderer.models.compiler.report()
-    renderer.close()
-    say(f"{args.arch}: UNet compiled in {unet_s:.1f} s ({warmed or 'not warmed'}), checkpoints made meanwhile "
-        f"in {made_s:.1f} s; a first batch of {args.batch} (checkpoint load, VAE decoder trace) "
-        f"in {batch_s:.1f} s")
-    print(RESULT_PREFIX + json.dumps({"batch": args.batch, "make_checkpoints_s": round(made_s, 2),
-                                      "unet_warm_s": round(unet_s, 2), "warmed": warmed,
-                                      "first_batch_s": round(batch_s, 2), "compile": report}), flush=True)
+    with gpu_turn(args.root):  # no other bench process's batch runs beside this one's
+        if torch.cuda.is_available():  # raw mode's peak memory includes this batch's CUDA graph
+            torch.cuda.reset_peak_memory_stats()
+        t = time.perf_counter()
+        run_batches(renderer, jobs, args.batch)
+        batch_s = time.perf_counter() - t
+        report = renderer.models.compiler.report()
+        say(f"{args.arch}: UNet compiled in {unet_s:.1f} s ({warmed or 'not warmed'}), checkpoints made meanwhile "
+            f"in {made_s:.1f} s; a first batch of {args.batch} (checkpoint load, VAE decoder trace) "
+            f"in {batch_s:.1f} s")
+        result = {"batch": args.batch, "make_checkpoints_s": round(made_s, 2), "unet_warm_s": round(unet_s, 2),
+                  "warmed": warmed, "first_batch_s": round(batch_s, 2), "compile": report}
+        if args.raw_buckets:
+            result["raw"] = raw_here(args, names, renderer, batch_s)
+        else:
+            renderer.close()
+    print(RESULT_PREFIX + json.dumps(result), flush=True)
     return 0
+
+
+def raw_here(args: argparse.Namespace, names: list[str], renderer, first_s: float) -> dict:
+    """Raw mode on this process's renderer, whose first batch (`first_s`) was the largest
+    bucket's, then the switch timings: what the bench adopts (jobs.bench_raw.adopt_raw)."""
+    from farm.records.paths import FarmPaths
+    from jobs.bench_raw import measure_raw, release
+    from jobs.bench_report import BenchArgs, bench_device
+    from jobs.bench_switch import measure_switches
+
+    buckets = tuple(sorted({int(b) for b in args.raw_buckets.split(",")}))
+    if max(buckets) != args.batch:
+        raise SystemExit(f"--raw-buckets: the largest ({max(buckets)}) must be --batch ({args.batch}), "
+                         "the batch this process compiled and ran first")
+    plan = BenchArgs(jobs=0, naive_jobs=0, raw_jobs=args.raw_jobs, buckets=buckets, checkpoints=args.checkpoints,
+                     steps=args.steps, sampler=args.sampler, compile=True, compile_backend=args.backend, gpus=None,
+                     worker_gpus=1.0, modes=("raw",))
+    run = ArchRun(args.arch, DEFAULT_SIZE[args.arch], plan, {"modes": []}, save=lambda _result: None)
+    run.names = names
+    try:
+        info = measure_raw(run, renderer, "compile process", first_s=first_s)
+    finally:
+        release(renderer)
+    switch = measure_switches(FarmPaths.under(args.root).models, names, bench_device())
+    return {"modes": run.result["modes"], "info": info, "switch": switch}
 
 
 if __name__ == "__main__":

@@ -98,7 +98,7 @@ class ArchPlan:
 
 
 # Sized for both architectures, cold compiles included, to fit one 10-minute call on an
-# H100 (an estimate from its timings, about 530 s; not yet measured whole): there an SD1.5
+# H100 (an estimate from call 7's stamps, 510-530 s; not yet measured whole): there an SD1.5
 # job takes about 0.14 s in a batch of 16 and an SDXL one 0.85 s (SDXL's batches of 8 ran no
 # faster than 4). The largest bucket is the farm's batch (the batch sizer's default cap):
 # a batch of 32 SD1.5 jobs is 64 UNet rows, past farm.models.compiled.GRAPH_SPLIT_ROWS, and
@@ -139,8 +139,9 @@ class ArchRun:
     def label(self) -> str:
         return f"{self.arch} {self.size}px {self.args.steps} steps {self.args.sampler}"
 
-    def record(self, mode: "ModeResult") -> None:
-        say_mode(self.label, mode)
+    def record(self, mode: "ModeResult", quiet: bool = False) -> None:
+        if not quiet:
+            say_mode(self.label, mode)
         self.result["modes"].append(asdict(mode))
         by_mode = {m["mode"]: m for m in self.result["modes"]}
         raw = by_mode.get(f"raw_b{self.result.get('farm_batch')}")
@@ -208,6 +209,14 @@ def say_mode(label: str, r: ModeResult) -> None:
                 f"p5 {r.steady_util_p5:.0f}%)"
     say(f"{label}: {r.mode:>8}: {r.images_per_s:.2f} images/s "
           f"({r.jobs} jobs in {r.seconds:.1f} s, batch {r.batch}), {util}{lat}{mem}")
+
+
+def say_fallbacks(where: str, compile_report: dict) -> None:
+    """A compiled UNet or VAE that fell back to eager makes every figure after it an eager
+    one: say so on the bench's output, not only in its JSON."""
+    for label, entry in compile_report.items():
+        if isinstance(entry, dict) and entry.get("fallback"):
+            say(f"warning: {where}: compiled {label} fell back to eager: {entry['fallback']}")
 
 
 def device_label() -> tuple[str, str | None]:

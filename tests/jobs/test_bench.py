@@ -35,14 +35,17 @@ def test_bench_runs_every_mode_on_the_cpu(tmp_path):
     [report_path] = list(out.glob("bench-*.json"))
     report = json.loads(report_path.read_text())
     assert [r["arch"] for r in report["results"]] == ["tiny-sd15", "tiny-sdxl"]
-    assert list(report["phases_s"]) == ["compile_and_start", "naive", "farm", "raw"]
+    # raw mode ran in the compile processes: no raw phase of its own
+    assert list(report["phases_s"]) == ["compile_and_start", "naive", "farm"]
     assert 0 < sum(report["phases_s"].values()) <= report["seconds"]
     workers = []
     for result in report["results"]:
         family = result["arch"].removeprefix("tiny-")
-        # naive first (its farm started during the compiles), then the farm, then raw, the
-        # largest batch first (the graph compiled for it serves the smaller ones)
-        assert [m["mode"] for m in result["modes"]] == ["naive", "farm", "raw_b2", "raw_b1"]
+        # raw first (the compile process measured it after its first batch, the largest
+        # batch first: the graph compiled for it serves the smaller ones), then naive (its
+        # farm started during the compiles), then the farm
+        assert [m["mode"] for m in result["modes"]] == ["raw_b2", "raw_b1", "naive", "farm"]
+        assert result["raw"]["measured_in"] == "compile process" and "raw" not in result["precompile"]
         assert result["best_batch"] in (1, 2)
         # the farm's batch sizer allows 2 (its cap for a 64 px image, under the largest bucket)
         assert result["farm_batch"] == 2
@@ -99,6 +102,26 @@ def test_bench_runs_every_mode_on_the_cpu(tmp_path):
 
 def farm_mode(result: dict) -> dict:
     return next(m for m in result["modes"] if m["mode"] == "farm")
+
+
+def test_raw_mode_without_compiling_runs_in_the_bench_process(tmp_path):
+    """--no-compile starts no compile process: raw mode, and the switch timings, run in the
+    bench's own process, in a phase of their own."""
+    out = tmp_path / "results"
+    proc = subprocess.run(
+        [sys.executable, "-m", "farm", "bench", "--arch", "tiny-sd15", "--modes", "raw", "--no-compile",
+         "--raw-jobs", "2", "--buckets", "1,2", "--checkpoints", "2", "--steps", "2",
+         "--root", str(tmp_path / "bench"), "--out", str(out)],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "compiling" not in proc.stdout
+    [report_path] = list(out.glob("bench-*.json"))
+    report = json.loads(report_path.read_text())
+    assert list(report["phases_s"]) == ["compile_and_start", "raw"]
+    [result] = report["results"]
+    assert [m["mode"] for m in result["modes"]] == ["raw_b2", "raw_b1"]
+    assert result["raw"]["measured_in"] == "bench process" and result["raw"]["compile"] == {}
+    assert result["best_batch"] in (1, 2) and result["switch"]["store"]["loads"] == 2
 
 
 def test_bench_refuses_a_bad_mode(tmp_path):
