@@ -13,8 +13,9 @@ weights on the device (SD1.5 1.7 GB, SDXL 5.1 GB in fp16); at an H100's memory b
 that is a few milliseconds, against a batch's seconds. Measured once, through the farm on an
 H100 (2026-12-07, call 7 in benchmarks/results/README-gpu-2026-12-07.md), the copy took
 0.25 s of wall time per switch when it was a Python loop of copy_ calls; it is now one
-multi-tensor call, not yet measured on a GPU. The price is one UNet's worth of device memory per layout, which the worker
-sets aside from its checkpoint budget (`UNetCompiler(set_aside=...)`).
+multi-tensor call, not yet measured on a GPU. The price is one UNet's worth of device
+memory per layout, which the worker sets aside from its checkpoint budget
+(`UNetCompiler(set_aside=...)`).
 
 A checkpoint's UNet keeps its own weights untouched and in NCHW: the eager paths (ControlNet
 residuals, a compiler fault's fallback) run on it directly. VAEs get stages the same way
