@@ -81,7 +81,6 @@ def bench_all(runs: list[ArchRun], root: Path, a: BenchArgs, phases: dict[str, f
         measured = run.result.get("precompile", {}).pop("raw", None)
         if measured is not None:  # raw mode, measured by the compile process after its first batch
             adopt_raw(run, measured)
-            say_fallbacks("raw", run.result["raw"]["compile"])
     phase("compile_and_start", t)  # the compile processes, and the naive farm starting meanwhile
     if naive_farm is not None:
         t = time.perf_counter()
@@ -99,7 +98,6 @@ def bench_all(runs: list[ArchRun], root: Path, a: BenchArgs, phases: dict[str, f
         for run in runs:
             if "raw" not in run.result:  # not measured by its compile process
                 raw_and_switch(run, root)
-                say_fallbacks("raw", run.result["raw"]["compile"])
         phase("raw", t)
 
 

@@ -199,10 +199,8 @@ def main(argv: list[str] | None = None) -> int:
 def raw_here(args: argparse.Namespace, names: list[str], renderer, first_s: float) -> dict:
     """Raw mode on this process's renderer, whose first batch (`first_s`) was the largest
     bucket's, then the switch timings: what the bench adopts (jobs.bench_raw.adopt_raw)."""
-    from farm.records.paths import FarmPaths
-    from jobs.bench_raw import measure_raw, release
-    from jobs.bench_report import BenchArgs, bench_device
-    from jobs.bench_switch import measure_switches
+    from jobs.bench_raw import raw_and_switches
+    from jobs.bench_report import BenchArgs
 
     buckets = tuple(sorted({int(b) for b in args.raw_buckets.split(",")}))
     if max(buckets) != args.batch:
@@ -213,11 +211,7 @@ def raw_here(args: argparse.Namespace, names: list[str], renderer, first_s: floa
                      worker_gpus=1.0, modes=("raw",))
     run = ArchRun(args.arch, DEFAULT_SIZE[args.arch], plan, {"modes": []}, save=lambda _result: None)
     run.names = names
-    try:
-        info = measure_raw(run, renderer, "compile process", first_s=first_s)
-    finally:
-        release(renderer)
-    switch = measure_switches(FarmPaths.under(args.root).models, names, bench_device())
+    info, switch = raw_and_switches(run, renderer, args.root, "compile process", first_s=first_s)
     return {"modes": run.result["modes"], "info": info, "switch": switch}
 
 

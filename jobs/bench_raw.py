@@ -28,7 +28,9 @@ from farm.engine.local import LocalRenderer
 from farm.models.compiled import CompileConfig
 from farm.records.paths import FarmPaths
 from farm.worker.nvml import NvmlSampler
-from jobs.bench_report import ArchRun, ModeResult, bench_device, planned_jobs, run_batches, say, summarize
+from jobs.bench_report import (
+    ArchRun, ModeResult, bench_device, planned_jobs, run_batches, say, say_fallbacks, summarize,
+)
 from jobs.bench_switch import measure_switches
 
 
@@ -47,9 +49,10 @@ def gpu_turn(root: Path) -> Iterator[None]:
 
 def measure_raw(run: ArchRun, renderer: LocalRenderer, where: str, first_s: float | None = None) -> dict:
     """Each bucket of `run`'s plan on `renderer`, the largest first, recorded on `run`; returns
-    what the JSON keeps under "raw" (`where`: "compile process" or "bench process"). `first_s`: the seconds of a batch of the largest bucket
-    that already ran on this renderer (the compile process's first batch), else one runs here
-    first: the checkpoint's load and, unless inductor's cache has it, the compile."""
+    what the JSON keeps under "raw" (`where`: "compile process" or "bench process").
+    `first_s`: the seconds of a batch of the largest bucket that already ran on this renderer
+    (the compile process's first batch), else one runs here first: the checkpoint's load
+    and, unless inductor's cache has it, the compile."""
     a, device = run.args, renderer.engine.device
     buckets = sorted(a.buckets, reverse=True)
 
@@ -99,6 +102,17 @@ def release(renderer: LocalRenderer) -> None:
         torch.cuda.empty_cache()
 
 
+def raw_and_switches(run: ArchRun, renderer: LocalRenderer, root: Path, where: str,
+                     first_s: float | None = None) -> tuple[dict, dict]:
+    """measure_raw, then the renderer released (its device memory is the switch timings'),
+    then the switch timings: (raw info, switch timings)."""
+    try:
+        info = measure_raw(run, renderer, where, first_s=first_s)
+    finally:
+        release(renderer)
+    return info, measure_switches(FarmPaths.under(root).models, run.names, bench_device())
+
+
 def best_batch(results: list[dict], total_gib: float | None, headroom: float = 0.85) -> int:
     """The raw bucket with the most images/s whose peak memory fits `headroom` of the card
     (other checkpoints and a second batch in flight need the rest); ties: the smaller."""
@@ -113,6 +127,7 @@ def best_batch(results: list[dict], total_gib: float | None, headroom: float = 0
 def finish_raw(run: ArchRun, info: dict, switch: dict) -> None:
     """Raw mode's summary on `run`: its info, the best batch, the switch timings; saved."""
     run.result["raw"] = info
+    say_fallbacks("raw", info["compile"])
     raw = [m for m in run.result["modes"] if m["mode"].startswith("raw_")]
     run.result["best_batch"] = best_batch(raw, info["device_total_gib"]) if raw else 1
     say(f"{run.arch} {run.size}px: best batch {run.result['best_batch']}")
@@ -133,8 +148,4 @@ def raw_and_switch(run: ArchRun, root: Path) -> None:
     a = run.args
     renderer = LocalRenderer(FarmPaths.under(root), bench_device(),
                              compile=CompileConfig(enabled=a.compile, backend=a.compile_backend))
-    try:
-        info = measure_raw(run, renderer, "bench process")
-    finally:
-        release(renderer)
-    finish_raw(run, info, measure_switches(FarmPaths.under(root).models, run.names, bench_device()))
+    finish_raw(run, *raw_and_switches(run, renderer, root, "bench process"))
