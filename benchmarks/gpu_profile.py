@@ -224,18 +224,19 @@ def levers(path: Path, jobs: int, compile_on: bool, extra: tuple[str, ...] = ())
                 results[f"{name}: first call s"] = {"s": round(time.perf_counter() - t0, 1)}
                 measure(name, lambda: runner(x, t, ctx, None))
 
-            compiled("fp16 compiled channels_last + fused qkv", unet, CompileConfig(enabled=True))
-            compiled("fp16 compiled channels_last (the default)",
+            compiled("fp16 compiled channels_last + fused qkv (the default)",
                      load_checkpoint(path, DEVICE, torch.float16).unet, CompileConfig(enabled=True))
+            compiled("fp16 compiled channels_last", load_checkpoint(path, DEVICE, torch.float16).unet,
+                     CompileConfig(enabled=True, fused_qkv=False))
             compiled("fp16 compiled NCHW", load_checkpoint(path, DEVICE, torch.float16).unet,
-                     CompileConfig(enabled=True, channels_last=False))
+                     CompileConfig(enabled=True, channels_last=False, fused_qkv=False))
             if "inductor" in extra:
                 # inductor options diffusers' guide suggests: 1x1 convolutions as matmuls, and
                 # Triton kernels tuned by coordinate descent (longer compile)
                 import torch._inductor.config as inductor_config
 
                 with inductor_config.patch(conv_1x1_as_mm=True, coordinate_descent_tuning=True):
-                    compiled("fp16 compiled channels_last + conv_1x1_as_mm + coordinate descent",
+                    compiled("fp16 compiled channels_last + fused qkv + conv_1x1_as_mm + coordinate descent",
                              load_checkpoint(path, DEVICE, torch.float16).unet, CompileConfig(enabled=True))
         if "cudnn_benchmark" in extra:
             # cuDNN times its convolution algorithms for each shape and keeps the fastest
@@ -243,7 +244,7 @@ def levers(path: Path, jobs: int, compile_on: bool, extra: tuple[str, ...] = ())
             torch.backends.cudnn.benchmark = True
             measure("fp16 eager channels_last + fused qkv + cudnn.benchmark", lambda: call(xx=x_cl))
             if compile_on:
-                compiled("fp16 compiled channels_last + cudnn.benchmark",
+                compiled("fp16 compiled channels_last + fused qkv + cudnn.benchmark",
                          load_checkpoint(path, DEVICE, torch.float16).unet, CompileConfig(enabled=True))
             torch.backends.cudnn.benchmark = False
         unet = loaded = None  # frees the fp16 weights before the bf16 copy loads

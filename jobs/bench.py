@@ -139,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--modes", default=",".join(MODES), help="any of raw,naive,farm")
     parser.add_argument("--no-compile", action="store_true", help="eager UNet everywhere")
     parser.add_argument("--compile-backend", default="inductor", choices=("inductor", "aot_eager"))
+    parser.add_argument("--no-fused-qkv", action="store_true",
+                        help="the compiled UNet's attention with q, k, v projections apart (a lever measured off)")
     parser.add_argument("--gpus", type=int, help="GPUs for the farm (one worker each); default: all visible")
     parser.add_argument("--worker-gpus", type=float, default=1.0, help="GPUs per worker (0.5: two share one)")
     parser.add_argument("--root", type=Path, default=Path(".farm/bench"))
@@ -151,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--modes: {bad[0]!r} is not one of {', '.join(MODES)}")
     args.buckets = _buckets(parser, args.buckets)
     shared = dict(steps=args.steps, sampler=args.sampler, compile=not args.no_compile,
-                  compile_backend=args.compile_backend, gpus=args.gpus, worker_gpus=args.worker_gpus, modes=modes)
+                  compile_backend=args.compile_backend, gpus=args.gpus, worker_gpus=args.worker_gpus, modes=modes,
+                  fused_qkv=not args.no_fused_qkv)
     archs = list(dict.fromkeys(args.arch or (["sd15", "sdxl"] if torch.cuda.is_available() else ["sd15"])))
     per_arch = {arch: arch_args(args, arch, shared) for arch in archs}
     a = per_arch[archs[0]]  # what every architecture shares: modes, compile, GPUs
@@ -164,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     say(f"attention: {attention}; xformers {'usable here' if xformers is None else 'not usable: ' + xformers}")
     report = {"device": device, "gpu_uuid": uuid, "gpus_visible": torch.cuda.device_count(),
               "date": started.isoformat(timespec="seconds"), "torch": torch.__version__,
-              "compile": a.compile, "attention": {"backend": attention, "xformers": xformers or "usable"},
+              "compile": a.compile, "fused_qkv": a.fused_qkv,
+              "attention": {"backend": attention, "xformers": xformers or "usable"},
               "args": {arch: {**dataclasses.asdict(x), "buckets": list(x.buckets)} for arch, x in per_arch.items()},
               "phases_s": {}, "results": []}
     stem = f"bench-{started:%Y%m%d-%H%M}-{re.sub(r'[^A-Za-z0-9]+', '-', device).strip('-').lower()}"

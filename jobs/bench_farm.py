@@ -10,7 +10,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from farm.models.arch import ARCH_FAMILY
-from farm.models.compiled import CompileConfig
 from farm.scheduler.batch_size import LATENT_FACTOR, BatchSizer
 from farm.worker.nvml import NvmlSampler, percentile
 from jobs.bench_report import ArchRun, BenchArgs, BenchStopped, say, stop_on_sigterm, summarize, workflow
@@ -29,7 +28,7 @@ def _start_farm(root: Path, tag: str, a: BenchArgs, compile_on: bool, depth: int
         ray_cluster.init_local(num_gpus=a.gpus)
         say(f"{tag}: Ray is up in {time.perf_counter() - t:.1f} s")
     farm = Farm.local(root / "models", root / "output", num_gpus=a.gpus, db=db, root=root, max_batch=max_batch,
-                      compile=CompileConfig(enabled=compile_on, backend=a.compile_backend), pipeline_depth=depth,
+                      compile=a.compile_config(enabled=compile_on), pipeline_depth=depth,
                       worker_gpus=a.worker_gpus, batch_sizer=sizer)
     stop_on_sigterm()  # ray.init replaced it: a time limit must still keep what was measured
     say(f"{tag}: the farm's actors are placed ({time.perf_counter() - t:.1f} s)")

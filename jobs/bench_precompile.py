@@ -56,6 +56,8 @@ class Precompile:
                 cmd = [sys.executable, "-m", "jobs.bench_precompile", "--arch", run.arch, "--part", part,
                        "--batch", str(max(a.buckets)), "--checkpoints", str(a.checkpoints), "--steps", str(a.steps),
                        "--sampler", a.sampler, "--backend", a.compile_backend, "--root", str(root)]
+                if not a.fused_qkv:
+                    cmd.append("--no-fused-qkv")
                 if part == "all" and "raw" in a.modes:
                     cmd += ["--raw-buckets", ",".join(map(str, a.buckets)), "--raw-jobs", str(a.raw_jobs)]
                 proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
@@ -140,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--sampler", default="euler")
     parser.add_argument("--backend", default="inductor", choices=("inductor", "aot_eager"))
+    parser.add_argument("--no-fused-qkv", action="store_true")
     parser.add_argument("--root", type=Path, required=True)
     parser.add_argument("--part", default="all", choices=sorted(PARTS),
                         help="all: UNet, checkpoints, one batch (and raw mode); vae: the VAE decoder alone")
@@ -168,9 +171,9 @@ def main(argv: list[str] | None = None) -> int:
     with ThreadPoolExecutor(1, thread_name_prefix="make-checkpoints") as pool:
         making = pool.submit(make)
         latent = DEFAULT_SIZE[args.arch] // 8
-        renderer = LocalRenderer(FarmPaths.under(args.root), bench_device(),
-                                 compile=CompileConfig(enabled=True, backend=args.backend,
-                                                       warm_shapes=((args.arch, args.batch, latent, latent),)))
+        config = CompileConfig(enabled=True, backend=args.backend, fused_qkv=not args.no_fused_qkv,
+                               warm_shapes=((args.arch, args.batch, latent, latent),))
+        renderer = LocalRenderer(FarmPaths.under(args.root), bench_device(), compile=config)
         warmed = renderer.models.compiler.warm(renderer.engine.dtype)
         unet_s = time.perf_counter() - started
         names, made_s = making.result()  # its exception, if any, raised here
@@ -208,7 +211,7 @@ def raw_here(args: argparse.Namespace, names: list[str], renderer, first_s: floa
                          "the batch this process compiled and ran first")
     plan = BenchArgs(jobs=0, naive_jobs=0, raw_jobs=args.raw_jobs, buckets=buckets, checkpoints=args.checkpoints,
                      steps=args.steps, sampler=args.sampler, compile=True, compile_backend=args.backend, gpus=None,
-                     worker_gpus=1.0, modes=("raw",))
+                     worker_gpus=1.0, modes=("raw",), fused_qkv=not args.no_fused_qkv)
     run = ArchRun(args.arch, DEFAULT_SIZE[args.arch], plan, {"modes": []}, save=lambda _result: None)
     run.names = names
     info, switch = raw_and_switches(run, renderer, args.root, "compile process", first_s=first_s)

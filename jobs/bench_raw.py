@@ -25,7 +25,6 @@ import torch
 
 from farm.engine import PlannedJob
 from farm.engine.local import LocalRenderer
-from farm.models.compiled import CompileConfig
 from farm.records.paths import FarmPaths
 from farm.worker.nvml import NvmlSampler
 from jobs.bench_report import (
@@ -147,5 +146,5 @@ def raw_and_switch(run: ArchRun, root: Path) -> None:
     """Raw mode in this process, on a renderer of its own (compiled unless --no-compile)."""
     a = run.args
     renderer = LocalRenderer(FarmPaths.under(root), bench_device(),
-                             compile=CompileConfig(enabled=a.compile, backend=a.compile_backend))
+                             compile=a.compile_config())
     finish_raw(run, *raw_and_switches(run, renderer, root, "bench process"))

@@ -17,6 +17,7 @@ import torch
 
 from farm.engine import JobContext, PlannedJob
 from farm.engine.local import LocalRenderer
+from farm.models.compiled import CompileConfig
 from farm.models.make import make_checkpoint
 from farm.worker.nvml import NvmlSampler, gpu_identity
 
@@ -121,6 +122,12 @@ class BenchArgs(ArchPlan):
     gpus: int | None
     worker_gpus: float
     modes: tuple[str, ...]
+    fused_qkv: bool = True  # CompileConfig.fused_qkv; `farm bench --no-fused-qkv` measures without
+
+    def compile_config(self, **also) -> CompileConfig:
+        """The compiled-sampling settings every mode of the bench uses."""
+        return CompileConfig(**{"enabled": self.compile, "backend": self.compile_backend,
+                                "fused_qkv": self.fused_qkv, **also})
 
 
 @dataclass

@@ -43,6 +43,7 @@ import torch
 
 from farm.errors import ConfigError
 from farm.models.arch import ARCH_FAMILY
+from farm.models.attention import fuse_qkv
 from farm.models.compiled_stage import StagedRunner, WeightStage, layout_key, module_bytes, stage_of
 from farm.sampling.stage import run_sampling
 
@@ -69,6 +70,7 @@ class CompileConfig:
     # The levers below change only the memory layout or which kernels run, not the maths;
     # their effect on images and speed is measured by benchmarks/gpu_profile.py.
     channels_last: bool = True  # the compiled UNet in NHWC: inductor then skips cuDNN's layout copies
+    fused_qkv: bool = True  # one GEMM for attention's q, k, v (models.attention.fuse_qkv); SDPA only
     vae: bool = True  # the VAE decoder compiled too (inductor's default mode: no CUDA graphs)
 
     def __post_init__(self) -> None:
@@ -146,6 +148,7 @@ class CompiledUNet:
         self.unet, self.config, self.device, self.label = unet, config, device, label
         mode = config.mode if device.type == "cuda" else None
         _raise_recompile_limit()
+        self.fused_layers = fuse_qkv(unet) if config.fused_qkv else 0
         self._memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
         unet.to(memory_format=self._memory_format)
         self._compiled = torch.compile(unet, backend=config.backend, mode=mode if config.backend == "inductor"
@@ -337,6 +340,7 @@ class UNetCompiler:
             r = st.runner
             if isinstance(r, CompiledUNet):
                 entry = {"compile_s": round(r.stats.compile_s, 2), "fallback": r.stats.fallback,
+                         "fused_qkv_layers": r.fused_layers,
                          "rows": r.stats.rows, "padded_rows": r.stats.padded_rows,
                          "shapes": {k: {"first_call_s": round(s.first_call_s, 2), "calls": s.calls}
                                     for k, s in r.stats.shapes.items()}}

@@ -17,8 +17,10 @@ multi-tensor call, not yet measured on a GPU. The price is one UNet's worth of d
 memory per layout, which the worker sets aside from its checkpoint budget
 (`UNetCompiler(set_aside=...)`).
 
-A checkpoint's UNet keeps its own weights untouched and in NCHW: the eager paths (ControlNet
-residuals, a compiler fault's fallback) run on it directly. VAEs get stages the same way
+A checkpoint's UNet keeps its own weights untouched, in NCHW and with its attention
+projections apart: the eager paths (ControlNet residuals, a compiler fault's fallback) run
+on it directly. The stage may differ in layout (channels_last, fused q/k/v whose parts are
+views into the fused weight); weights are copied by state-dict name, which both share. VAEs get stages the same way
 (the decoder's first compile took 22.4 s for SD1.5 on an H100, cold; the copy is 160 MB)."""
 from __future__ import annotations
 
@@ -68,8 +70,10 @@ class WeightStage:
         self.module = module
         self.label = label
         self.nbytes = module_bytes(module)
+        # the layout, by name, as the checkpoints have it: the runner may then fuse layers
+        # (their parts become views into the fused weight) or change memory formats
+        self._names = list(self._tensors(module))
         self.runner = make_runner(module)
-        self._slots = self._tensors(module)
         self._held: tuple[weakref.ref, int] | None = None  # (whose weights, their version)
         self.users: set[str] = set()  # labels (checkpoint names) of the UNets it ran
         self.copies = 0  # times weights were copied in (one per switch of checkpoint or LoRA set)
@@ -79,8 +83,8 @@ class WeightStage:
             self._held = (weakref.ref(copy_from), weights_version(copy_from))
 
     @staticmethod
-    def _tensors(module: torch.nn.Module) -> list[torch.Tensor]:
-        return [*(p.data for p in module.parameters()), *module.buffers()]
+    def _tensors(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+        return {**{n: p.data for n, p in module.named_parameters()}, **dict(module.named_buffers())}
 
     def run(self, module: torch.nn.Module, *args) -> torch.Tensor:
         with self._lock:
@@ -95,15 +99,19 @@ class WeightStage:
                 return
             started = time.perf_counter()
             sources = self._tensors(module)
-            if len(sources) != len(self._slots):
+            if sorted(sources) != sorted(self._names):
                 raise ValueError(f"{type(module).__name__} has {len(sources)} tensors, the stage {self.label} "
-                                 f"{len(self._slots)}: not the same layout")
+                                 f"{len(self._names)}, or other names: not the same layout")
+            # looked up now, not once: a runner's fallback to eager moves convolutions back to
+            # NCHW, which gives those weights new tensors
+            slots = self._tensors(self.module)
             with torch.no_grad():
                 # in place: the compiled graph (and its CUDA graphs) read these addresses. One
                 # call for every tensor: multi-tensor kernels where layouts match, and one
                 # Python call, not ~700 (SD1.5's UNet), each a chance for the worker's other
                 # threads (prompt encoding, decode) to hold the GIL
-                torch._foreach_copy_(self._slots, sources, non_blocking=True)
+                torch._foreach_copy_([slots[n] for n in self._names], [sources[n] for n in self._names],
+                                     non_blocking=True)
             self._held = (weakref.ref(module), weights_version(module))
             self.copies += 1
             self.copy_s += time.perf_counter() - started

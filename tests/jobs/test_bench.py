@@ -60,6 +60,7 @@ def test_bench_runs_every_mode_on_the_cpu(tmp_path):
         assert list(pre["warmed"]) == [f"{result['arch']} 2x8x8"], pre
         assert pre["compile"][f"unet:{family}"]["checkpoints"] == [result["checkpoints"][0]], pre
         assert pre["compile"][f"unet:{family}"]["weight_copies"] == 1, pre
+        assert pre["compile"][f"unet:{family}"]["fused_qkv_layers"] > 0, pre  # the default lever
         # and another process compiled the VAE decoder alone, for the batch's decode call and
         # for a single image (a dimension of size 1 is a graph of its own)
         vae = result["precompile_vae"]
@@ -79,6 +80,7 @@ def test_bench_runs_every_mode_on_the_cpu(tmp_path):
         # compiled, not fallen back to eager: every UNet and VAE decoder, raw and farm
         for compiled in (result["raw"]["compile"], worker["compile"]):
             assert all(entry["fallback"] is None for entry in compiled.values()), compiled
+            assert compiled[f"unet:{family}"]["fused_qkv_layers"] > 0, compiled
         # one compiled UNet and one compiled VAE decoder (stages) for both checkpoints of the
         # architecture, fed each one's weights
         for stage in (worker["compile"][f"unet:{family}"], worker["compile"][f"vae:{family}"]):
@@ -91,6 +93,7 @@ def test_bench_runs_every_mode_on_the_cpu(tmp_path):
         workers.append(worker["worker_id"])
     # both architectures' farm modes ran on one farm (one worker: a farm per mode, not per arch)
     assert len(set(workers)) == 1
+    assert report["fused_qkv"] is True
     assert "fell back to eager" not in proc.stdout
     # the PNG of utilisation over time (matplotlib is a test dependency: the plot runs here)
     assert report["plot"] == report_path.with_suffix(".png").name and (out / report["plot"]).stat().st_size > 0

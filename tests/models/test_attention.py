@@ -7,10 +7,10 @@ import types
 
 import pytest
 import torch
-from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0, FusedAttnProcessor2_0
 
 from farm.errors import FarmError
-from farm.models.attention import apply_attention_backend, requested_backend
+from farm.models.attention import apply_attention_backend, fuse_qkv, requested_backend
 from farm.models.load import load_checkpoint
 
 
@@ -77,3 +77,33 @@ def test_unknown_backend_is_an_error_naming_the_choices():
     assert requested_backend(None, {"FARM_ATTENTION": "XFormers"}) == "xformers"
     with pytest.raises(FarmError, match="sdpa, xformers"):
         requested_backend("flash", {})
+
+
+def test_fused_qkv_computes_what_separate_projections_compute(tiny):
+    gen = torch.Generator().manual_seed(1)
+    x, text = torch.randn(2, 4, 8, 8, generator=gen), torch.randn(2, 77, 32, generator=gen)
+    names = {n for n, _ in tiny.unet.named_parameters()}
+    with torch.no_grad():
+        apart = tiny.unet(x, torch.tensor([10.0, 700.0]), encoder_hidden_states=text).sample
+        layers = fuse_qkv(tiny.unet)
+        fused = tiny.unet(x, torch.tensor([10.0, 700.0]), encoder_hidden_states=text).sample
+    assert layers == len([m for m in tiny.unet.modules() if hasattr(m, "to_q")]) > 0
+    assert processors(tiny.unet) == {FusedAttnProcessor2_0}
+    torch.testing.assert_close(fused, apart, rtol=1e-5, atol=1e-5)
+    # the parts are views into the fused weight, under their own names: what a checkpoint's
+    # state dict fills by name lands in the fused weight
+    block = tiny.unet.mid_block.attentions[0].transformer_blocks[0]
+    assert block.attn1.to_k.weight.data_ptr() == block.attn1.to_qkv.weight[block.attn1.to_q.weight.shape[0]:].data_ptr()
+    assert block.attn2.to_k.weight.data_ptr() == block.attn2.to_kv.weight.data_ptr()
+    assert names <= {n for n, _ in tiny.unet.named_parameters()}
+    with torch.no_grad():
+        block.attn1.to_v.weight.zero_()
+        assert block.attn1.to_qkv.weight[-block.attn1.to_v.weight.shape[0]:].abs().max() == 0
+    assert fuse_qkv(tiny.unet) == 0  # already fused: left as it is
+
+
+def test_fused_qkv_leaves_layers_on_another_processor_alone(tiny):
+    tiny.unet.set_attn_processor(AttnProcessor())  # as xformers' would be: no fused form of it
+    assert fuse_qkv(tiny.unet) == 0
+    assert processors(tiny.unet) == {AttnProcessor} and not hasattr(
+        tiny.unet.mid_block.attentions[0].transformer_blocks[0].attn1, "to_qkv")

@@ -129,8 +129,15 @@ def test_checkpoints_of_one_layout_share_one_compiled_stage(tiny_checkpoints, tm
         for runner, want in ((run_a, want_a), (run_b, want_b), (run_a, want_a), (run_a, want_a)):
             torch.testing.assert_close(runner(x, t, embeds, None), want, rtol=LATENT_TOL, atol=LATENT_TOL)
     assert stage.copies == 2  # a was its first copy: b, then a again; a twice in a row copies once
+    # the stage's attention runs fused projections, the checkpoints' keep q, k, v apart: a
+    # change to one part (a LoRA on to_k, say) reaches the stage's fused weight
+    assert stage.runner.fused_layers == len([n for n, _ in a.unet.named_modules() if n.endswith((".attn1", ".attn2"))])
+    assert stage.runner.fused_layers > 0 and not hasattr(a.unet.mid_block.attentions[0].transformer_blocks[0].attn1,
+                                                         "to_qkv")
     with torch.no_grad():
         a.unet.conv_in.weight.mul_(2.0)
+        a.unet.mid_block.attentions[0].transformer_blocks[0].attn1.to_k.weight.mul_(-3.0)
+        a.unet.mid_block.attentions[0].transformer_blocks[0].attn2.to_v.weight.mul_(-3.0)
     weights_changed(a.unet)
     with torch.inference_mode():
         torch.testing.assert_close(run_a(x, t, embeds, None), eager(a), rtol=LATENT_TOL, atol=LATENT_TOL)
@@ -154,6 +161,31 @@ def test_compiled_runner_falls_back_to_eager_on_a_compiler_fault():
     with pytest.raises(Exception, match="no-such-backend"):
         compiler.runner(Unet(), "bad")  # torch.compile itself names the unknown backend
 
+
+
+def test_after_a_fallback_to_eager_a_switch_still_brings_the_checkpoints_weights(tiny_checkpoints, tmp_path):
+    """A compiler fault turns the stage eager, and its convolutions back to NCHW: new weight
+    tensors. The next checkpoint's weights must land in those, not in the ones left behind."""
+    from farm.models.make import make_checkpoint
+
+    def failing_backend(graph_module, example_inputs):
+        raise RuntimeError("a compiler fault")
+
+    other = tmp_path / "other.safetensors"
+    make_checkpoint("tiny-sd15", other, seed=9)
+    a = load_checkpoint(tiny_checkpoints["tiny-sd15"].single_file, CPU, torch.float32)
+    b = load_checkpoint(other, CPU, torch.float32)
+    compiler = UNetCompiler(CompileConfig(enabled=True, backend=failing_backend, cache_dir=tmp_path / "inductor"), CPU)
+    run_a, run_b = compiler.runner(a.unet, "a", "sd15"), compiler.runner(b.unet, "b", "sd15")
+    g = torch.Generator().manual_seed(5)
+    x, t = torch.randn(2, 4, 8, 8, generator=g), torch.full((2,), 500.0)
+    embeds = torch.randn(2, 77, a.unet.config.cross_attention_dim, generator=g)
+    with torch.inference_mode():
+        for runner, ck in ((run_a, a), (run_b, b), (run_a, a)):
+            want = ck.unet(x, t, encoder_hidden_states=embeds, return_dict=False)[0]
+            torch.testing.assert_close(runner(x, t, embeds, None), want, rtol=LATENT_TOL, atol=LATENT_TOL)
+    assert "a compiler fault" in run_a.stage.runner.stats.fallback
+    assert run_a.stage.copies == 2  # b, then a again
 
 
 def test_with_compile_off_warm_shapes_do_nothing():
