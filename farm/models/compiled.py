@@ -346,8 +346,11 @@ class UNetCompiler:
                                     for k, s in r.stats.shapes.items()}}
             else:  # a VAE decoder
                 entry = {"compile_s": round(r.first_call_s, 2), "fallback": r.fallback, "calls": r.calls}
+            copy_gpu_s = st.copy_gpu_s()  # None off CUDA
+            copy_gpu_s = None if copy_gpu_s is None else round(copy_gpu_s, 4)
             report[st.label] = {**entry, "checkpoints": sorted(st.users), "weight_copies": st.copies,
-                                "weight_copy_s": round(st.copy_s, 4), "stage_gib": round(st.nbytes / 2**30, 2)}
+                                "weight_copy_s": round(st.copy_s, 4), "weight_copy_gpu_s": copy_gpu_s,
+                                "stage_gib": round(st.nbytes / 2**30, 2)}
         return report
 
 

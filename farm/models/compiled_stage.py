@@ -77,7 +77,10 @@ class WeightStage:
         self._held: tuple[weakref.ref, int] | None = None  # (whose weights, their version)
         self.users: set[str] = set()  # labels (checkpoint names) of the UNets it ran
         self.copies = 0  # times weights were copied in (one per switch of checkpoint or LoRA set)
-        self.copy_s = 0.0
+        self.copy_s = 0.0  # wall time of the copies, the launches and any wait for launch-queue room
+        self._copy_gpu_s = 0.0  # the GPU's own time on them (CUDA events, read once done)
+        self._copy_events: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []
+        self._events_lock = threading.Lock()  # not the stage's: a report must not wait for a compile
         self._lock = threading.RLock()
         if copy_from is not None:
             self._held = (weakref.ref(copy_from), weights_version(copy_from))
@@ -105,6 +108,7 @@ class WeightStage:
             # looked up now, not once: a runner's fallback to eager moves convolutions back to
             # NCHW, which gives those weights new tensors
             slots = self._tensors(self.module)
+            events = self._start_copy_events(next(iter(slots.values())).device)
             with torch.no_grad():
                 # in place: the compiled graph (and its CUDA graphs) read these addresses. One
                 # call for every tensor: multi-tensor kernels where layouts match, and one
@@ -112,9 +116,43 @@ class WeightStage:
                 # threads (prompt encoding, decode) to hold the GIL
                 torch._foreach_copy_([slots[n] for n in self._names], [sources[n] for n in self._names],
                                      non_blocking=True)
+            if events is not None:
+                events[1].record(torch.cuda.current_stream(events[2]))
+                with self._events_lock:
+                    self._copy_events.append(events[:2])
+                    self._fold_copy_events()
             self._held = (weakref.ref(module), weights_version(module))
             self.copies += 1
             self.copy_s += time.perf_counter() - started
+
+    # Wall time alone cannot tell a slow copy from a launch that waited for room in a full
+    # launch queue (the GPU still busy with the last batch, so no idle time): CUDA events
+    # around each copy give the GPU's own time, read later so the sampling path never syncs.
+    @staticmethod
+    def _start_copy_events(device: torch.device) -> tuple | None:
+        if device.type != "cuda":
+            return None
+        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        begin.record(torch.cuda.current_stream(device))
+        return begin, end, device
+
+    def _fold_copy_events(self) -> None:
+        pending = []
+        for begin, end in self._copy_events:
+            if end.query():
+                self._copy_gpu_s += begin.elapsed_time(end) / 1000
+            else:
+                pending.append((begin, end))
+        self._copy_events = pending
+
+    def copy_gpu_s(self) -> float | None:
+        """The GPU's time on the weight copies it has finished (never waits: a report must not
+        wait for the stage, which a first call holds while it compiles); None off CUDA."""
+        with self._events_lock:
+            if next(self.module.parameters()).device.type != "cuda":
+                return None
+            self._fold_copy_events()
+            return self._copy_gpu_s
 
 
 def stage_of(module: torch.nn.Module, make_runner, label: str) -> WeightStage:
