@@ -6,6 +6,7 @@ gives two logical GPUs and two CPU workers running the very same code.
 """
 from __future__ import annotations
 
+import logging
 import os
 import socket
 
@@ -28,6 +29,18 @@ def worker_device() -> torch.device:
     return torch.device("cpu")
 
 
+def _log_farm_to_stderr() -> None:
+    """The library's INFO lines (what the worker compiled, warmed and loaded, with seconds) in
+    this actor's log file, Ray's worker-*.err: Ray is started with configure_logging=False,
+    which leaves Python's logging unconfigured, and unconfigured logging drops INFO."""
+    farm_log = logging.getLogger("farm")
+    if not farm_log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        farm_log.addHandler(handler)
+        farm_log.setLevel(logging.INFO)
+
+
 @ray.remote(num_gpus=1, max_concurrency=6)
 class GpuWorker:
     """Threaded actor: `run_batch` runs on up to pipeline_depth threads (one batch samples
@@ -37,6 +50,7 @@ class GpuWorker:
     def __init__(self, worker_id: str, paths: FarmPaths, writer, hub, tiers: TierConfig = TierConfig(),
                  workers_on_host: int = 1, dtype: str | None = None, compile: CompileConfig | None = None,
                  pipeline_depth: int = 1):
+        _log_farm_to_stderr()
         device = worker_device()
         if device.type == "cpu":
             # logical GPUs share the host's cores; without this each worker starts one

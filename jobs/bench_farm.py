@@ -99,8 +99,11 @@ def _steady(nvml: NvmlSampler, results: list) -> dict:
             "steady_util_mean": util.mean_util if util else None, "steady_util_p5": util.p5_util if util else None}
 
 
-def _through_farm(farm, prepared: list, nvml: NvmlSampler, one_at_a_time: bool) -> tuple[float, list[float], list]:
-    """Seconds for all, each job's latency (submit to files written), and the results."""
+def _through_farm(farm, prepared: list, nvml: NvmlSampler, one_at_a_time: bool,
+                  progress: str | None = None) -> tuple[float, list[float], list]:
+    """Seconds for all, each job's latency (submit to files written), and the results.
+    `progress` names a line said as each job ends (a warm-up that a time limit cuts short
+    then still shows how far it got)."""
     latencies: list[float] = []
     results = []
     started = time.perf_counter()
@@ -117,8 +120,13 @@ def _through_farm(farm, prepared: list, nvml: NvmlSampler, one_at_a_time: bool) 
             t = time.perf_counter()
             futures = farm.submit_prepared(prepared)
             done: dict[str, float] = {}
+            def ended(fut) -> None:
+                done.setdefault(fut.prompt_id, time.perf_counter())
+                if progress:
+                    say(f"{progress}: {len(done)}/{len(futures)} jobs done")
+
             for f in futures:
-                f.add_done_callback(lambda fut: done.setdefault(fut.prompt_id, time.perf_counter()))
+                f.add_done_callback(ended)
             for f in futures:
                 result = f.outcome(900)
                 if not result.ok:
@@ -169,7 +177,7 @@ def bench_farm(runs: list[ArchRun], a: BenchArgs, root: Path) -> None:
             # per worker: a full batch of the first checkpoint, one job of each other
             warm = [farm.prepare(workflow(n, 300_000 + 100 * k + i, run.size, x.steps, x.sampler))
                     for k, n in enumerate(run.names) for i in range(run.result["farm_batch"] if k == 0 else 1)]
-            _through_farm(farm, warm, NvmlSampler(), one_at_a_time=False)
+            _through_farm(farm, warm, NvmlSampler(), one_at_a_time=False, progress=f"{run.arch} farm warm-up")
             info["farm_warmup_s"] = round(time.perf_counter() - t, 2)
             say(f"{run.arch} farm warm-up ({len(warm)} jobs: every checkpoint loaded, the batch compiled) took "
                 f"{info['farm_warmup_s']:.1f} s")

@@ -22,4 +22,10 @@ root=/tmp/farm-bench  # full-size checkpoints (GBs) stay on the machine, never i
 start=$(date +%s)
 timeout -k 30 "$limit" python3 -m farm bench --root "$root" --out "$out" "$@" 2>&1 | tee "$out/bench.log"
 echo "the bench took $(( $(date +%s) - start )) s" | tee -a "$out/bench.log"
+# the farm's workers log to Ray's files, not to the bench's output: keep those that say what a
+# worker compiled, loaded or failed (the last MB of each), for a run cut short by its limit
+mkdir -p "$out/ray-logs"
+for f in $(grep -l "farm\.\(models\|worker\|engine\)" /tmp/ray/session_*/logs/worker-*.err 2>/dev/null); do
+  tail -c 1000000 "$f" > "$out/ray-logs/$(basename "$(dirname "$(dirname "$f")")")-$(basename "$f")"
+done
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$out/gpu.txt"

@@ -185,7 +185,8 @@ class CompiledUNet:
             raise
         except Exception as exc:  # a compiler fault must not fail jobs: eager from now on
             self.stats.fallback = f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
-            log.warning("compiled UNet %s failed (%s); running eager", self.label, self.stats.fallback)
+            log.warning("compiled UNet %s failed (%s); running eager", self.label, self.stats.fallback,
+                        exc_info=True)  # where it failed: what an operator's bug report needs
             self.unet.to(memory_format=torch.contiguous_format)  # eager convolutions prefer NCHW here
             return self._eager(x, timestep, embeds, added)
         out = out[:rows].clone()

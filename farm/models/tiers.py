@@ -22,6 +22,7 @@ checkpoint stays loaded while the accounting holds it in either memory tier.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import shutil
 import threading
@@ -36,6 +37,8 @@ import torch
 from farm.errors import CheckpointError
 from farm.models.store import ModelFolders
 from farm.records.residency import Residency, ResidencyReport, Tier
+
+log = logging.getLogger(__name__)
 
 GiB = 1024**3
 UNBOUNDED_BYTES = 1 << 60  # the disk tier without a local copy: the models folder itself
@@ -294,6 +297,7 @@ class TieredModelProvider:
         checkpoint.device = self.device
         seconds = time.perf_counter() - started
         self.moves.append(TierMove(name, source, size, seconds))
+        log.info("checkpoint %s into device memory from %s: %.2f GiB in %.2f s", name, source.value, size / GiB, seconds)
         self.residency.costs.observe(source, size, seconds)
 
     def _reconcile(self) -> None:

@@ -50,3 +50,22 @@ def test_batched_results_equal_unbatched_ones(ray_farm, txt2img):
         assert np.abs(pb - pa).max() <= 1  # float32 reductions may order differently in a batch
     # and the seeds really differ: a batch that repeated one image would fail here
     assert np.abs(pixels(batched[0].files[0]) - pixels(batched[1].files[0])).max() > 10
+
+
+def test_a_workers_log_file_says_what_it_loaded(ray_farm, txt2img):
+    """The library's INFO lines reach the actor's own log file (Ray's worker-*.err), with
+    the logger's name: what an operator reads to see what a worker loaded and compiled."""
+    import time
+    from pathlib import Path
+
+    ray_farm.wait_for_workers(2)
+    assert ray_farm.submit(txt2img, {"3.seed": 500}).result(240).ok
+    logs = Path(ray._private.worker.global_worker.node.get_logs_dir_path())  # this session's Ray
+    deadline = time.monotonic() + 20
+    while True:
+        lines = [line for f in logs.glob("worker-*.err") for line in f.read_text(errors="replace").splitlines()
+                 if "into device memory from" in line]
+        if lines or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert any(" INFO farm.models.tiers: checkpoint " in line and " GiB in " in line for line in lines), lines
