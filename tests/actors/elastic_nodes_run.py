@@ -75,19 +75,28 @@ def main(models: Path, work: Path) -> None:
     node = cluster.add_node(num_cpus=2, num_gpus=1)
     new = wait(lambda: [w for w in alive().values() if node.node_id[:8] in w.node], "a node joined: a worker on it",
                90)[0].worker_id
-    def took_work():
-        if outcome:
-            fail(f"the sweep ended before {new} on the new node took a job (too short a sweep for this machine?)")
-        mine = alive().get(new)
-        return mine is not None and (mine.running or mine.backlog)
-    wait(took_work, f"{new} on the new node has taken jobs (the sweep still runs)", 90)
-
-    def finished_one():
-        if outcome:
-            fail(f"the sweep ended before a render by {new} reached the manifest")
+    def rendered_by_new() -> bool:
         manifest = work / "renders" / "manifest.jsonl"
         lines = manifest.read_text().splitlines() if manifest.is_file() else []
         return any(json.loads(line).get("worker") == new for line in lines if line.strip())
+
+    # the manifest is read before the sweep's end is: a sweep that ended just after the new
+    # worker's render (its final manifest written) has passed, not failed
+    def took_work():
+        mine = alive().get(new)
+        if (mine is not None and (mine.running or mine.backlog)) or rendered_by_new():
+            return True
+        if outcome:
+            fail(f"the sweep ended before {new} on the new node took a job (too short a sweep for this machine?)")
+        return False
+    wait(took_work, f"{new} on the new node has taken jobs", 90)
+
+    def finished_one():
+        if rendered_by_new():
+            return True
+        if outcome:
+            fail(f"the sweep ended before a render by {new} reached the manifest")
+        return False
     wait(finished_one, f"a render by {new} is in the manifest (rewritten every few seconds)", 60)
 
     @ray.remote(num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(node.node_id, soft=False))
