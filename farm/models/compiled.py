@@ -314,11 +314,18 @@ class UNetCompiler:
             for _, jobs, height, width in shapes:
                 key = f"{arch} {jobs}x{height}x{width}"
                 started = time.perf_counter()
+                call = functools.partial(_call_on_dummies, runner, unet, 2 * jobs, height, width)
                 try:
-                    # on the sampling thread, under inference mode, as jobs call it: CUDA graph
-                    # trees keep per-thread state, and a graph warmed up on one thread and
-                    # recorded on another fails its capture (seen on an H100, torch 2.11)
-                    run_sampling(self.device, functools.partial(_call_on_dummies, runner, unet, 2 * jobs, height, width))
+                    # Twice, on the sampling thread, under inference mode, as jobs call it. CUDA
+                    # graph trees run a shape once (the compile's call) and record its graph on
+                    # the second call. Recorded here, at once: when a job's first call recorded
+                    # it after a checkpoint load, cuDNN failed a device allocation inside the
+                    # capture (CUDNN_STATUS_INTERNAL_ERROR_DEVICE_ALLOCATION_FAILED, then
+                    # cudaErrorStreamCaptureInvalidated: every warmed bench compile process on an
+                    # H100, torch 2.11; benchmarks/warm_capture.py tells the variants apart).
+                    run_sampling(self.device, call)
+                    if runner.stats.fallback is None:
+                        run_sampling(self.device, call)
                 except Exception as exc:  # out of memory, mostly: jobs will find their own size
                     runner.stats.fallback = f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
                 if runner.stats.fallback is not None:
