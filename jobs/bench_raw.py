@@ -109,7 +109,10 @@ def raw_and_switches(run: ArchRun, renderer: LocalRenderer, root: Path, where: s
         info = measure_raw(run, renderer, where, first_s=first_s)
     finally:
         release(renderer)
-    return info, measure_switches(FarmPaths.under(root).models, run.names, bench_device())
+    started = time.perf_counter()
+    switch = measure_switches(FarmPaths.under(root).models, run.names, bench_device())
+    say(f"{run.arch}: switch timings took {time.perf_counter() - started:.1f} s")
+    return info, switch
 
 
 def best_batch(results: list[dict], total_gib: float | None, headroom: float = 0.85) -> int:
