@@ -10,18 +10,18 @@ So a worker keeps one *stage* per UNet layout (the architecture's config and the
 UNet of its own that is compiled once and whose weights are overwritten from the batch's
 checkpoint when another checkpoint, or another LoRA set, comes. The copy is one pass over the
 weights on the device (SD1.5 1.7 GB, SDXL 5.1 GB in fp16); at an H100's memory bandwidth
-that is a few milliseconds, against a batch's seconds. Measured once, through the farm on an
-H100 (2026-12-07, call 7 in benchmarks/results/README-gpu-2026-12-07.md), the copy took
-0.25 s of wall time per switch when it was a Python loop of copy_ calls; it is now one
-multi-tensor call, not yet measured on a GPU. The price is one UNet's worth of device
-memory per layout, which the worker sets aside from its checkpoint budget
-(`UNetCompiler(set_aside=...)`).
+that is a few milliseconds, against a batch's seconds. Measured through the farm on an H100
+(benchmarks/results/README-gpu-2026-12-07.md): 0.25 s of wall time per switch when the copy
+was a Python loop of copy_ calls (call 7); as one multi-tensor call, 21 ms of wall time and
+8.6 ms of GPU time (call 8). The price is one UNet's worth of device memory per layout,
+which the worker sets aside from its checkpoint budget (`UNetCompiler(set_aside=...)`).
 
 A checkpoint's UNet keeps its own weights untouched, in NCHW and with its attention
-projections apart: the eager paths (ControlNet residuals, a compiler fault's fallback) run
-on it directly. The stage may differ in layout (channels_last, fused q/k/v whose parts are
-views into the fused weight); weights are copied by state-dict name, which both share. VAEs get stages the same way
-(the decoder's first compile took 22.4 s for SD1.5 on an H100, cold; the copy is 160 MB)."""
+projections apart: the eager paths (ControlNet residuals) run on it directly, and a
+compiler fault's fallback runs the stage eagerly. The stage may differ in layout
+(channels_last, fused q/k/v whose parts are views into the fused weight); weights are copied
+by state-dict name, which both share. VAEs get stages the same way (the decoder's first
+compile took 22.4 s for SD1.5 on an H100, cold; the copy is 160 MB)."""
 from __future__ import annotations
 
 import copy

@@ -297,7 +297,8 @@ class TieredModelProvider:
         checkpoint.device = self.device
         seconds = time.perf_counter() - started
         self.moves.append(TierMove(name, source, size, seconds))
-        log.info("checkpoint %s into device memory from %s: %.2f GiB in %.2f s", name, source.value, size / GiB, seconds)
+        log.info("checkpoint %s into device memory from %s: %.2f GiB in %.2f s", name, source.value,
+                 size / GiB, seconds)
         self.residency.costs.observe(source, size, seconds)
 
     def _reconcile(self) -> None:
