@@ -90,11 +90,16 @@ class BatchSizer:
 
 def throughput_from_bench(report: Mapping) -> dict[Shape, dict[int, float]]:
     """The measured tables in one `farm bench` JSON report: its raw modes (the engine alone,
-    one batch size each) per architecture and square size."""
+    one batch size each) per architecture and square size. An architecture whose compiled
+    UNet fell back to eager in raw mode is left out: its figures are not the engine the
+    report meant to measure (a farm compiled where that one ran eager)."""
     tables: dict[Shape, dict[int, float]] = {}
     for result in report.get("results", ()):
         arch, size = result.get("arch"), result.get("size")
         if not arch or not size:
+            continue
+        raw_compile = (result.get("raw") or {}).get("compile") or {}
+        if any(label.startswith("unet") and (entry or {}).get("fallback") for label, entry in raw_compile.items()):
             continue
         latent = int(size) // LATENT_FACTOR
         for mode in result.get("modes", ()):
