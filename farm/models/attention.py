@@ -81,7 +81,8 @@ def fuse_qkv(unet: torch.nn.Module) -> int:
     """Fuse each attention layer's input projections into one matrix multiply: self-attention's
     q, k and v into `to_qkv`, cross-attention's k and v (both read the prompt) into `to_kv`.
     The maths is unchanged: the fused weight is the parts stacked, each output column the
-    same dot product; one larger GEMM instead of three smaller ones is what is faster. Returns
+    same dot product (only rounding may differ, as between any two GEMM kernels); one larger
+    GEMM instead of three smaller ones is what is faster. Returns
     the layers fused, 0 when the layers are not all on SDPA (xformers' processor has no fused
     form) or already fused.
 
