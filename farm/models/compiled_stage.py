@@ -73,6 +73,7 @@ class WeightStage:
         # the layout, by name, as the checkpoints have it: the runner may then fuse layers
         # (their parts become views into the fused weight) or change memory formats
         self._names = list(self._tensors(module))
+        self._name_set = frozenset(self._names)
         self.runner = make_runner(module)
         self._held: tuple[weakref.ref, int] | None = None  # (whose weights, their version)
         self.users: set[str] = set()  # labels (checkpoint names) of the UNets it ran
@@ -102,13 +103,15 @@ class WeightStage:
                 return
             started = time.perf_counter()
             sources = self._tensors(module)
-            if sorted(sources) != sorted(self._names):
+            if sources.keys() != self._name_set:
                 raise ValueError(f"{type(module).__name__} has {len(sources)} tensors, the stage {self.label} "
                                  f"{len(self._names)}, or other names: not the same layout")
             # looked up now, not once: a runner's fallback to eager moves convolutions back to
             # NCHW, which gives those weights new tensors
             slots = self._tensors(self.module)
-            events = self._start_copy_events(next(iter(slots.values())).device)
+            device = next(iter(slots.values())).device
+            stream = torch.cuda.current_stream(device) if device.type == "cuda" else None
+            begin = self._recorded_event(stream) if stream is not None else None
             with torch.no_grad():
                 # in place: the compiled graph (and its CUDA graphs) read these addresses. One
                 # call for every tensor: multi-tensor kernels where layouts match, and one
@@ -116,10 +119,10 @@ class WeightStage:
                 # threads (prompt encoding, decode) to hold the GIL
                 torch._foreach_copy_([slots[n] for n in self._names], [sources[n] for n in self._names],
                                      non_blocking=True)
-            if events is not None:
-                events[1].record(torch.cuda.current_stream(events[2]))
+            if stream is not None:
+                end = self._recorded_event(stream)
                 with self._events_lock:
-                    self._copy_events.append(events[:2])
+                    self._copy_events.append((begin, end))
                     self._fold_copy_events()
             self._held = (weakref.ref(module), weights_version(module))
             self.copies += 1
@@ -129,12 +132,10 @@ class WeightStage:
     # launch queue (the GPU still busy with the last batch, so no idle time): CUDA events
     # around each copy give the GPU's own time, read later so the sampling path never syncs.
     @staticmethod
-    def _start_copy_events(device: torch.device) -> tuple | None:
-        if device.type != "cuda":
-            return None
-        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        begin.record(torch.cuda.current_stream(device))
-        return begin, end, device
+    def _recorded_event(stream: torch.cuda.Stream) -> torch.cuda.Event:
+        event = torch.cuda.Event(enable_timing=True)
+        event.record(stream)
+        return event
 
     def _fold_copy_events(self) -> None:
         pending = []
