@@ -85,6 +85,18 @@ def _worker_stats(farm) -> list[dict]:
     return out
 
 
+def _say_gc_pauses(arch: str, workers: list[dict], start_s: float, end_s: float) -> None:
+    """The workers' long garbage collections during the measurement (unix seconds), as
+    seconds since the NVML timeline's start: a dip in utilisation at the same moment is the
+    collector's."""
+    for worker in workers:
+        long_pauses = (worker.get("gc") or {}).get("long_pauses", [])
+        pauses = [(t - start_s, s) for t, s, _ in long_pauses if start_s <= t <= end_s]
+        listed = ", ".join(f"{s * 1000:.0f} ms at {t:.2f} s" for t, s in pauses[:20])
+        say(f"{arch} farm {worker.get('worker_id')}: {len(pauses)} long GC pause(s) in the run"
+            + (f": {listed}" if listed else ""))
+
+
 def _steady(nvml: NvmlSampler, results: list) -> dict:
     """ModeResult's steady_* fields from the jobs' own timings (unix seconds)."""
     finished = [r.timings.finished_at_s for r in results if r.timings.finished_at_s is not None]
@@ -189,3 +201,4 @@ def bench_farm(runs: list[ArchRun], a: BenchArgs, root: Path) -> None:
                                  latency_p50_s=percentile(lat, 50), latency_p99_s=percentile(lat, 99),
                                  **_steady(nvml, done)))
             info["farm_workers"] = _worker_stats(farm)
+            _say_gc_pauses(run.arch, info["farm_workers"], nvml.started_wall_s, nvml.started_wall_s + seconds)

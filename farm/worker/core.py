@@ -51,6 +51,7 @@ from farm.scheduler.messages import (
 from farm.settings import Limits
 from farm.worker.channels import EventForwarder, RemoteImageSink
 from farm.worker.counters import gpu_monitor, worker_counters
+from farm.worker.gc_pauses import process_gc_pauses
 from farm.worker.nvml import gpu_identity
 from farm.workflow.plan import CHECKPOINT_INPUT
 
@@ -99,6 +100,7 @@ class WorkerCore:
                  pipeline_depth: int = 1):
         self.worker_id = worker_id
         self.node = node
+        self.gc_pauses = process_gc_pauses()  # a long collection idles the GPU: the bench lists them
         self.paths = paths
         self.registry = default_registry()
         # caps were checked at submission, on the head: a worker's own settings must not refuse a job
@@ -375,13 +377,15 @@ class WorkerCore:
 
     def stats(self) -> dict:
         """For benchmarks: what compiling cost per checkpoint and shape, the warm-up at start
-        (seconds in all and per warm shape), and every model load."""
+        (seconds in all and per warm shape), every model load, and the garbage collector's
+        pauses."""
         return {"compile": self.models.compiler.report() if self.models.compiler else {},
                 "loads": [{"checkpoint": m.name, "source": m.source.value, "bytes": m.nbytes,
                            "seconds": round(m.seconds, 3)} for m in self.models.moves],
                 "pipeline_depth": self.pipeline_depth,
                 "warm_up": {"seconds": round(self.warm_up_s, 3),
-                            "shapes": {k: round(v, 3) for k, v in self.warm_shapes.items()}}}
+                            "shapes": {k: round(v, 3) for k, v in self.warm_shapes.items()}},
+                "gc": self.gc_pauses.report()}
 
 
 def _failed_before_running(job: PlannedJob, error: NodeExecutionError) -> JobOutcome:

@@ -3,6 +3,7 @@ spares the other job of the call (it runs on, not again); faults classified for 
 from __future__ import annotations
 
 import concurrent.futures
+import gc
 import json
 import threading
 from importlib.resources import files
@@ -77,6 +78,8 @@ def test_a_batch_reports_each_job_with_its_files_messages_and_events(rig):
     assert (result.residency.lora_checkpoint, result.residency.loras) == ("tiny-sd15.safetensors", ())
     assert result.residency.free_vram_bytes is None  # a CPU worker has no VRAM to budget
     assert core.stats()["warm_up"] == {"seconds": 0.0, "shapes": {}}  # compile is off on the CPU: no warm-up
+    gc.collect()
+    assert core.stats()["gc"]["generations"]["2"]["count"] >= 1  # the collector is timed in a worker
     assert [m.source for m in result.loads] == [Tier.STORE]
     progress = [e for e in events if e.type is EventType.PROGRESS]
     assert {e.data["prompt_id"] for e in progress} == {"p1", "p2"}
