@@ -272,7 +272,10 @@ class Farm:
             try:
                 finished = self.cluster.call("wait_finished", ids, WAIT_SLICE_S, timeout_s=WAIT_SLICE_S + 60)
             except Exception as exc:  # the farm is gone for good: every waiter learns why
-                log.error("waiting for results failed: %s", exc)
+                if not ray_cluster.is_initialized():  # this process shut Ray down (a bench's time limit)
+                    log.info("waiting for results ended: Ray was shut down in this process")
+                else:
+                    log.error("waiting for results failed: %s", exc)
                 with self._lock:
                     futures, self._pending = list(self._pending.values()), {}
                 for future in futures:
