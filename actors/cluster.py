@@ -26,8 +26,8 @@ from ray.exceptions import (
 
 from actors import ACTOR_NAMESPACE, DISPATCHER_NAME, EVENT_HUB_NAME, OUTPUT_WRITER_NAME
 from farm.errors import FarmError, FarmUnavailable, one_line
-from farm.models.compiled import CompileConfig
-from farm.models.tiers import TierConfig
+from farm.models.compile_config import CompileConfig
+from farm.models.tier_config import TierConfig
 from farm.records.paths import FarmPaths
 from farm.scheduler.autoscale import ScaleKnobs
 from farm.scheduler.batch_size import BatchSizer

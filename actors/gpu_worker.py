@@ -9,21 +9,25 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from typing import TYPE_CHECKING
 
 import ray
-import torch
 from ray.exceptions import RayTaskError
 
-from farm.models.compiled import CompileConfig
-from farm.models.device import choose_dtype
-from farm.models.tiers import TierConfig
+from farm.models.compile_config import CompileConfig
+from farm.models.tier_config import TierConfig
 from farm.records.paths import FarmPaths
 from farm.scheduler.messages import BatchResult, WorkerState, WorkItem
 from farm.worker.channels import EventForwarder, RemoteImageSink
-from farm.worker.core import WorkerCore
+
+if TYPE_CHECKING:  # torch and the engine load in the actor's own process (in __init__), not
+    # with this module: the dispatcher imports it to start workers, and never renders
+    import torch
 
 
 def worker_device() -> torch.device:
+    import torch
+
     if ray.get_gpu_ids() and torch.cuda.is_available():
         return torch.device("cuda", 0)  # Ray made the assigned GPU the only visible one
     return torch.device("cpu")
@@ -50,6 +54,11 @@ class GpuWorker:
     def __init__(self, worker_id: str, paths: FarmPaths, writer, hub, tiers: TierConfig = TierConfig(),
                  workers_on_host: int = 1, dtype: str | None = None, compile: CompileConfig | None = None,
                  pipeline_depth: int = 1):
+        import torch
+
+        from farm.models.device import choose_dtype
+        from farm.worker.core import WorkerCore
+
         _log_farm_to_stderr()
         device = worker_device()
         if device.type == "cpu":

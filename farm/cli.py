@@ -36,7 +36,7 @@ def _warm_shape(text: str) -> tuple[str, int, int, int]:
         raise ConfigError(f"--warm {text!r} is not ARCH:JOBS:WIDTHxHEIGHT, e.g. sd15:16:512x512") from None
     if width % 8 or height % 8 or width <= 0 or height <= 0:
         raise ConfigError(f"--warm {text!r}: width and height are pixels, positive multiples of 8")
-    from farm.models.compiled import CompileConfig
+    from farm.models.compile_config import CompileConfig
 
     shape = (arch, jobs_n, height // 8, width // 8)
     CompileConfig(warm_shapes=(shape,))  # raises ConfigError naming the architectures it knows
@@ -89,7 +89,7 @@ def _farm_config(args, paths, db):
     """The FarmConfig of a farm this command starts."""
     from actors import cluster
 
-    from farm.models.compiled import CompileConfig
+    from farm.models.compile_config import CompileConfig
 
     max_workers, knobs = _scaling(args)
     compile_cfg = CompileConfig(enabled=False) if getattr(args, "no_compile", False) else CompileConfig(

@@ -36,45 +36,13 @@ import torch
 
 from farm.errors import CheckpointError
 from farm.models.store import ModelFolders
+from farm.models.tier_config import GiB, TierBudgets, TierConfig, TierMove  # noqa: F401 (re-exported)
 from farm.records.residency import Residency, ResidencyReport, Tier
 
 log = logging.getLogger(__name__)
 
-GiB = 1024**3
 UNBOUNDED_BYTES = 1 << 60  # the disk tier without a local copy: the models folder itself
 ON_NODE_TTL_S = 30.0  # the node's file listing is read again after this long (or after a fetch)
-
-
-@dataclass(frozen=True)
-class TierConfig:
-    """Budgets in bytes; None derives one when the worker starts: device memory is what
-    is free minus `vram_headroom_bytes` (a CPU worker's is a share of host RAM), pinned
-    RAM a share of available host RAM split over the host's workers, disk unbounded
-    unless checkpoints are copied to `local_dir`."""
-
-    vram_bytes: int | None = None
-    vram_headroom_bytes: int = 2 * GiB  # activations, the VAE decode's peak, allocator slack
-    pinned_bytes: int | None = None
-    host_share: float = 0.5  # of available host RAM, for this host's workers together
-    local_dir: Path | None = None  # local copies of checkpoints whose models folder is remote (NFS)
-    disk_bytes: int | None = None  # budget of local_dir; None: its free space less 10%
-
-
-@dataclass(frozen=True)
-class TierBudgets:
-    vram_bytes: int
-    pinned_bytes: int
-    disk_bytes: int
-
-
-@dataclass(frozen=True)
-class TierMove:
-    """One measured load into device memory (tests and metrics read them)."""
-
-    name: str
-    source: Tier  # PINNED, DISK (read before: page cache or local copy), STORE (cold)
-    nbytes: int
-    seconds: float
 
 
 def host_memory() -> tuple[int, int]:

@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Sequence
 
-from farm.models.load import checkpoint_family
 from farm.models.store import ModelFolders
 from farm.records.residency import LoraSet, lora_set
 from farm.workflow.plan import Plan
@@ -78,6 +77,8 @@ class Job:
         """The job for a prompt that passed validation. number None: the dispatcher gives the
         next one; outputs_to_execute None: the plan's outputs. create_time is stamped when
         the queue stores the job (DispatcherCore.submit), nowhere else."""
+        from farm.models.load import checkpoint_family  # reads a header; its module imports torch
+
         plan = prepared.plan
         checkpoint = plan.checkpoints[0] if plan.checkpoints else None
         checkpoint_bytes = folders.size_bytes("checkpoints", checkpoint) if folders and checkpoint else 0

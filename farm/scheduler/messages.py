@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 
-from farm.models.tiers import TierMove
+from farm.models.tier_config import TierMove
 from farm.records.events import EventType
 from farm.records.images import ImageRef
 from farm.records.metrics import GpuSample, WorkerCounters

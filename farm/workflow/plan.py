@@ -11,13 +11,15 @@ import hashlib
 import heapq
 import json
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from farm.errors import NodeExecutionError, WorkflowFormatError
-from farm.nodes.registry import NodeRegistry
 from farm.nodes.spec import NodeContext, hook_arguments
 from farm.workflow.graph import Link, Workflow, parse_workflow
 from farm.workflow.validate import normalize
+
+if TYPE_CHECKING:  # the registry imports every node, and so torch: a Plan unpickles without it
+    from farm.nodes.registry import NodeRegistry
 
 # Stands in for a batchable constant in batch signatures.
 _BATCHED = {"batched": True}

@@ -8,14 +8,17 @@ import json
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from farm.errors import FarmError, WorkflowFormatError
-from farm.nodes.registry import NodeRegistry
 from farm.workflow.bounds import check_json
 from farm.workflow.graph import Workflow, parse_workflow
 from farm.workflow.plan import Plan, make_plan
 from farm.workflow.ui_format import is_ui_format, ui_to_api
 from farm.workflow.validate import ValidationResult, validate
+
+if TYPE_CHECKING:  # the registry imports every node, and so torch: a Plan unpickles without it
+    from farm.nodes.registry import NodeRegistry
 
 
 class ValidationFailed(FarmError):

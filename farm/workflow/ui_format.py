@@ -17,10 +17,12 @@ the same conversion with our node registry:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from farm.errors import WorkflowFormatError
-from farm.nodes.registry import NodeRegistry
+
+if TYPE_CHECKING:  # the registry imports every node, and so torch
+    from farm.nodes.registry import NodeRegistry
 
 MODE_MUTED = 2
 MODE_BYPASSED = 4

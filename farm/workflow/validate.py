@@ -13,14 +13,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
-from farm.nodes.registry import NodeRegistry
 from farm.nodes.spec import InputSpec, NodeContext, NodeSpec, hook_arguments
 from farm.records import comfy_errors
 from farm.workflow import errors as E
 from farm.workflow.errors import InputError, NodeErrors, PromptError
 from farm.workflow.graph import Link, MalformedLink, NodeCall, Workflow
+
+if TYPE_CHECKING:  # the registry imports every node, and so torch: a Plan unpickles without it
+    from farm.nodes.registry import NodeRegistry
 
 
 @dataclass(frozen=True)
