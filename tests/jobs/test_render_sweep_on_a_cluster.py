@@ -58,8 +58,11 @@ def ray_head(tmp_path):
     token = tmp_path / "auth_token"
     token.write_text(uuid.uuid4().hex)
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    # RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S=0: on the teardown's SIGTERM, `ray start` would first
+    # ask the GCS (SIGTERMed with it) to drain the node and wait up to 30 s for it (Ray's
+    # default, for Kubernetes pods); the teardown then spent 15 s waiting and SIGKILLed anyway
     env.update(PATH=f"{tmp_path / 'bin'}:{env['PATH']}", RAY_AUTH_TOKEN_PATH=str(token),
-               RAY_USAGE_STATS_ENABLED="0")
+               RAY_USAGE_STATS_ENABLED="0", RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0")
     ports = {name: free_port() for name in ("port", "dashboard-port", "ray-client-server-port",
                                             "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
                                             "metrics-export-port", "runtime-env-agent-port", "node-manager-port",
