@@ -20,6 +20,9 @@ def farm(*args, cwd):
                           text=True, timeout=300)
 
 
+FARM_BIN = Path(sys.executable).parent / "farm"  # the installed command, as a user runs it
+
+
 def small(workflow):
     workflow = json.loads(json.dumps(workflow))
     workflow["5"]["inputs"].update(width=64, height=64)
@@ -63,6 +66,118 @@ def write(tmp_path):
         path.write_text(obj if isinstance(obj, str) else json.dumps(obj))
         return path
     return _write
+
+
+# The serve test SIGKILLs `farm serve`. Its embedded Ray's raylet, GCS and actors end within
+# seconds; its two agents (dashboard, runtime env) see the raylet go at once too, but first
+# report that death to the GCS, dead as well (ray._private.process_watcher, through
+# publish_error_to_driver: a GCS call with a fixed 60 s timeout), so they end ~62 s after the
+# kill. Rather than sit out that minute, the serve test hands the wait to the file's last
+# test when that one is in the run (after it), and this file's other tests run meanwhile;
+# run alone, it waits itself. The check is the same either way: no process of the server's
+# session is left SIGKILL_GONE_S after the kill.
+SIGKILL_GONE_S = 120
+KILLED_SERVE: dict = {}  # the serve test's killed session, when it leaves the check: {"sid", "killed_at"}
+
+
+def session_pids(sid: int) -> list[int]:
+    """Processes in the session `sid` (its leader excluded)."""
+    import os
+
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) != sid:
+            try:
+                if os.getsid(int(entry)) == sid:
+                    pids.append(int(entry))
+            except OSError:
+                pass
+    return pids
+
+
+def assert_session_ends(sid: int, killed_at: float) -> None:
+    """Every process of the session ends by itself within SIGKILL_GONE_S of the kill; any
+    left are SIGKILLed after the check (pass or fail)."""
+    import os
+    import signal
+    import time
+
+    try:
+        deadline = killed_at + SIGKILL_GONE_S
+        while session_pids(sid) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not session_pids(sid), f"Ray processes outlived farm serve: {session_pids(sid)}"
+    finally:
+        try:
+            os.killpg(sid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _no_killed_serve_left():
+    """A run that stops before the last test still leaves nothing of the killed server."""
+    import os
+    import signal
+
+    yield
+    if KILLED_SERVE:
+        try:
+            os.killpg(KILLED_SERVE["sid"], signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def test_serve_from_a_fresh_folder_answers_and_a_sigkill_takes_ray_along(tiny_models, tmp_path, request):
+    """The README's command from an empty folder, then SIGKILL: the embedded Ray's processes
+    (raylet, agents, actors) must not outlive it for long (checked here, or by
+    test_the_killed_serves_ray_processes_are_gone when it runs later in this session)."""
+    import os
+    import signal
+    import socket
+    import time
+    import urllib.request
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    (tmp_path / "M").symlink_to(tiny_models)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FARM_")}
+    env["RAY_ADDRESS"] = "127.0.0.1:1"  # a stranger's cluster that must not be joined
+    proc = subprocess.Popen([str(FARM_BIN), "serve", "--models", "M", "--output", "O", "--port", str(port)],
+                            cwd=tmp_path, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=open(tmp_path / "serve.log", "w"))
+    killed = False
+    try:
+        deadline = time.monotonic() + 400
+        while True:
+            assert proc.poll() is None, (tmp_path / "serve.log").read_text()[-2000:]
+            try:
+                stats = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/system_stats", timeout=5).read())
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "farm serve did not answer"
+                time.sleep(0.25)
+        assert "system" in stats
+        assert (tmp_path / ".farm" / "queue.sqlite").is_file()
+        assert session_pids(proc.pid), "the embedded Ray runs in the server's session"
+        os.kill(proc.pid, signal.SIGKILL)
+        killed_at = time.monotonic()
+        proc.wait(timeout=30)
+        killed = True
+    finally:
+        if not killed:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    items = [item.name for item in request.session.items]
+    if items.index(request.node.name) < max((i for i, name in enumerate(items)
+                                             if name == "test_the_killed_serves_ray_processes_are_gone"), default=-1):
+        KILLED_SERVE.update(sid=proc.pid, killed_at=killed_at)  # that test waits, after the ones between
+    else:
+        assert_session_ends(proc.pid, killed_at)
 
 
 @pytest.mark.parametrize("where", ["--local", "farm"])
@@ -141,8 +256,6 @@ def test_sample_workflow_is_valid_api_format():
     assert set(parse_workflow(SAMPLE).nodes) == {"3", "4", "5", "6", "7", "8", "9"}
 
 
-FARM_BIN = Path(sys.executable).parent / "farm"  # the installed command, as a user runs it
-
 
 def farm_command(*args, cwd, env=None, timeout=300):
     import os
@@ -179,58 +292,10 @@ def test_caps_from_a_settings_file_and_the_environment(tiny_models, tmp_path, wr
     assert "width" not in result.stderr  # 64 wide: the environment's 64 beats the file's 32
 
 
-def test_serve_from_a_fresh_folder_answers_and_a_sigkill_takes_ray_along(tiny_models, tmp_path):
-    """The README's command from an empty folder, then SIGKILL: the embedded Ray's processes
-    (raylet, agents, actors) must not outlive it for long. Cleans up its own session."""
-    import os
-    import signal
-    import socket
-    import time
-    import urllib.request
-
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()
-    (tmp_path / "M").symlink_to(tiny_models)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FARM_")}
-    env["RAY_ADDRESS"] = "127.0.0.1:1"  # a stranger's cluster that must not be joined
-    proc = subprocess.Popen([str(FARM_BIN), "serve", "--models", "M", "--output", "O", "--port", str(port)],
-                            cwd=tmp_path, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
-                            stderr=open(tmp_path / "serve.log", "w"))
-
-    def session() -> list[int]:
-        pids = []
-        for entry in os.listdir("/proc"):
-            if entry.isdigit():
-                try:
-                    if os.getsid(int(entry)) == proc.pid and int(entry) != proc.pid:
-                        pids.append(int(entry))
-                except OSError:
-                    pass
-        return pids
-
-    try:
-        deadline = time.monotonic() + 400
-        while True:
-            assert proc.poll() is None, (tmp_path / "serve.log").read_text()[-2000:]
-            try:
-                stats = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/system_stats", timeout=5).read())
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "farm serve did not answer"
-                time.sleep(1)
-        assert "system" in stats
-        assert (tmp_path / ".farm" / "queue.sqlite").is_file()
-        assert session(), "the embedded Ray runs in the server's session"
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-        deadline = time.monotonic() + 120
-        while session() and time.monotonic() < deadline:
-            time.sleep(1)
-        assert not session(), f"Ray processes outlived farm serve: {session()}"
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+def test_the_killed_serves_ray_processes_are_gone():
+    """The end of test_serve_from_a_fresh_folder_answers_and_a_sigkill_takes_ray_along, when it
+    ran earlier in this session (its wait overlapped the tests between): nothing of the
+    killed server's session outlives the kill by SIGKILL_GONE_S."""
+    if not KILLED_SERVE:
+        pytest.skip("the serve test did not run before this one (or checked its processes itself)")
+    assert_session_ends(KILLED_SERVE["sid"], KILLED_SERVE["killed_at"])
