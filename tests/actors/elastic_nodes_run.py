@@ -25,13 +25,15 @@ from actors import ACTOR_NAMESPACE  # noqa: E402
 from actors.cluster import FarmCluster, FarmConfig  # noqa: E402
 from farm.client import Farm  # noqa: E402
 from farm.records.paths import FarmPaths  # noqa: E402
+from jobs import render_sweep  # noqa: E402
 from jobs.head_destination import HeadDestination, head_node_id  # noqa: E402
 from jobs.render_sweep import run  # noqa: E402
 from jobs.sweep import SweepRow  # noqa: E402
 
 TINY = {"5.width": 64, "5.height": 64, "5.batch_size": 1}
-JOBS = 40  # one at a time (max_batch=1), 24 steps each: ~30 s on one CPU worker, which outlasts the
-# new node's worker start (13-22 s here) and its first render reaching the manifest
+JOBS = 32  # one at a time (max_batch=1), 24 steps each: ~27 s on one CPU worker, which outlasts the new
+# node's worker start (10-13 s here, up to 22 s on a busy machine) and its first render reaching the manifest
+MANIFEST_EVERY_S = 0.5  # the sweep's manifest rewrites (5 s by default): the checks below read it
 t0 = time.monotonic()
 
 
@@ -56,6 +58,7 @@ def wait(predicate, what: str, timeout_s: float = 60.0):
 
 
 def main(models: Path, work: Path) -> None:
+    render_sweep.MANIFEST_EVERY_S = MANIFEST_EVERY_S
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 3, "num_gpus": 1})
     ray.init(address=cluster.address, namespace=ACTOR_NAMESPACE, log_to_driver=False)
     paths = FarmPaths.under(work, models).create()
@@ -91,21 +94,24 @@ def main(models: Path, work: Path) -> None:
         return False
     wait(took_work, f"{new} on the new node has taken jobs", 90)
 
-    def finished_one():
-        if rendered_by_new():
-            return True
-        if outcome:
-            fail(f"the sweep ended before a render by {new} reached the manifest")
-        return False
-    wait(finished_one, f"a render by {new} is in the manifest (rewritten every few seconds)", 60)
-
     @ray.remote(num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(node.node_id, soft=False))
     def open_from_the_new_node(target: str):
         d = HeadDestination(target)
         d.put(ROOT / "README.md", "from-the-new-node.txt")
         return ray.get_runtime_context().get_node_id(), d.writer_node
 
-    here, writer = ray.get(open_from_the_new_node.remote(str(work / "elsewhere")), timeout=60)
+    # its worker process starts on the new node while the next check waits
+    opened = open_from_the_new_node.remote(str(work / "elsewhere"))
+
+    def finished_one():
+        if rendered_by_new():
+            return True
+        if outcome:
+            fail(f"the sweep ended before a render by {new} reached the manifest")
+        return False
+    wait(finished_one, f"a render by {new} is in the manifest", 60)
+
+    here, writer = ray.get(opened, timeout=60)
     if here == head_node_id() or writer != head_node_id():
         fail(f"a destination opened on node {here[:8]} was written on {writer[:8]}, not the head")
     if not (work / "elsewhere" / "from-the-new-node.txt").is_file():
