@@ -85,16 +85,27 @@ def _worker_stats(farm) -> list[dict]:
     return out
 
 
-def _say_gc_pauses(arch: str, workers: list[dict], start_s: float, end_s: float) -> None:
-    """The workers' long garbage collections during the measurement (unix seconds), as
-    seconds since the NVML timeline's start: a dip in utilisation at the same moment is the
-    collector's."""
+SAMPLING_GAP_S = 0.05  # a pause between two sampler loops this long is listed
+
+
+def _say_idle_causes(arch: str, workers: list[dict], start_s: float, end_s: float) -> dict:
+    """What may have left the GPU idle during the measurement (unix seconds start_s..end_s):
+    each worker's long garbage collections and the gaps between its sampler loops, as
+    [seconds since the NVML timeline's start, seconds]; a dip in utilisation at the same
+    moment is one of them. Printed, and returned for the report."""
+    found = {}
     for worker in workers:
         long_pauses = (worker.get("gc") or {}).get("long_pauses", [])
-        pauses = [(t - start_s, s) for t, s, _ in long_pauses if start_s <= t <= end_s]
-        listed = ", ".join(f"{s * 1000:.0f} ms at {t:.2f} s" for t, s in pauses[:20])
-        say(f"{arch} farm {worker.get('worker_id')}: {len(pauses)} long GC pause(s) in the run"
-            + (f": {listed}" if listed else ""))
+        pauses = [[round(t - start_s, 2), s] for t, s, _ in long_pauses if start_s <= t <= end_s]
+        loops = [w for w in worker.get("sampling_windows", []) if start_s <= w[1] and w[0] <= end_s]
+        gaps = [[round(a[1] - start_s, 2), round(b[0] - a[1], 3)] for a, b in zip(loops, loops[1:])
+                if b[0] - a[1] >= SAMPLING_GAP_S]
+        found[worker.get("worker_id")] = {"gc_pauses": pauses, "sampling_gaps": gaps, "sampler_loops": len(loops)}
+        for what, listed in (("long GC pause(s)", pauses), (f"gap(s) of {SAMPLING_GAP_S * 1000:.0f} ms or more "
+                                                             f"between its {len(loops)} sampler loops", gaps)):
+            text = ", ".join(f"{s * 1000:.0f} ms at {t:.2f} s" for t, s in listed[:20])
+            say(f"{arch} farm {worker.get('worker_id')}: {len(listed)} {what}" + (f": {text}" if text else ""))
+    return found
 
 
 def _steady(nvml: NvmlSampler, results: list) -> dict:
@@ -201,4 +212,5 @@ def bench_farm(runs: list[ArchRun], a: BenchArgs, root: Path) -> None:
                                  latency_p50_s=percentile(lat, 50), latency_p99_s=percentile(lat, 99),
                                  **_steady(nvml, done)))
             info["farm_workers"] = _worker_stats(farm)
-            _say_gc_pauses(run.arch, info["farm_workers"], nvml.started_wall_s, nvml.started_wall_s + seconds)
+            info["idle_causes"] = _say_idle_causes(run.arch, info["farm_workers"], nvml.started_wall_s,
+                                                   nvml.started_wall_s + seconds)

@@ -39,6 +39,7 @@ from farm.records.images import ImageRef
 from farm.records.metrics import GpuSample, WorkerCounters
 from farm.records.paths import FarmPaths
 from farm.records.residency import LoraSet, Residency, ResidencyReport
+from farm.sampling.stage import sampling_windows
 from farm.scheduler.messages import (
     HISTORY_EVENTS,
     BatchResult,
@@ -377,15 +378,16 @@ class WorkerCore:
 
     def stats(self) -> dict:
         """For benchmarks: what compiling cost per checkpoint and shape, the warm-up at start
-        (seconds in all and per warm shape), every model load, and the garbage collector's
-        pauses."""
+        (seconds in all and per warm shape), every model load, the garbage collector's pauses,
+        and the last sampler loops' (start, end) in unix seconds."""
         return {"compile": self.models.compiler.report() if self.models.compiler else {},
                 "loads": [{"checkpoint": m.name, "source": m.source.value, "bytes": m.nbytes,
                            "seconds": round(m.seconds, 3)} for m in self.models.moves],
                 "pipeline_depth": self.pipeline_depth,
                 "warm_up": {"seconds": round(self.warm_up_s, 3),
                             "shapes": {k: round(v, 3) for k, v in self.warm_shapes.items()}},
-                "gc": self.gc_pauses.report()}
+                "gc": self.gc_pauses.report(),
+                "sampling_windows": [[round(a, 3), round(b, 3)] for a, b in sampling_windows(self.device)]}
 
 
 def _failed_before_running(job: PlannedJob, error: NodeExecutionError) -> JobOutcome:

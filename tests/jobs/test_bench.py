@@ -77,6 +77,10 @@ def test_bench_runs_every_mode_on_the_cpu(tmp_path):
         assert 0 <= start < end <= farm["seconds"]
         [worker] = result["farm"]["farm_workers"]
         assert worker["pipeline_depth"] == 2
+        # what may idle the GPU, listed for the run: 16 jobs in batches of 2 are 8 sampler loops
+        [idle] = result["farm"]["idle_causes"].values()
+        assert idle["sampler_loops"] >= 8 and isinstance(idle["gc_pauses"], list), idle
+        assert all(gap >= 0.05 for _, gap in idle["sampling_gaps"]), idle
         # compiled, not fallen back to eager: every UNet and VAE decoder, raw and farm
         for compiled in (result["raw"]["compile"], worker["compile"]):
             assert all(entry["fallback"] is None for entry in compiled.values()), compiled
