@@ -62,7 +62,7 @@ class Serve:
             except httpx.TransportError:
                 pass
             assert time.monotonic() < deadline, "farm serve did not come up: " + self.log.read_text()[-3000:]
-            time.sleep(1)
+            time.sleep(0.25)
 
     def end(self) -> None:
         """SIGKILL the whole session: what is left of this farm after the test."""
