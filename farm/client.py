@@ -17,21 +17,21 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 import threading
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 
 from actors import cluster as ray_cluster
 from farm.errors import UnknownJobError
 from farm.futures import JobFailed, JobFuture, JobResult, Progress, error_of
-from farm.models.compiled import CompileConfig
+from farm.models.compile_config import CompileConfig
 from farm.models.store import ModelFolders
-from farm.models.tiers import TierConfig
-from farm.nodes.registry import default_registry
+from farm.models.tier_config import TierConfig
 from farm.nodes.spec import NodeContext
 from farm.records.events import EventType, FarmEvent
 from farm.records.history import HistoryItem
@@ -49,6 +49,9 @@ from farm.workflow.prepare import (
     prepare,
 )
 
+if TYPE_CHECKING:
+    from farm.nodes.registry import NodeRegistry
+
 __all__ = ["Farm", "JobFuture", "JobResult", "JobFailed", "Progress", "ValidationFailed"]
 
 log = logging.getLogger(__name__)
@@ -62,7 +65,6 @@ class Farm:
                  limits: Limits | None = None):
         self.cluster = cluster
         self.paths = paths
-        self.registry = default_registry()
         # the caps prompts are validated against (None: FARM_* variables, $FARM_CONFIG, defaults)
         self.node_ctx = NodeContext.for_paths(paths, limits)
         self._owns_ray = owns_ray
@@ -73,6 +75,15 @@ class Farm:
         self._watcher: threading.Thread | None = None
         self._events: threading.Thread | None = None
         self._event_cursor: int | None = None
+
+    @functools.cached_property
+    def registry(self) -> NodeRegistry:
+        """The nodes prompts are validated against, imported on first use: they bring torch,
+        which a client that only watches the farm (a sweep's re-run with every render done)
+        never needs."""
+        from farm.nodes.registry import default_registry
+
+        return default_registry()
 
     # -- starting -----------------------------------------------------------------------------
 
