@@ -67,9 +67,12 @@ def main(models: Path, work: Path) -> None:
     def alive():
         return {w.worker_id: w for w in farm.status().workers if w.alive}
 
-    wait(lambda: len(alive()) == 1, "one worker on the head's GPU")
     workflow = json.loads((ROOT / "farm" / "workflows" / "txt2img.json").read_text())
     rows = [SweepRow({**TINY, "3.seed": 500 + i, "3.steps": 24}, i + 1) for i in range(JOBS)]
+    # the first validation imports the nodes (and torch): here, while the head's worker starts,
+    # so that the sweep below renders at once and the node joins mid-sweep
+    farm.prepare(workflow, rows[0].overrides)
+    wait(lambda: len(alive()) == 1, "one worker on the head's GPU")
     destination = HeadDestination(str(work / "renders"))
     outcome: dict = {}
     sweep = threading.Thread(target=lambda: outcome.update(report=run(farm, workflow, rows, destination,
