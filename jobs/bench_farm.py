@@ -16,7 +16,7 @@ from jobs.bench_report import ArchRun, BenchArgs, BenchStopped, say, stop_on_sig
 
 
 def _start_farm(root: Path, tag: str, a: BenchArgs, compile_on: bool, depth: int, max_batch: int,
-                sizer: BatchSizer | None = None):
+                sizer: BatchSizer | None = None, warm_shapes: tuple = ()):
     from actors import cluster as ray_cluster
     from farm.client import Farm
 
@@ -28,11 +28,11 @@ def _start_farm(root: Path, tag: str, a: BenchArgs, compile_on: bool, depth: int
         ray_cluster.init_local(num_gpus=a.gpus)
         say(f"{tag}: Ray is up in {time.perf_counter() - t:.1f} s")
     farm = Farm.local(root / "models", root / "output", num_gpus=a.gpus, db=db, root=root, max_batch=max_batch,
-                      compile=a.compile_config(enabled=compile_on), pipeline_depth=depth,
+                      compile=a.compile_config(enabled=compile_on, warm_shapes=warm_shapes), pipeline_depth=depth,
                       worker_gpus=a.worker_gpus, batch_sizer=sizer)
     stop_on_sigterm()  # ray.init replaced it: a time limit must still keep what was measured
     say(f"{tag}: the farm's actors are placed ({time.perf_counter() - t:.1f} s)")
-    farm.wait_for_workers()
+    farm.wait_for_workers(timeout=900)  # a worker compiles its warm shapes before it reports in
     say(f"{tag}: the farm is up ({len(farm.status().workers)} worker(s), {time.perf_counter() - t:.1f} s)")
     return farm
 
@@ -190,19 +190,26 @@ def bench_farm(runs: list[ArchRun], a: BenchArgs, root: Path) -> None:
         latent = run.size // LATENT_FACTOR
         run.result["farm_batch"] = sizer.limit(ARCH_FAMILY[run.arch].value, latent, latent)
     batch = max(run.result["farm_batch"] for run in runs)
-    farm = _start_farm(root, "farm", a, compile_on=a.compile, depth=2, max_batch=batch, sizer=sizer)
+    # The worker compiles at start the shape each compile process warmed (its largest bucket),
+    # by the same call: inductor's disk cache then serves it. Compiled inside the first job
+    # instead, the graph is traced at that batch's rows, and a one-job batch first (another
+    # checkpoint's, ready sooner) missed the cache: a cold SD1.5 compile of 104 s on an H100.
+    shapes = tuple((run.arch, max(run.args.buckets), run.size // LATENT_FACTOR, run.size // LATENT_FACTOR)
+                   for run in runs) if a.compile else ()
+    farm = _start_farm(root, "farm", a, compile_on=a.compile, depth=2, max_batch=batch, sizer=sizer,
+                       warm_shapes=shapes)
     with _measuring_on(farm):
         for run in runs:
             x, info = run.args, run.result["farm"]
             t = time.perf_counter()
-            # warm-up, outside the measurement: every checkpoint loaded once, the batch's
-            # graph traced (or read from inductor's cache) and recorded, as a farm does once
-            # per worker: a full batch of the first checkpoint, one job of each other
+            # warm-up, outside the measurement: every checkpoint loaded once and each batch
+            # size's CUDA graph recorded, as a farm does once per worker: a full batch of the
+            # first checkpoint, one job of each other
             warm = [farm.prepare(workflow(n, 300_000 + 100 * k + i, run.size, x.steps, x.sampler))
                     for k, n in enumerate(run.names) for i in range(run.result["farm_batch"] if k == 0 else 1)]
             _through_farm(farm, warm, NvmlSampler(), one_at_a_time=False, progress=f"{run.arch} farm warm-up")
             info["farm_warmup_s"] = round(time.perf_counter() - t, 2)
-            say(f"{run.arch} farm warm-up ({len(warm)} jobs: every checkpoint loaded, the batch compiled) took "
+            say(f"{run.arch} farm warm-up ({len(warm)} jobs: every checkpoint loaded, graphs recorded) took "
                 f"{info['farm_warmup_s']:.1f} s")
             prepared = [farm.prepare(workflow(run.names[i % len(run.names)], 310_000 + i, run.size, x.steps,
                                               x.sampler)) for i in range(x.jobs)]

@@ -97,6 +97,10 @@ def test_bench_runs_every_mode_on_the_cpu(tmp_path):
         workers.append(worker["worker_id"])
     # both architectures' farm modes ran on one farm (one worker: a farm per mode, not per arch)
     assert len(set(workers)) == 1
+    # which compiled, when it started, the very shape each compile process warmed (so that
+    # inductor's disk cache serves it), not the shape of whichever job came first
+    warm_up = report["results"][-1]["farm"]["farm_workers"][0]["warm_up"]
+    assert sorted(warm_up["shapes"]) == ["tiny-sd15 2x8x8", "tiny-sdxl 2x8x8"], warm_up
     assert report["fused_qkv"] is True
     assert "fell back to eager" not in proc.stdout
     # the PNG of utilisation over time (matplotlib is a test dependency: the plot runs here)
