@@ -64,11 +64,15 @@ def test_tables_from_the_bench_reports_in_the_repository():
     sd15 = tables[("sd15", 64, 64)]
     assert sd15 == pytest.approx({1: 2.762, 4: 5.015, 8: 5.898, 16: 6.439}, abs=1e-3)
     assert BatchSizer(max_batch=32, throughput=tables).limit("sd15", 64, 64) == 16  # 5.90 < 0.98 * 6.44
-    # the H100's reports of 2026-12-07: one measured batches of 32 only; it is not mixed into
-    # the H200's. Call 8's raw modes ran eager after a capture fault (their UNet fell back):
-    # left out, so no SDXL table and no other SD1.5 points
+    # the H100's reports, not mixed into the H200's: 2026-12-07's measured batches of 32
+    # only; call 8's raw modes ran eager after a capture fault (their UNet fell back) and are
+    # left out; call 9 (2026-12-08) measured compiled SD1.5 and SDXL batches
     h100 = throughput_from_files(sorted(RESULTS.glob("bench-*.json")), device="H100")
-    assert h100 == {("sd15", 64, 64): pytest.approx({32: 5.222}, abs=1e-3)}
+    assert h100 == {("sd15", 64, 64): pytest.approx({32: 5.222, 16: 6.753, 8: 6.440, 1: 3.407}, abs=1e-3),
+                    ("sdxl", 128, 128): pytest.approx({1: 0.870, 4: 1.152, 8: 1.170}, abs=1e-3)}
+    h100_sizer = BatchSizer(max_batch=32, throughput=h100)
+    assert h100_sizer.limit("sd15", 64, 64) == 16  # 6.44 (8) < 0.98 * 6.75
+    assert h100_sizer.limit("sdxl", 128, 128) == 4  # 1.152 >= 0.98 * 1.170: 4 is within the knee
     fell_back = {"results": [{"arch": "sd15", "size": 512, "raw": {"compile": {"unet:sd15": {"fallback": "Error"}}},
                               "modes": [{"mode": "raw_b16", "batch": 16, "images_per_s": 5.7}]}]}
     assert throughput_from_bench(fell_back) == {}
