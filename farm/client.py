@@ -283,8 +283,8 @@ class Farm:
             try:
                 finished = self.cluster.call("wait_finished", ids, WAIT_SLICE_S, timeout_s=WAIT_SLICE_S + 60)
             except Exception as exc:  # the farm is gone for good: every waiter learns why
-                if not ray_cluster.is_initialized():  # this process shut Ray down (a bench's time limit)
-                    log.info("waiting for results ended: Ray was shut down in this process")
+                if self._closed or not ray_cluster.is_initialized():  # closed, then Ray shut down here
+                    log.info("waiting for results ended: the farm was closed or Ray shut down")
                 else:
                     log.error("waiting for results failed: %s", exc)
                 with self._lock:

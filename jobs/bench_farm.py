@@ -45,6 +45,7 @@ def _measuring_on(farm) -> Iterator[None]:
     try:
         yield
     except BenchStopped:
+        farm.close(stop=False)  # its results thread ends quietly when main shuts Ray down
         raise
     except BaseException:
         _stop_farm(farm)
