@@ -157,8 +157,11 @@ class ArchRun:
         self.save(self.result)
 
 
-class BenchStopped(Exception):
-    """SIGTERM (a time limit's `timeout`): stop measuring, keep and plot what was measured."""
+class BenchStopped(BaseException):
+    """SIGTERM (a time limit's `timeout`): stop measuring, keep and plot what was measured.
+    A BaseException, as KeyboardInterrupt is: raised wherever the main thread happens to be,
+    it must pass through the library's `except Exception` handlers (one in validation turned
+    it into "Exception when validating inner node: signal 15" and exit status 2)."""
 
 
 def _stop(signum: int, _frame) -> None:
