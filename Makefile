@@ -19,7 +19,7 @@ demo: $(VENV)/.installed
 	$(VENV)/bin/farm demo
 
 test: $(VENV)/.installed
-	$(VENV)/bin/python -m pytest -q
+	$(VENV)/bin/python -m pytest -q --durations=25  # the slowest tests listed: CI must stay well under 20 minutes
 
 clean:
 	rm -rf $(VENV) .farm
