@@ -192,7 +192,8 @@ def bench_farm(runs: list[ArchRun], a: BenchArgs, root: Path) -> None:
         run.result["farm_batch"] = sizer.limit(ARCH_FAMILY[run.arch].value, latent, latent)
     batch = max(run.result["farm_batch"] for run in runs)
     # The worker compiles at start the shape each compile process warmed (its largest bucket),
-    # by the same call: inductor's disk cache then serves it. Compiled inside the first job
+    # by the same call, and the VAE decoder as its process did: inductor's disk cache then
+    # serves them. Compiled inside the first job
     # instead, the graph is traced at that batch's rows, and a one-job batch first (another
     # checkpoint's, ready sooner) missed the cache: a cold SD1.5 compile of 104 s on an H100.
     shapes = tuple((run.arch, max(run.args.buckets), run.size // LATENT_FACTOR, run.size // LATENT_FACTOR)

@@ -210,6 +210,7 @@ class UNetCompiler:
         self._stages: dict[str, WeightStage] = {}  # layout_key -> its stage, for the worker's life
         self._lock = threading.Lock()
         self.warmed: dict[str, float] = {}  # "arch jobs x h x w" -> seconds its warm-up took
+        self.warmed_decoders: dict[str, float] = {}  # "arch rows x h x w" -> seconds (VAE decoder)
         if self.enabled:
             cache = config.cache_dir or (Path(state_dir) / "inductor" if state_dir is not None else None)
             if cache is not None:
@@ -255,10 +256,12 @@ class UNetCompiler:
                 object.__setattr__(module, _ATTR, found)  # bypass nn.Module: not a child module
             return found
 
-    def warm(self, dtype: torch.dtype) -> dict[str, float]:
+    def warm(self, dtype: torch.dtype, decode_pixels: int | None = None) -> dict[str, float]:
         """Compile the configured warm shapes now (nothing when compiling is off); returns
         seconds per shape, which report() lists under "warm". A shape that fails to compile
-        is logged and skipped: warming must never keep a worker from starting."""
+        is logged and skipped: warming must never keep a worker from starting. With
+        `decode_pixels` (what one VAEDecode call takes at most) the VAE decoder of each shape
+        is warmed too (`warmed_decoders`)."""
         if not self.enabled or not self.config.warm_shapes:
             return {}
         for arch in dict.fromkeys(shape[0] for shape in self.config.warm_shapes):
@@ -300,8 +303,50 @@ class UNetCompiler:
                 with self._lock:
                     self.warmed[key] = time.perf_counter() - started
             del runner, unet
+            if decode_pixels and self.config.vae:
+                self._warm_decoder(arch, shapes, dtype, decode_pixels)
         log.info("warmed compiled UNet shapes in %.1f s: %s", sum(self.warmed.values()), self.warmed)
         return dict(self.warmed)
+
+    def _warm_decoder(self, arch: str, shapes: list[WarmShape], dtype: torch.dtype, decode_pixels: int) -> None:
+        """The architecture's VAE decoder (a random VAE as the stage, as for the UNet), called as
+        VAEDecode calls it for each shape: a batch's rows (up to decode_pixels), then one row,
+        a graph of its own. In that order whichever job decodes first: a first call of another
+        row count traced differently and missed inductor's disk cache on an H100 (call 9)."""
+        from farm.models.compiled_vae import CompiledDecoder
+
+        vae = _random_vae(arch, self.device, dtype)
+        label = f"vae:{ARCH_FAMILY[arch].value}"
+        with self._lock:
+            stage = self._stages.get(f"vae {layout_key(vae)}")
+            if stage is None:  # the random VAE is the stage: checkpoints of its layout reuse it
+                self._set_aside_for(vae)
+                stage = self._stages[f"vae {layout_key(vae)}"] = WeightStage(
+                    vae, lambda module: CompiledDecoder(module, self.config, label), label)
+        decode, module = stage.runner, stage.module
+        scale = 2 ** (len(module.config.block_out_channels) - 1)  # latent to pixel side
+        dtype_of_vae = next(module.parameters()).dtype
+        for _, jobs, height, width in shapes:
+            rows = max(1, min(jobs, decode_pixels // (height * width * scale * scale)))
+            key = f"{arch} {rows}x{height}x{width}"
+            started = time.perf_counter()
+            try:
+                for n in dict.fromkeys((rows, 1)):
+                    latents = torch.randn(n, module.config.latent_channels, height, width, device=self.device,
+                                          dtype=dtype_of_vae)
+                    with torch.inference_mode():
+                        decode(latents)
+            except Exception as exc:  # out of memory, mostly: jobs will find their own size
+                decode.fallback = f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+            if decode.fallback is not None:
+                log.warning("warming the VAE decoder %s failed: %s", key, decode.fallback)
+                decode.fallback = None
+                continue
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            with self._lock:
+                self.warmed_decoders[key] = time.perf_counter() - started
+        log.info("warmed compiled VAE decoders: %s", self.warmed_decoders)
 
     def report(self) -> dict[str, Any]:
         """For the bench and /workers: compile seconds and shapes per stage (with the

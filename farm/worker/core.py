@@ -32,6 +32,7 @@ from farm.models.tiers import (
     derive_budgets,
     host_memory,
 )
+from farm.nodes.latent import DECODE_PIXELS_PER_CALL
 from farm.nodes.registry import default_registry
 from farm.nodes.spec import NodeContext
 from farm.records.events import EventType, FarmEvent
@@ -137,7 +138,7 @@ class WorkerCore:
         # Compile the configured shapes before the first job (the dispatcher registers this
         # worker once it is built), so no job waits for the compiler; nothing with compile off.
         started = time.perf_counter()
-        self.warm_shapes = self.models.compiler.warm(dtype)
+        self.warm_shapes = self.models.compiler.warm(dtype, decode_pixels=DECODE_PIXELS_PER_CALL)
         self.warm_up_s = time.perf_counter() - started if self.warm_shapes else 0.0
 
     # -- running ---------------------------------------------------------------------------
@@ -385,7 +386,8 @@ class WorkerCore:
                            "seconds": round(m.seconds, 3)} for m in self.models.moves],
                 "pipeline_depth": self.pipeline_depth,
                 "warm_up": {"seconds": round(self.warm_up_s, 3),
-                            "shapes": {k: round(v, 3) for k, v in self.warm_shapes.items()}},
+                            "shapes": {k: round(v, 3) for k, v in self.warm_shapes.items()},
+                            "decoders": {k: round(v, 3) for k, v in self.models.compiler.warmed_decoders.items()}},
                 "gc": self.gc_pauses.report(),
                 "sampling_windows": [[round(a, 3), round(b, 3)] for a, b in sampling_windows(self.device)]}
 

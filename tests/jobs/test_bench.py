@@ -101,6 +101,8 @@ def test_bench_runs_every_mode_on_the_cpu(tmp_path):
     # inductor's disk cache serves it), not the shape of whichever job came first
     warm_up = report["results"][-1]["farm"]["farm_workers"][0]["warm_up"]
     assert sorted(warm_up["shapes"]) == ["tiny-sd15 2x8x8", "tiny-sdxl 2x8x8"], warm_up
+    # and each VAE decoder, as the VAE compile process did: the batch's rows first, then one
+    assert sorted(warm_up["decoders"]) == ["tiny-sd15 2x8x8", "tiny-sdxl 2x8x8"], warm_up
     assert report["fused_qkv"] is True
     assert "fell back to eager" not in proc.stdout
     # the PNG of utilisation over time (matplotlib is a test dependency: the plot runs here)

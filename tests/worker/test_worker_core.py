@@ -77,7 +77,7 @@ def test_a_batch_reports_each_job_with_its_files_messages_and_events(rig):
     assert "tiny-sd15.safetensors" in result.residency.gpu
     assert (result.residency.lora_checkpoint, result.residency.loras) == ("tiny-sd15.safetensors", ())
     assert result.residency.free_vram_bytes is None  # a CPU worker has no VRAM to budget
-    assert core.stats()["warm_up"] == {"seconds": 0.0, "shapes": {}}  # compile is off on the CPU: no warm-up
+    assert core.stats()["warm_up"] == {"seconds": 0.0, "shapes": {}, "decoders": {}}  # compile is off on the CPU
     gc.collect()
     assert core.stats()["gc"]["generations"]["2"]["count"] >= 1  # the collector is timed in a worker
     assert [m.source for m in result.loads] == [Tier.STORE]
