@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from farm.workflow.graph import parse_workflow
+from tests.processes import session_pids
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = json.loads((ROOT / "farm" / "workflows" / "txt2img.json").read_text())
@@ -78,21 +79,6 @@ def write(tmp_path):
 # session is left SIGKILL_GONE_S after the kill.
 SIGKILL_GONE_S = 120
 KILLED_SERVE: dict = {}  # the serve test's killed session, when it leaves the check: {"sid", "killed_at"}
-
-
-def session_pids(sid: int) -> list[int]:
-    """Processes in the session `sid` (its leader excluded)."""
-    import os
-
-    pids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and int(entry) != sid:
-            try:
-                if os.getsid(int(entry)) == sid:
-                    pids.append(int(entry))
-            except OSError:
-                pass
-    return pids
 
 
 def assert_session_ends(sid: int, killed_at: float) -> None:

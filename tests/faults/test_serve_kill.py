@@ -14,6 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.processes import session_pids
+
 FARM_BIN = Path(__file__).resolve().parents[2] / ".venv" / "bin" / "farm"
 START_S = 400  # an embedded Ray and a worker importing torch, on a busy 2-core machine
 PROMPTS = 5
@@ -23,18 +25,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def session_pids(leader: int) -> list[int]:
-    pids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and int(entry) != leader:
-            try:
-                if os.getsid(int(entry)) == leader:
-                    pids.append(int(entry))
-            except OSError:
-                pass
-    return pids
 
 
 class Serve:
