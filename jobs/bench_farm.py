@@ -193,9 +193,9 @@ def bench_farm(runs: list[ArchRun], a: BenchArgs, root: Path) -> None:
     batch = max(run.result["farm_batch"] for run in runs)
     # The worker compiles at start the shape each compile process warmed (its largest bucket),
     # by the same call, and the VAE decoder as its process did: inductor's disk cache then
-    # serves them. Compiled inside the first job
-    # instead, the graph is traced at that batch's rows, and a one-job batch first (another
-    # checkpoint's, ready sooner) missed the cache: a cold SD1.5 compile of 104 s on an H100.
+    # serves them. Compiled inside the first job instead, the graph is traced at that batch's
+    # rows, and a one-job batch first (another checkpoint's, ready sooner) missed the cache:
+    # a cold SD1.5 compile of 104 s on an H100 (call 9).
     shapes = tuple((run.arch, max(run.args.buckets), run.size // LATENT_FACTOR, run.size // LATENT_FACTOR)
                    for run in runs) if a.compile else ()
     farm = _start_farm(root, "farm", a, compile_on=a.compile, depth=2, max_batch=batch, sizer=sizer,
